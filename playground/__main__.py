@@ -1,0 +1,111 @@
+"""Command line: ``serve`` | ``run`` | ``targets``. Same engine as the UI.
+
+Exit codes: 0 every target answered, 1 any target failed, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from playground.backends import make_backend
+from playground.catalog import Catalog, CatalogError, load_catalog
+from playground.request import ChatRequest, InputError, build_messages, make_params
+from playground.report import result_entry, run_document
+from playground.runner import Job, Run
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m playground", description="Phi Playground")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("targets", "list every target and whether it can run now"),
+                       ("run", "send one prompt to several targets and print the answers"),
+                       ("serve", "launch the web UI")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--catalog", help="a user catalog YAML file (adds to or overrides the built-in targets)")
+    run = sub.choices["run"]
+    run.add_argument("--targets", required=True, help="comma-separated target ids")
+    run.add_argument("--prompt", required=True)
+    run.add_argument("--system")
+    run.add_argument("--max-tokens", type=int)
+    run.add_argument("--temperature", type=float)
+    run.add_argument("--top-p", type=float)
+    run.add_argument("--seed", type=int)
+    run.add_argument("--json", action="store_true", help="print one JSON object")
+    serve = sub.choices["serve"]
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    return parser
+
+
+def cmd_targets(catalog: Catalog) -> int:
+    width = max(len(t.id) for t in catalog.targets)
+    for target in catalog.targets:
+        available = make_backend(target).availability()
+        mark = {"ready": "ready", "first_run": "ready*", "unavailable": "no"}[available.state]
+        print(f"{target.id:<{width}}  {target.backend:<12} {mark:<7} {available.reason}")
+    print("\n* runnable; the first run downloads or builds the model first", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _run(jobs: list[Job], quiet: bool) -> list:
+    columns = []
+    async for columns in Run(jobs).frames():
+        if not quiet:
+            states = ", ".join(f"{c.target.id}: {c.detail or c.status}" for c in columns)
+            print(f"\r\x1b[K{states}"[:200], end="", file=sys.stderr, flush=True)
+    if not quiet:
+        print(file=sys.stderr)
+    return columns
+
+
+def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
+    ids = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if not ids:
+        raise InputError("--targets: give at least one target id")
+    try:
+        targets = [catalog.get(i) for i in ids]
+    except KeyError as exc:
+        raise InputError(str(exc.args[0])) from None
+    params = make_params(max_tokens=args.max_tokens, temperature=args.temperature,
+                         top_p=args.top_p, seed=args.seed)
+    messages = build_messages(args.prompt, args.system)
+    jobs = [Job(t, ChatRequest(messages, params)) for t in targets]
+    columns = asyncio.run(_run(jobs, quiet=args.json or not sys.stderr.isatty()))
+    if args.json:
+        print(json.dumps(run_document(args.prompt, args.system, params, columns), ensure_ascii=False, indent=2))
+    else:
+        for column in columns:
+            entry = result_entry(column)
+            print(f"=== {column.target.label} [{entry['status']}]")
+            print(column.text)
+            if entry["error"]:
+                print(f"error: {entry['error']}")
+            print(f"TTFT {entry['ttft_s']} s · decode {entry['decode_tokens_per_s']} tok/s · "
+                  f"tokens {entry['output_tokens']} ({entry['tokens_source']}) · E2E {entry['e2e_s']} s\n")
+    return EXIT_OK if all(c.status == "done" for c in columns) else EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        catalog = load_catalog(args.catalog)
+        if args.command == "targets":
+            return cmd_targets(catalog)
+        if args.command == "serve":
+            from playground.ui import launch
+
+            launch(catalog, host=args.host, port=args.port)
+            return EXIT_OK
+        return cmd_run(args, catalog)
+    except (CatalogError, InputError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

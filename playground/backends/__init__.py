@@ -1,0 +1,29 @@
+"""Explicit registry from a catalog's ``backend:`` name to its class, imported lazily.
+
+Importing this package imports no backend library: a page load that uses no local
+model never imports torch, transformers or onnxruntime_genai.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from playground.backends.base import Backend
+    from playground.catalog import Target
+
+REGISTRY: dict[str, str] = {
+    "openai": "playground.backends.openai_compat:OpenAICompatBackend",
+    "transformers": "playground.backends.hf_transformers:TransformersBackend",
+    "onnx": "playground.backends.ort_genai:OrtGenAIBackend",
+}
+
+
+def backend_class(name: str) -> type[Backend]:
+    module_name, _, class_name = REGISTRY[name].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def make_backend(target: Target) -> Backend:
+    return backend_class(target.backend)(target)

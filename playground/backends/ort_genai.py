@@ -1,0 +1,153 @@
+"""Local ONNX Runtime GenAI: a shared ``og.Model``, a Generator loop in a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
+
+from playground import models
+from playground.backends import local
+from playground.backends.base import READY, Availability, BackendError
+from playground.events import ErrorKind, Event, Finished, Notice, Progress, RequestSent, TextDelta, Usage
+
+if TYPE_CHECKING:
+    from playground.catalog import Target
+    from playground.request import ChatRequest
+
+
+class OrtGenAIBackend:
+    name: ClassVar[str] = "onnx"
+    supports_vision: ClassVar[bool] = False
+
+    def __init__(self, target: Target):
+        self.target = target
+
+    @property
+    def key(self) -> str:
+        return f"onnx:{self.target.source}:{self.target.model}:{self.target.hub_subfolder}"
+
+    def availability(self) -> Availability:
+        if not models.module_installed("onnxruntime_genai"):
+            return Availability("unavailable", "install onnxruntime-genai")
+        if self.target.source == "bundled":
+            if not models.bundled_dir():
+                return Availability("unavailable", models.INSTALL_HINT)
+            if not models.is_complete(models.bundled_onnx_dir()):
+                return Availability("first_run", "first run builds the int4 ONNX model (about 10 s)")
+            return READY
+        if self.target.source == "hub" and self._hub_folder(local_only=True) is None:
+            size = f"{self.target.download_gb:g} GB" if self.target.download_gb else "the model"
+            return Availability("first_run", f"not downloaded yet: first run downloads {size}")
+        return READY
+
+    def _hub_folder(self, local_only: bool) -> Path | None:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        sub = self.target.hub_subfolder
+        try:
+            root = snapshot_download(
+                self.target.model, allow_patterns=[f"{sub}/*"] if sub else None, local_files_only=local_only
+            )
+        except LocalEntryNotFoundError:
+            return None
+        folder = Path(root) / sub if sub else Path(root)
+        return folder if (folder / "genai_config.json").is_file() else None
+
+    async def _model_dir(self) -> AsyncIterator[str | Path]:
+        if self.target.source == "bundled":
+            from playground.onnx_build import ensure_bundled_onnx
+
+            async for line in ensure_bundled_onnx():
+                yield line
+            yield models.bundled_onnx_dir()
+        elif self.target.source == "hub":
+            folder = await asyncio.to_thread(self._hub_folder, True)
+            if folder is None:
+                yield f"downloading {self.target.model} ({self.target.download_gb or '?'} GB)…"
+                try:
+                    folder = await asyncio.to_thread(self._hub_folder, False)
+                except Exception as exc:  # noqa: BLE001 - offline, gated, missing
+                    raise BackendError(ErrorKind.CONNECTION, f"could not download {self.target.model}: {exc}") from None
+            if folder is None:
+                raise BackendError(ErrorKind.NOT_FOUND, f"{self.target.model} has no genai_config.json in {self.target.hub_subfolder}")
+            yield folder
+        else:
+            yield Path(self.target.model).expanduser()
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
+        folder: Path | None = None
+        if not local.is_loaded(self.key):
+            yield Progress("loading model…")
+            async for item in self._model_dir():
+                if isinstance(item, Path):
+                    folder = item
+                else:
+                    yield Progress(item)
+            yield Progress("loading model…")
+        loaded = await local.load_shared(self.key, lambda: self._load(folder))
+
+        def work(emit: local.Emit, stop: threading.Event) -> None:
+            self._generate(loaded, request, emit, stop)
+
+        async for event in local.stream_from_thread(work):
+            yield event
+
+    def _load(self, folder: Path | None) -> dict[str, Any]:
+        import onnxruntime_genai as og
+
+        if folder is None or not (folder / "genai_config.json").is_file():
+            raise BackendError(ErrorKind.NOT_FOUND, f"no ONNX GenAI model at {folder}")
+        config = json.loads((folder / "genai_config.json").read_text())["model"]
+        model = og.Model(str(folder))
+        eos = config.get("eos_token_id")
+        return {
+            "og": og,
+            "model": model,
+            "tokenizer": og.Tokenizer(model),
+            "context": config.get("context_length"),
+            "eos": set(eos if isinstance(eos, list) else [eos]),
+        }
+
+    def _generate(self, loaded: dict[str, Any], request: ChatRequest, emit: local.Emit, stop: threading.Event) -> None:
+        og, tokenizer = loaded["og"], loaded["tokenizer"]
+        prompt = tokenizer.apply_chat_template(json.dumps(request.as_dicts()), add_generation_prompt=True)
+        ids = tokenizer.encode(prompt)
+        params = request.params
+        context = self.target.context_length or loaded["context"]
+        max_new = local.check_context(len(ids), params.max_tokens, context, self.target.label)
+        if max_new < params.max_tokens:
+            emit(Notice(f"max new tokens cut to {max_new} to fit the context"))
+        search: dict[str, Any] = {"max_length": len(ids) + max_new, "do_sample": not params.greedy}
+        if not params.greedy:
+            search.update(temperature=params.temperature, top_p=params.top_p)
+        if params.seed is not None:
+            search["random_seed"] = params.seed
+        gen_params = og.GeneratorParams(loaded["model"])
+        gen_params.set_search_options(**search)
+        if not local.acquire_slot(self.key, stop, emit):
+            return
+        tokens, saw_eos = 0, False
+        try:
+            generator = og.Generator(loaded["model"], gen_params)
+            decoder = tokenizer.create_stream()
+            emit(RequestSent(at=time.perf_counter()))
+            generator.append_tokens(ids)
+            while not generator.is_done() and not stop.is_set():
+                generator.generate_next_token()
+                token = int(generator.get_next_tokens()[0])
+                now = time.perf_counter()
+                if token in loaded["eos"]:
+                    saw_eos = True
+                    continue
+                tokens += 1
+                emit(TextDelta(decoder.decode(token), tokens=1, at=now))
+        finally:
+            local.release_slot(self.key)
+        emit(Usage(len(ids), tokens, "counted"))
+        emit(Finished("stopped" if stop.is_set() else "stop" if saw_eos else "length"))
+

@@ -1,0 +1,93 @@
+"""Frozen stream events that every backend yields.
+
+A backend knows nothing of the UI or of timing policy. Local backends may stamp an
+event with ``at`` (a ``time.perf_counter()`` reading taken where the token was
+produced); otherwise the runner stamps it on arrival.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal, Union
+
+TokenSource = Literal["server", "counted", "estimated"]
+
+
+class ErrorKind(str, Enum):
+    AUTH = "auth"
+    RATE_LIMITED = "rate_limited"
+    NOT_FOUND = "not_found"
+    BAD_REQUEST = "bad_request"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    SERVER = "server"
+    TRUNCATED = "truncated"
+    CANCELLED = "cancelled"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Work before the request is sent (loading, building, downloading)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class RequestSent:
+    """The request has just been handed to the server or the model: the clock starts."""
+
+    at: float | None = None
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New text. ``tokens`` is the exact number of tokens it holds, when known."""
+
+    text: str
+    tokens: int | None = None
+    at: float | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int | None
+    completion_tokens: int
+    source: TokenSource
+
+
+@dataclass(frozen=True)
+class ServerTimings:
+    """Timings the server or engine reports about itself."""
+
+    decode_tokens_per_s: float | None = None
+    prompt_eval_s: float | None = None
+    load_s: float | None = None
+    output_tokens: int | None = None
+    prompt_tokens: int | None = None
+    total_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the user must be told about this column (e.g. a retry, an image not sent)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str
+    at: float | None = None
+
+
+@dataclass(frozen=True)
+class Failed:
+    kind: ErrorKind
+    message: str
+    retry_after: float | None = None
+
+
+Event = Union[Progress, RequestSent, TextDelta, Usage, ServerTimings, Notice, Finished, Failed]

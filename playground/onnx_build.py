@@ -1,0 +1,97 @@
+"""Build (once) and cache the int4 CPU ONNX model of the bundled GGUF, with progress.
+
+Two subprocesses: dequantize the GGUF through transformers, then run
+``onnxruntime_genai.models.builder``. Everything lands in ``NAME.tmp-PID`` and is
+renamed into place with a completion marker, so a half-built cache is never used.
+A file lock keeps two processes from building at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import re
+import shutil
+import sys
+from collections import deque
+from pathlib import Path
+from typing import AsyncIterator
+
+from playground import models
+from playground.backends.base import BackendError
+from playground.events import ErrorKind
+
+LAYER_LINE = re.compile(r"Reading layer (\d+)")
+
+
+async def _run(cmd: list[str], on_line: "callable[[str], str | None]") -> AsyncIterator[str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
+    )
+    tail: deque[str] = deque(maxlen=15)
+    try:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            tail.append(line)
+            message = on_line(line)
+            if message:
+                yield message
+        code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if code != 0:
+        detail = " | ".join(t for t in tail if t.strip())[-600:]
+        raise BackendError(ErrorKind.INTERNAL, f"building the ONNX model failed ({cmd[2]}): {detail}")
+
+
+async def ensure_bundled_onnx() -> AsyncIterator[str]:
+    """Yield progress lines until the cached ONNX model is ready (instant when cached)."""
+    final = models.bundled_onnx_dir()
+    if models.is_complete(final):
+        return
+    gguf = models.bundled_gguf()
+    if gguf is None:
+        raise BackendError(ErrorKind.UNAVAILABLE, models.INSTALL_HINT)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock_file = open(final.parent / (final.name + ".lock"), "w")  # noqa: SIM115
+    try:
+        yield "building ONNX model: waiting for another build to finish"
+        await asyncio.to_thread(fcntl.flock, lock_file, fcntl.LOCK_EX)
+        if models.is_complete(final):
+            return
+        models.remove_stale(final)
+        work = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+        hf_dir, out_dir = work / "hf", work / "onnx"
+        work.mkdir(parents=True)
+        try:
+            yield "building ONNX model (first run only): dequantizing GGUF…"
+            async for line in _run([sys.executable, "-m", "playground.dequantize", str(gguf), str(hf_dir)], lambda _: None):
+                yield line
+            layers = json.loads((hf_dir / "config.json").read_text())["num_hidden_layers"]
+
+            def layer_progress(line: str) -> str | None:
+                match = LAYER_LINE.search(line)
+                if match:
+                    done = int(match.group(1)) + 1
+                    return f"building ONNX model (first run only): layer {done}/{layers} ({100 * done // layers}%)"
+                return "building ONNX model (first run only): saving…" if "Saving ONNX" in line else None
+
+            cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir),
+                   "-o", str(out_dir), "-p", "int4", "-e", "cpu", "-c", str(work / "cache")]
+            async for line in _run(cmd, layer_progress):
+                yield line
+            if not (out_dir / "genai_config.json").is_file():
+                raise BackendError(ErrorKind.INTERNAL, "building the ONNX model left no genai_config.json")
+            models.mark_complete(out_dir, f"built from {gguf.name} by onnxruntime_genai.models.builder -p int4 -e cpu")
+            os.rename(out_dir, final)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
+        lock_file.close()

@@ -1,0 +1,101 @@
+"""Run results as rows, a DataFrame, and CSV / JSON exports. Never carries a key."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from playground.request import GenerationParams
+    from playground.runner import Column
+
+TABLE_COLUMNS = ["target", "backend", "TTFT (s)", "decode tok/s", "tokens", "tokens source", "E2E (s)", "status"]
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def result_entry(column: Column) -> dict[str, Any]:
+    """One target's result, in the shape the command line's --json prints."""
+    m = column.metrics()
+    ok = column.status == "done"
+    return {
+        "id": column.target.id,
+        "label": column.target.label,
+        "backend": column.target.backend,
+        "model": column.target.model,
+        "status": "ok" if ok else "error",
+        "error": None if ok else (column.error or column.status),
+        "finish_reason": column.finish_reason,
+        "text": column.text,
+        "ttft_s": _round(m.ttft_s, 4),
+        "e2e_s": _round(m.e2e_s, 4),
+        "prep_s": _round(m.prep_s, 3),
+        "output_tokens": m.output_tokens,
+        "tokens_source": m.tokens_source,
+        "decode_tokens_per_s": _round(m.decode_tokens_per_s, 2),
+        "itl_p50_s": _round(m.itl_p50_s, 4),
+        "itl_p95_s": _round(m.itl_p95_s, 4),
+        "itl_basis": m.itl_basis,
+        "notices": list(column.notices),
+        "server": dataclasses.asdict(column.server) if column.server else None,
+    }
+
+
+def run_document(prompt: str, system: str | None, params: GenerationParams, columns: list[Column]) -> dict[str, Any]:
+    return {
+        "prompt": prompt,
+        "system": system or None,
+        "parameters": params.model_dump(),
+        "results": [result_entry(c) for c in columns],
+    }
+
+
+def status_word(column: Column) -> str:
+    return f"error: {column.error}" if column.status == "error" else column.status
+
+
+def table_row(column: Column) -> dict[str, Any]:
+    m = column.metrics()
+    tokens = None if m.output_tokens is None else (
+        f"~{m.output_tokens}" if m.tokens_source == "estimated" else str(m.output_tokens))
+    return {
+        "target": column.target.label,
+        "backend": column.target.backend,
+        "TTFT (s)": _round(m.ttft_s),
+        "decode tok/s": _round(m.decode_tokens_per_s, 1),
+        "tokens": tokens,
+        "tokens source": m.tokens_source,
+        "E2E (s)": _round(m.e2e_s),
+        "status": status_word(column),
+    }
+
+
+def results_frame(columns: list[Column]) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.DataFrame([table_row(c) for c in columns], columns=TABLE_COLUMNS)
+
+
+def write_exports(document: dict[str, Any], folder: Path) -> tuple[Path, Path]:
+    """The run as JSON (everything) and CSV (one row per target, text included)."""
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = folder / "phi-playground-run.json", folder / "phi-playground-run.csv"
+    json_path.write_text(json.dumps(document, indent=2, ensure_ascii=False), encoding="utf-8")
+    rows = []
+    for result in document["results"]:
+        row = {k: v for k, v in result.items() if k not in ("server", "notices")}
+        row["notices"] = " | ".join(result["notices"])
+        for key, value in (result.get("server") or {}).items():
+            row[f"server_{key}"] = value
+        row.update(prompt=document["prompt"], system=document["system"], **document["parameters"])
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(csv_path, index=False)
+    return csv_path, json_path

@@ -1,0 +1,78 @@
+"""What a run asks of every target: messages and generation parameters, validated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MAX_PROMPT_CHARS = 100_000
+MAX_NEW_TOKENS_LIMIT = 8192
+
+
+class GenerationParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1, le=MAX_NEW_TOKENS_LIMIT)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: tuple[Message, ...]
+    params: GenerationParams = field(default_factory=GenerationParams)
+
+    def as_dicts(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.content} for m in self.messages]
+
+    @property
+    def prompt_chars(self) -> int:
+        return sum(len(m.content) for m in self.messages)
+
+
+class InputError(ValueError):
+    """Bad user input, with a message fit to show as is."""
+
+
+def make_params(**values: object) -> GenerationParams:
+    """Build parameters, turning pydantic's report into one readable line."""
+    try:
+        return GenerationParams(**{k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "parameters"
+            parts.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        raise InputError("; ".join(parts)) from None
+
+
+def build_messages(
+    prompt: str, system: str | None = None, history: list[tuple[str, str]] | None = None
+) -> tuple[Message, ...]:
+    """Validate the prompt and assemble a conversation (history is (user, assistant) pairs)."""
+    if prompt is None or not prompt.strip():
+        raise InputError("The prompt is empty: type something to send.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InputError(
+            f"The prompt is {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}."
+        )
+    messages: list[Message] = []
+    if system and system.strip():
+        messages.append(Message("system", system.strip()))
+    for user, assistant in history or []:
+        messages.append(Message("user", user))
+        messages.append(Message("assistant", assistant))
+    messages.append(Message("user", prompt))
+    return tuple(messages)
