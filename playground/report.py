@@ -7,13 +7,18 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from playground.events import ServerTimings
+
 if TYPE_CHECKING:
     import pandas as pd
 
     from playground.request import GenerationParams
     from playground.runner import Column
 
-TABLE_COLUMNS = ["target", "backend", "TTFT (s)", "decode tok/s", "tokens", "tokens source", "E2E (s)", "status"]
+TABLE_COLUMNS = ["target", "backend", "TTFT (s)", "decode tok/s", "tokens", "tokens source", "E2E (s)",
+                 "server tok/s", "prompt eval (s)", "load (s)", "status"]
+SERVER_FIELDS = [f.name for f in dataclasses.fields(ServerTimings)]
+SERVER_DIGITS = {"decode_tokens_per_s": 2, "prompt_eval_s": 4, "load_s": 4, "total_s": 4}
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -43,8 +48,16 @@ def result_entry(column: Column) -> dict[str, Any]:
         "itl_p95_s": _round(m.itl_p95_s, 4),
         "itl_basis": m.itl_basis,
         "notices": list(column.notices),
-        "server": dataclasses.asdict(column.server) if column.server else None,
+        "server": server_entry(column),
     }
+
+
+def server_entry(column: Column) -> dict[str, Any] | None:
+    """What the server or engine reported about itself; None when it reported nothing."""
+    if column.server is None:
+        return None
+    figures = dataclasses.asdict(column.server)
+    return {k: _round(v, SERVER_DIGITS[k]) if k in SERVER_DIGITS else v for k, v in figures.items()}
 
 
 def run_document(prompt: str, system: str | None, params: GenerationParams, columns: list[Column]) -> dict[str, Any]:
@@ -62,6 +75,7 @@ def status_word(column: Column) -> str:
 
 def table_row(column: Column) -> dict[str, Any]:
     m = column.metrics()
+    server = column.server
     tokens = None if m.output_tokens is None else (
         f"~{m.output_tokens}" if m.tokens_source == "estimated" else str(m.output_tokens))
     return {
@@ -72,6 +86,9 @@ def table_row(column: Column) -> dict[str, Any]:
         "tokens": tokens,
         "tokens source": m.tokens_source,
         "E2E (s)": _round(m.e2e_s),
+        "server tok/s": _round(server.decode_tokens_per_s, 1) if server else None,
+        "prompt eval (s)": _round(server.prompt_eval_s) if server else None,
+        "load (s)": _round(server.load_s) if server else None,
         "status": status_word(column),
     }
 
@@ -93,8 +110,9 @@ def write_exports(document: dict[str, Any], folder: Path) -> tuple[Path, Path]:
     for result in document["results"]:
         row = {k: v for k, v in result.items() if k not in ("server", "notices")}
         row["notices"] = " | ".join(result["notices"])
-        for key, value in (result.get("server") or {}).items():
-            row[f"server_{key}"] = value
+        server = result.get("server") or {}
+        for key in SERVER_FIELDS:  # always present, empty when the backend reported nothing
+            row[f"server_{key}"] = server.get(key)
         row.update(prompt=document["prompt"], system=document["system"], **document["parameters"])
         rows.append(row)
     pd.DataFrame(rows).to_csv(csv_path, index=False)

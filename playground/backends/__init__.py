@@ -17,6 +17,8 @@ REGISTRY: dict[str, str] = {
     "openai": "playground.backends.openai_compat:OpenAICompatBackend",
     "transformers": "playground.backends.hf_transformers:TransformersBackend",
     "onnx": "playground.backends.ort_genai:OrtGenAIBackend",
+    "ollama": "playground.backends.ollama_native:OllamaBackend",
+    "llamacpp": "playground.backends.llama_cpp:LlamaCppBackend",
 }
 
 

@@ -44,9 +44,16 @@ def retry_after_s(response: httpx.Response | None) -> float | None:
     return None
 
 
-def map_error(exc: Exception, target: Target, key: str | None) -> BackendError:
+def map_error(exc: Exception, target: Target, key: str | None, mid_stream: bool = False) -> BackendError:
     """One clear line per failure; the key never appears in it."""
     where = f"{target.model} at {target.base_url or target.base_url_env}"
+    if mid_stream and isinstance(exc, openai.APIConnectionError):
+        # openai wraps transport errors met while reading the body too: after the response
+        # began they mean a cut stream or a stalled read, not a failed connection
+        cause = exc.__cause__ or exc
+        if isinstance(exc, openai.APITimeoutError):
+            return BackendError(ErrorKind.TIMEOUT, f"read timed out from {where}")
+        return BackendError(ErrorKind.TRUNCATED, f"connection dropped mid-stream ({type(cause).__name__})")
     if isinstance(exc, openai.APIStatusError):
         code = exc.status_code
         detail = redact(_error_detail(exc), key)
@@ -161,8 +168,10 @@ class OpenAICompatBackend:
         finish: str | None = None
         usage_seen = False
         yield RequestSent()
+        streaming = False
         try:
             stream = await client.chat.completions.create(**kwargs)
+            streaming = True
             async with stream:
                 async for chunk in stream:
                     if chunk.usage is not None and chunk.usage.completion_tokens is not None:
@@ -176,7 +185,7 @@ class OpenAICompatBackend:
         except BackendError:
             raise
         except (openai.OpenAIError, httpx.HTTPError, ValueError) as exc:
-            raise map_error(exc, self.target, key) from None
+            raise map_error(exc, self.target, key, mid_stream=streaming) from None
         if finish is None:
             raise BackendError(ErrorKind.TRUNCATED, "the stream ended without a finish reason")
         yield Finished(finish)

@@ -1,0 +1,248 @@
+"""Local llama.cpp through llama-cpp-python (an optional extra): one shared ``Llama`` per
+GGUF, a token loop in a worker thread, and llama.cpp's own perf counters.
+
+One ``Llama`` holds one KV cache, so generations on a shared model take turns (a lock),
+inside the usual local slots. The loop checks the stop flag after every token.
+``load_s`` is the wall time of ``Llama(...)`` and is reported only by the runs that waited
+for that load: llama.cpp's ``t_load_ms`` counts up to the first decode, not the load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
+
+from playground import models
+from playground.backends import local
+from playground.backends.base import READY, Availability, BackendError
+from playground.events import (
+    ErrorKind, Event, Finished, Notice, Progress, RequestSent, ServerTimings, TextDelta, Usage,
+)
+
+if TYPE_CHECKING:
+    from playground.catalog import Target
+    from playground.request import ChatRequest
+
+INSTALL_HINT = "install the llama.cpp extra: pip install -r requirements-llamacpp.txt (compiles ~7 min)"
+DEFAULT_CONTEXT = 4096
+
+
+def llama_threads() -> int:
+    """Threads for llama.cpp (PLAYGROUND_LLAMACPP_THREADS, else half the CPUs).
+
+    The same count serves prompt processing: llama-cpp-python's default of every CPU
+    there makes ggml's threads spin against any other busy process (TTFT went from
+    0.15 s to 10 s on a shared 2-core machine).
+    """
+    try:
+        return max(1, int(os.environ.get("PLAYGROUND_LLAMACPP_THREADS", "")))
+    except ValueError:
+        return max(1, (os.cpu_count() or 2) // 2)
+
+
+@dataclass
+class Engine:
+    """A loaded model, shared by every session; ``lock`` gives its one KV cache to one run at a time."""
+
+    llm: Any
+    formatter: Any  # llama_chat_format.Jinja2ChatFormatter, or None: no template in the GGUF
+    load_s: float
+    lock: threading.Lock
+
+
+class LlamaCppBackend:
+    name: ClassVar[str] = "llamacpp"
+    supports_vision: ClassVar[bool] = False
+
+    def __init__(self, target: Target):
+        self.target = target
+
+    @property
+    def key(self) -> str:
+        t = self.target
+        return f"llamacpp:{t.source}:{t.model}:{t.gguf_file}:{t.context_length}"
+
+    def availability(self) -> Availability:
+        if not models.module_installed("llama_cpp"):  # find_spec: never imported here
+            return Availability("unavailable", INSTALL_HINT)
+        source = self.target.source
+        if source == "bundled":
+            return READY if models.bundled_dir() else Availability("unavailable", models.INSTALL_HINT)
+        if source == "hub":
+            if not self.target.gguf_file:
+                return Availability("unavailable", "gguf_file: name the .gguf file in the hub repository")
+            if self._hub_file(local_only=True) is None:
+                size = f"{self.target.download_gb:g} GB" if self.target.download_gb else "the model"
+                return Availability("first_run", f"not downloaded yet: first run downloads {size}")
+            return READY
+        path = self._local_file()
+        return READY if path.is_file() else Availability("unavailable", f"no GGUF file at {path}")
+
+    def _local_file(self) -> Path:
+        path = Path(self.target.model).expanduser()
+        return path / self.target.gguf_file if self.target.gguf_file else path
+
+    def _hub_file(self, local_only: bool) -> Path | None:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            return Path(hf_hub_download(self.target.model, self.target.gguf_file or "",
+                                        local_files_only=local_only))
+        except LocalEntryNotFoundError:
+            return None
+
+    async def _gguf(self) -> AsyncIterator[str | Path]:
+        """Progress lines, then the GGUF path."""
+        source = self.target.source
+        if source == "bundled":
+            folder = models.bundled_dir()
+            if folder is None:
+                raise BackendError(ErrorKind.UNAVAILABLE, models.INSTALL_HINT)
+            yield folder / (self.target.gguf_file or models.BUNDLED_GGUF)
+        elif source == "hub":
+            path = await asyncio.to_thread(self._hub_file, True)
+            if path is None:
+                yield f"downloading {self.target.model} ({self.target.download_gb or '?'} GB)…"
+                try:
+                    path = await asyncio.to_thread(self._hub_file, False)
+                except Exception as exc:  # noqa: BLE001 - offline, gated, missing
+                    raise BackendError(ErrorKind.CONNECTION, f"could not download {self.target.model}: {exc}") from None
+            if path is None:
+                raise BackendError(ErrorKind.NOT_FOUND, f"{self.target.gguf_file} not found in {self.target.model}")
+            yield path
+        else:
+            yield self._local_file()
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
+        waited_for_load = not local.is_loaded(self.key)
+        path: Path | None = None
+        if waited_for_load:
+            yield Progress("loading model…")
+            async for item in self._gguf():
+                if isinstance(item, Path):
+                    path = item
+                else:
+                    yield Progress(item)
+            yield Progress("loading model…")
+        engine = await local.load_shared(self.key, lambda: self._load(path))
+
+        def work(emit: local.Emit, stop: threading.Event) -> None:
+            self._generate(engine, request, emit, stop, engine.load_s if waited_for_load else 0.0)
+
+        async for event in local.stream_from_thread(work):
+            yield event
+
+    def _load(self, path: Path | None) -> Engine:
+        import llama_cpp
+        from llama_cpp import llama_chat_format
+
+        if path is None or not path.is_file():
+            raise BackendError(ErrorKind.NOT_FOUND, f"no GGUF file at {path}")
+        started = time.perf_counter()
+        try:
+            threads = llama_threads()
+            llm = llama_cpp.Llama(model_path=str(path), n_ctx=self.target.context_length or DEFAULT_CONTEXT,
+                                  n_threads=threads, n_threads_batch=threads, verbose=False)
+        except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
+            raise BackendError(ErrorKind.UNAVAILABLE, f"llama.cpp could not load {path.name}: {exc}") from None
+        load_s = time.perf_counter() - started
+        template = llm.metadata.get("tokenizer.chat_template")
+        formatter = None
+        if template:
+            def token_text(token: int) -> str:
+                return llm._model.token_get_text(token) if token != -1 else ""
+
+            eos = llm.token_eos()
+            formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=template, eos_token=token_text(eos), bos_token=token_text(llm.token_bos()),
+                stop_token_ids=[eos],
+            )
+        return Engine(llm, formatter, load_s, threading.Lock())
+
+    def _prompt_ids(self, engine: Engine, request: ChatRequest, emit: local.Emit) -> list[int]:
+        """The conversation through the GGUF's own chat template, as token ids."""
+        from llama_cpp import llama_chat_format
+
+        messages = request.as_dicts()
+        if engine.formatter is not None:
+            formatted = engine.formatter(messages=messages)
+        else:
+            emit(Notice("this GGUF carries no chat template: using ChatML"))
+            formatted = llama_chat_format.format_chatml(messages=messages)
+        add_bos = not formatted.added_special
+        return engine.llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def _generate(self, engine: Engine, request: ChatRequest, emit: local.Emit, stop: threading.Event,
+                  load_s: float) -> None:
+        import llama_cpp
+
+        llm = engine.llm
+        ids = self._prompt_ids(engine, request, emit)
+        params = request.params
+        max_new = local.check_context(len(ids), params.max_tokens, llm.n_ctx(), self.target.label)
+        if max_new < params.max_tokens:
+            emit(Notice(f"max new tokens cut to {max_new} to fit the context"))
+        if not local.acquire_slot(self.key, stop, emit):
+            return
+        tokens, saw_eos = 0, False
+        try:
+            if not _take_turn(engine.lock, stop, emit):
+                return
+            try:
+                llm.set_seed(params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
+                llama_cpp.llama_perf_context_reset(llm.ctx)
+                decoder = local.IncrementalDecoder(lambda t: llm.detokenize(t).decode("utf-8", errors="replace"))
+                vocab = llm._model.vocab
+                emit(RequestSent(at=time.perf_counter()))
+                generator = llm.generate(ids, temp=params.temperature, top_p=params.top_p)
+                try:
+                    for token in generator:
+                        now = time.perf_counter()
+                        if stop.is_set():
+                            break
+                        if llama_cpp.llama_vocab_is_eog(vocab, token):
+                            saw_eos = True
+                            break
+                        tokens += 1
+                        emit(TextDelta(decoder.push(token), tokens=1, at=now))
+                        if tokens >= max_new:
+                            break
+                finally:
+                    generator.close()
+                perf = llama_cpp.llama_perf_context(llm.ctx)
+            finally:
+                engine.lock.release()
+        finally:
+            local.release_slot(self.key)
+        emit(Usage(len(ids), tokens, "counted"))
+        emit(engine_timings(perf, tokens, len(ids), load_s))
+        emit(Finished("stopped" if stop.is_set() else "stop" if saw_eos else "length"))
+
+
+def engine_timings(perf: Any, tokens: int, prompt_tokens: int, load_s: float) -> ServerTimings:
+    """llama.cpp's own counters (``llama_perf_context``) for this run."""
+    decode = perf.n_eval / (perf.t_eval_ms / 1000) if perf.n_eval > 0 and perf.t_eval_ms > 0 else None
+    return ServerTimings(
+        decode_tokens_per_s=decode,
+        prompt_eval_s=perf.t_p_eval_ms / 1000,
+        load_s=load_s,
+        output_tokens=tokens,
+        prompt_tokens=prompt_tokens,
+    )
+
+
+def _take_turn(lock: threading.Lock, stop: threading.Event, emit: local.Emit) -> bool:
+    """Wait for the model's KV cache; False if stopped meanwhile."""
+    if lock.acquire(blocking=False):
+        return True
+    emit(Progress("waiting: llama.cpp runs one generation at a time on this model"))
+    while not stop.is_set():
+        if lock.acquire(timeout=0.05):
+            return True
+    return False

@@ -1,0 +1,228 @@
+"""Ollama's native API through ``ollama.AsyncClient``, with the server's own timings.
+
+Availability comes from ``GET /api/tags``. ``availability()`` is synchronous, so it
+answers from a small per-host cache: a fresh entry is used as is; a stale one is
+refreshed with one bounded GET (``TAGS_TIMEOUT_S``, 0.5 s; a closed port on loopback
+answers in about a millisecond). The UI can keep every page load off the network by
+awaiting ``refresh_tags_async(targets)`` (a worker thread) before it asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Iterable
+
+import httpx
+
+from playground.backends.base import READY, Availability, BackendError
+from playground.events import ErrorKind, Event, Finished, RequestSent, ServerTimings, TextDelta, Usage
+
+if TYPE_CHECKING:
+    import ollama
+
+    from playground.catalog import Target
+    from playground.request import ChatRequest
+
+DEFAULT_HOST = "http://127.0.0.1:11434"
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+WARMUP_TIMEOUT_S = 3.0
+TAGS_TIMEOUT_S = 0.5
+TAGS_TTL_S = 10.0  # a good answer is kept this long
+TAGS_FAIL_TTL_S = 2.0  # a bad one is rechecked sooner: the user may have just started Ollama
+START_HINT = "start it with: ollama serve"
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, ollama.AsyncClient]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@dataclass(frozen=True)
+class Tags:
+    """One look at a host's ``/api/tags``: the pulled models, or why we could not see them."""
+
+    at: float
+    models: frozenset[str] | None
+    error: str | None = None
+
+    def fresh(self, now: float) -> bool:
+        return now - self.at < (TAGS_TTL_S if self.models is not None else TAGS_FAIL_TTL_S)
+
+
+_tags: dict[str, Tags] = {}
+_tags_lock = threading.Lock()
+
+
+def host_for(target: Target) -> str:
+    return target.base_url or os.environ.get("OLLAMA_HOST") or DEFAULT_HOST
+
+
+def full_tag(model: str) -> str:
+    """``phi3.5`` and ``phi3.5:latest`` name the same model."""
+    return model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
+
+
+def refresh_tags(host: str, timeout_s: float = TAGS_TIMEOUT_S) -> Tags:
+    """One bounded ``GET /api/tags``, remembered for the host. Blocking: call it off the loop."""
+    import ollama
+
+    try:
+        with ollama.Client(host=host, timeout=timeout_s) as client:
+            listed = client.list()
+        entry = Tags(time.monotonic(), frozenset(full_tag(m.model) for m in listed.models if m.model))
+    except (ConnectionError, httpx.ConnectError):
+        entry = Tags(time.monotonic(), None, f"Ollama is not running at {host}")
+    except httpx.TimeoutException:
+        entry = Tags(time.monotonic(), None, f"Ollama at {host} did not answer within {timeout_s:g} s")
+    except Exception as exc:  # noqa: BLE001 - ResponseError, a non-Ollama server, bad JSON
+        entry = Tags(time.monotonic(), None, f"no Ollama answer at {host}: {str(exc)[:120]}")
+    with _tags_lock:
+        _tags[host] = entry
+    return entry
+
+
+async def refresh_tags_async(targets: Iterable[Target]) -> None:
+    """Refresh every Ollama host among ``targets`` in worker threads, in parallel."""
+    hosts = {host_for(t) for t in targets if t.backend == "ollama"}
+    await asyncio.gather(*(asyncio.to_thread(refresh_tags, h) for h in hosts))
+
+
+def cached_tags(host: str) -> Tags:
+    with _tags_lock:
+        entry = _tags.get(host)
+    if entry is not None and entry.fresh(time.monotonic()):
+        return entry
+    return refresh_tags(host)
+
+
+def forget_tags() -> None:
+    with _tags_lock:
+        _tags.clear()
+
+
+def _detail(exc: Exception) -> str:
+    return str(getattr(exc, "error", None) or exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+
+
+def map_error(exc: Exception, target: Target, host: str) -> BackendError:
+    """One clear line per failure, with the command that fixes it where there is one."""
+    import ollama
+
+    if isinstance(exc, ollama.ResponseError):
+        code, detail = exc.status_code, _detail(exc)
+        if code == 404:
+            return BackendError(ErrorKind.NOT_FOUND, f"{target.model} is not on the Ollama server at {host}: "
+                                f"run: ollama pull {target.model} ({detail})")
+        if code in (401, 403):
+            return BackendError(ErrorKind.AUTH, f"{code} from Ollama at {host}: check OLLAMA_API_KEY ({detail})")
+        if code == 429:
+            return BackendError(ErrorKind.RATE_LIMITED, f"429 rate limited by Ollama at {host} ({detail})")
+        if code >= 500:
+            return BackendError(ErrorKind.SERVER, f"{code} server error from Ollama at {host} ({detail})")
+        if code == -1:  # an {"error": ...} line inside the stream
+            return BackendError(ErrorKind.SERVER, f"Ollama reported an error mid-stream: {detail}")
+        return BackendError(ErrorKind.BAD_REQUEST, f"{code} bad request: {detail}")
+    if isinstance(exc, (ConnectionError, httpx.ConnectError)):
+        return BackendError(ErrorKind.CONNECTION, f"cannot connect to Ollama at {host}: {START_HINT}")
+    if isinstance(exc, httpx.TimeoutException):
+        return BackendError(ErrorKind.TIMEOUT, f"timed out waiting for Ollama at {host}")
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+        return BackendError(ErrorKind.TRUNCATED, f"connection dropped mid-stream ({type(exc).__name__})")
+    if isinstance(exc, ValueError):  # a line that is not JSON, or not a chat chunk
+        return BackendError(ErrorKind.SERVER, f"malformed stream from {host}: {str(exc)[:200]}")
+    return BackendError(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+def timings(final: Any) -> ServerTimings:
+    """The final chunk's counters; durations arrive in nanoseconds."""
+
+    def seconds(ns: int | None) -> float | None:
+        return None if ns is None else ns / 1e9
+
+    decode = None
+    if final.eval_count and final.eval_duration:
+        decode = final.eval_count / (final.eval_duration / 1e9)
+    return ServerTimings(
+        decode_tokens_per_s=decode,
+        prompt_eval_s=seconds(final.prompt_eval_duration),
+        load_s=seconds(final.load_duration),
+        output_tokens=final.eval_count,
+        prompt_tokens=final.prompt_eval_count,
+        total_s=seconds(final.total_duration),
+    )
+
+
+class OllamaBackend:
+    name: ClassVar[str] = "ollama"
+    supports_vision: ClassVar[bool] = False
+
+    def __init__(self, target: Target):
+        self.target = target
+        self.host = host_for(target)
+
+    def availability(self) -> Availability:
+        tags = cached_tags(self.host)
+        if tags.models is None:
+            return Availability("unavailable", f"{tags.error}: {START_HINT}")
+        if full_tag(self.target.model) not in tags.models:
+            return Availability("unavailable", f"not pulled yet: run: ollama pull {self.target.model}")
+        return READY
+
+    async def _client(self) -> ollama.AsyncClient:
+        """One client per host and event loop, its connection opened before any clock starts."""
+        import ollama
+
+        per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
+        client = per_loop.get(self.host)
+        if client is None:
+            connect = self.target.connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S
+            client = ollama.AsyncClient(host=self.host, timeout=httpx.Timeout(self.target.timeout_s, connect=connect))
+            per_loop[self.host] = client
+            try:  # best effort: open the TCP connection now
+                await client._client.get("/api/version", timeout=WARMUP_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - the real request reports any problem
+                pass
+        return client
+
+    def _options(self, request: ChatRequest) -> dict[str, Any]:
+        params = request.params
+        options: dict[str, Any] = {
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "num_predict": params.max_tokens,
+        }
+        if params.seed is not None:
+            options["seed"] = params.seed
+        return options
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
+        import ollama
+
+        client = await self._client()
+        final: Any = None
+        yield RequestSent()
+        try:
+            chunks = await client.chat(
+                model=self.target.model,
+                messages=request.as_dicts(),
+                stream=True,
+                options=self._options(request),
+                keep_alive=self.target.keep_alive,
+            )
+            async for chunk in chunks:
+                if chunk.message is not None and chunk.message.content:
+                    yield TextDelta(chunk.message.content)
+                if chunk.done:
+                    final = chunk
+        except (ollama.ResponseError, ConnectionError, httpx.HTTPError, ValueError) as exc:
+            raise map_error(exc, self.target, self.host) from None
+        if final is None:
+            raise BackendError(ErrorKind.TRUNCATED, "the stream ended without Ollama's final chunk (done: true)")
+        if final.eval_count is not None:
+            yield Usage(final.prompt_eval_count, final.eval_count, "server")
+        yield timings(final)
+        yield Finished(final.done_reason or "stop")

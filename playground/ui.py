@@ -1,0 +1,186 @@
+"""The Gradio Blocks UI. Gradio is imported only here; formatting lives in ui_format."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import gradio as gr
+
+from playground.backends import make_backend
+from playground.catalog import Catalog, load_catalog
+from playground.report import results_frame, run_document, write_exports, TABLE_COLUMNS
+from playground.request import MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_CHARS, ChatRequest, InputError, Message, build_messages, make_params
+from playground.runner import Job, Run
+from playground.settings import MAX_COLUMNS, Settings, from_env
+from playground.ui_format import Turn, finished_turn, ordered_choices, status_markdown, transcript
+
+EXAMPLES = [
+    "Explain in three sentences why the sky is blue.",
+    "Write a haiku about debugging at 2 a.m.",
+    "Explique en deux phrases ce qu'est un petit modèle de langage. Puis traduis ta réponse en español y en 中文.",
+    "A bat and a ball cost $1.10 in total. The bat costs $1.00 more than the ball. How much is the ball? Think step by step.",
+    "Write a Python function that checks whether a string is a palindrome, with two tests.",
+]
+CSS = """
+.pp-col { min-width: 300px; }
+.pp-status { font-size: 0.85em; min-height: 3.2em; }
+"""
+_active_runs: dict[str, Run] = {}
+
+
+def _choices(catalog: Catalog) -> list[tuple[str, str]]:
+    return ordered_choices([(t, make_backend(t).availability()) for t in catalog.targets])
+
+
+def _initial_targets(catalog: Catalog, settings: Settings, choices: list[tuple[str, str]]) -> list[str]:
+    wanted = [t for t in (settings.default_targets or catalog.defaults) if t in catalog.ids]
+    for _, target_id in choices:  # fill the remaining columns with the first runnable targets
+        if len(wanted) >= MAX_COLUMNS:
+            break
+        if target_id not in wanted:
+            wanted.append(target_id)
+    return wanted[:MAX_COLUMNS]
+
+
+def _validate(catalog: Catalog, prompt: str, system: str, temperature: float, top_p: float,
+              max_tokens: float, seed: float | None, target_ids: list[str]) -> tuple[tuple[Message, ...], Any]:
+    try:
+        params = make_params(temperature=temperature, top_p=top_p,
+                             max_tokens=None if max_tokens is None else int(max_tokens),
+                             seed=None if seed is None or seed == "" else int(seed))
+        build_messages(prompt, system)
+    except InputError as exc:
+        raise gr.Error(str(exc)) from None
+    for target_id in target_ids:
+        if not target_id:
+            raise gr.Error("Pick a target in every visible column.")
+        if target_id not in catalog.ids:
+            raise gr.Error(f"Unknown target {target_id!r}: pick one from the list.")
+    return (), params
+
+
+def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -> gr.Blocks:
+    settings = settings or from_env()
+    catalog = catalog or load_catalog(settings.catalog)
+    choices = _choices(catalog)
+    initial = _initial_targets(catalog, settings, choices)
+    n_initial = settings.columns or max(1, min(len(settings.default_targets or catalog.defaults) or 2, MAX_COLUMNS))
+
+    with gr.Blocks(title="Phi Playground", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("# Phi Playground\nOne prompt, several models and backends, streamed side by side "
+                    "with honest numbers. Offline by default: the bundled SmolLM2-135M runs on two backends.")
+        histories = gr.State([[] for _ in range(MAX_COLUMNS)])
+        n_cols = gr.Slider(1, MAX_COLUMNS, value=n_initial, step=1, label="Columns", elem_id="n-columns")
+        slots, pickers, chats, statuses = [], [], [], []
+        with gr.Row(equal_height=False, elem_id="columns"):
+            for i in range(MAX_COLUMNS):
+                with gr.Column(visible=i < n_initial, min_width=300, elem_id=f"col-{i}",
+                               elem_classes=["pp-col"]) as slot:
+                    pickers.append(gr.Dropdown(choices=choices, value=initial[i] if i < len(initial) else None,
+                                               label=f"Target {i + 1}", elem_id=f"col-{i}-target"))
+                    chats.append(gr.Chatbot(height=380, elem_id=f"col-{i}-chat", show_label=False,
+                                            feedback_options=None, buttons=["copy"]))
+                    statuses.append(gr.Markdown("", elem_id=f"col-{i}-status", elem_classes=["pp-status"]))
+                slots.append(slot)
+        prompt = gr.Textbox(lines=1, max_lines=12, max_length=MAX_PROMPT_CHARS, label="Prompt",
+                            placeholder="Ask something. Enter runs, Shift+Enter adds a line.", elem_id="prompt")
+        with gr.Row():
+            run_btn = gr.Button("Run", variant="primary", elem_id="run")
+            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+            clear_btn = gr.Button("Clear", elem_id="clear")
+        with gr.Accordion("Parameters", open=False):
+            system = gr.Textbox(label="System prompt", lines=2, elem_id="system")
+            with gr.Row():
+                temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)", elem_id="temperature")
+                top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top_p", elem_id="top-p")
+                max_tokens = gr.Slider(1, MAX_NEW_TOKENS_LIMIT, value=256, step=1, label="Max new tokens", elem_id="max-tokens")
+                seed = gr.Number(value=None, precision=0, minimum=0, label="Seed (blank = random)", elem_id="seed")
+        gr.Examples(EXAMPLES, inputs=[prompt], label="Examples")
+        table = gr.Dataframe(headers=TABLE_COLUMNS, label="Results", interactive=False, elem_id="results", wrap=True)
+        with gr.Row():
+            csv_btn = gr.DownloadButton("Download CSV", visible=False, elem_id="download-csv")
+            json_btn = gr.DownloadButton("Download JSON", visible=False, elem_id="download-json")
+
+        async def run(prompt_text: str, system_text: str, temp: float, p: float, max_new: float,
+                      seed_value: float | None, columns: float, hist: list[list[Turn]],
+                      t0: str, t1: str, t2: str, t3: str, t4: str, t5: str, request: gr.Request
+                      ) -> AsyncIterator[list[Any]]:
+            picked = [t0, t1, t2, t3, t4, t5]
+            count = int(columns)
+            target_ids = list(picked[:count])
+            _, params = _validate(catalog, prompt_text, system_text, temp, p, max_new, seed_value, target_ids)
+            jobs = []
+            for i, target_id in enumerate(target_ids):
+                past = [(t.user, t.assistant) for t in hist[i] if t.ok]
+                jobs.append(Job(catalog.get(target_id), ChatRequest(build_messages(prompt_text, system_text, past), params)))
+            session = getattr(request, "session_hash", None) or "anonymous"
+            run_ = Run(jobs)
+            previous = _active_runs.pop(session, None)
+            if previous is not None:
+                previous.stop()
+            _active_runs[session] = run_
+            seen = [-1] * count
+            try:
+                async for frame in run_.frames():
+                    now = time.perf_counter()
+                    values: list[Any] = []
+                    for i in range(MAX_COLUMNS):
+                        changed = i < count and frame[i].version != seen[i]
+                        values.append(transcript(hist[i], prompt_text, frame[i]) if changed else gr.skip())
+                    for i in range(MAX_COLUMNS):
+                        changed = i < count and (frame[i].version != seen[i] or frame[i].status == "streaming")
+                        values.append(status_markdown(frame[i], now) if changed else gr.skip())
+                    for i in range(count):
+                        seen[i] = frame[i].version
+                    yield values + [gr.skip()] * 4
+            finally:
+                if _active_runs.get(session) is run_:
+                    del _active_runs[session]
+            columns_done = run_.columns
+            new_hist = [list(h) for h in hist]
+            for i, column in enumerate(columns_done):
+                new_hist[i].append(finished_turn(prompt_text, column))
+            csv_path, json_path = write_exports(run_document(prompt_text, system_text, params, columns_done),
+                                                Path(tempfile.mkdtemp(prefix="phi-playground-")))
+            final = [transcript(new_hist[i]) if i < count else gr.skip() for i in range(MAX_COLUMNS)]
+            final += [status_markdown(c) for c in columns_done] + [gr.skip()] * (MAX_COLUMNS - count)
+            yield final + [results_frame(columns_done), gr.DownloadButton(value=str(csv_path), visible=True),
+                           gr.DownloadButton(value=str(json_path), visible=True), new_hist]
+
+        def stop(request: gr.Request) -> None:
+            active = _active_runs.get(getattr(request, "session_hash", None) or "anonymous")
+            if active is not None:
+                active.stop()
+
+        def clear() -> list[Any]:
+            empty = [[] for _ in range(MAX_COLUMNS)]
+            return [[] for _ in range(MAX_COLUMNS)] + [""] * MAX_COLUMNS + [
+                None, gr.DownloadButton(visible=False), gr.DownloadButton(visible=False), empty]
+
+        def show_columns(count: float) -> list[Any]:
+            return [gr.Column(visible=i < int(count)) for i in range(MAX_COLUMNS)]
+
+        def refresh_choices() -> list[Any]:
+            fresh = _choices(catalog)
+            return [gr.Dropdown(choices=fresh) for _ in range(MAX_COLUMNS)]
+
+        run_inputs = [prompt, system, temperature, top_p, max_tokens, seed, n_cols, histories, *pickers]
+        run_outputs = [*chats, *statuses, table, csv_btn, json_btn, histories]
+        gr.on([prompt.submit, run_btn.click], run, inputs=run_inputs, outputs=run_outputs,
+              api_name="run", trigger_mode="once", show_progress="hidden",
+              preprocess=False)  # our own validation names the bad field; Gradio's does not
+        stop_btn.click(stop, None, None, api_name="stop", concurrency_limit=None, queue=False)
+        clear_btn.click(clear, None, [*chats, *statuses, table, csv_btn, json_btn, histories], api_name="clear")
+        n_cols.change(show_columns, n_cols, slots, api_name=False, show_progress="hidden")
+        demo.load(refresh_choices, None, pickers, api_name=False, show_progress="hidden")
+    demo.queue(default_concurrency_limit=settings.concurrency)
+    return demo
+
+
+def launch(catalog: Catalog | None = None, host: str | None = None, port: int | None = None, **kwargs: Any) -> Any:
+    settings = from_env()
+    demo = build_ui(catalog, settings)
+    return demo.launch(server_name=host or settings.host, server_port=port or settings.port, css=CSS, **kwargs)

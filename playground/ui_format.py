@@ -1,0 +1,115 @@
+"""Pure functions from runner state to what the UI shows. No Gradio import here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from playground.backends.base import Availability
+    from playground.catalog import Target
+    from playground.runner import Column
+
+STATUS_ICON = {"queued": "⏳", "loading": "⏳", "streaming": "▶", "done": "✓", "stopped": "■", "error": "✗"}
+
+
+@dataclass
+class Turn:
+    """One exchange in a column's transcript. Only ``ok`` turns are sent back to the model."""
+
+    user: str
+    assistant: str
+    ok: bool
+    note: str = ""
+
+
+def fmt_s(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def tokens_text(count: int | None, source: str | None) -> str:
+    if count is None:
+        return "–"
+    return f"~{count}" if source == "estimated" else str(count)
+
+
+def status_markdown(column: Column, now: float | None = None) -> str:
+    """The live status line: state, then TTFT, decode tok/s, tokens and E2E."""
+    m = column.metrics(now)
+    state = column.status
+    if column.status == "error":
+        state = f"error: {column.error}"
+    elif column.detail:
+        state = f"{column.status}: {column.detail}"
+    speed = "–" if m.decode_tokens_per_s is None else f"{m.decode_tokens_per_s:.1f}"
+    source = f" ({m.tokens_source})" if m.tokens_source else ""
+    parts = [
+        f"{STATUS_ICON.get(column.status, '')} **{state}**",
+        f"TTFT {fmt_s(m.ttft_s)} · decode {speed} tok/s · tokens {tokens_text(m.output_tokens, m.tokens_source)}"
+        f"{source} · E2E {fmt_s(m.e2e_s)}",
+    ]
+    if m.prep_s is not None and m.prep_s >= 0.5:
+        parts.append(f"before the request: {fmt_s(m.prep_s)} (queueing, loading)")
+    server = column.server
+    if server is not None:
+        bits = []
+        if server.decode_tokens_per_s is not None:
+            bits.append(f"decode {server.decode_tokens_per_s:.1f} tok/s")
+        if server.prompt_eval_s is not None:
+            bits.append(f"prompt eval {fmt_s(server.prompt_eval_s)}")
+        if server.load_s is not None:
+            bits.append(f"model load {fmt_s(server.load_s)}")
+        if server.output_tokens is not None:
+            bits.append(f"{server.output_tokens} tokens")
+        if bits:
+            parts.append("server reports: " + " · ".join(bits))
+        if server.output_tokens is not None and m.output_tokens not in (None, server.output_tokens):
+            parts.append(f"token counts differ: headline uses {m.tokens_source} count {m.output_tokens}, "
+                         f"server says {server.output_tokens}")
+    for notice in column.notices:
+        parts.append(f"⚠ {notice}")
+    return "  \n".join(parts)
+
+
+def transcript(history: list[Turn], prompt: str | None = None, live: Column | None = None) -> list[dict[str, Any]]:
+    """Chatbot messages: the column's past turns, then the turn in progress."""
+    messages: list[dict[str, Any]] = []
+    for turn in history:
+        messages.append({"role": "user", "content": turn.user})
+        answer = turn.assistant or ""
+        if turn.note:
+            answer = f"{answer}\n\n*{turn.note}*" if answer else f"*{turn.note}*"
+        messages.append({"role": "assistant", "content": answer})
+    if prompt is not None and live is not None:
+        messages.append({"role": "user", "content": prompt})
+        answer = live.text
+        if live.status == "error":
+            answer = f"{answer}\n\n*✗ {live.error}*" if answer else f"*✗ {live.error}*"
+        elif not answer:
+            answer = f"*{live.detail or live.status}…*"
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def finished_turn(prompt: str, column: Column) -> Turn:
+    if column.status == "done":
+        return Turn(prompt, column.text, ok=True)
+    if column.status == "stopped":
+        return Turn(prompt, column.text, ok=bool(column.text), note="■ stopped")
+    return Turn(prompt, column.text, ok=False, note=f"✗ {column.error}")
+
+
+def choice_label(target: Target, available: Availability) -> str:
+    if available.state == "ready":
+        return target.label
+    mark = "✗ " if available.state == "unavailable" else ""
+    return f"{target.label} — {mark}{available.reason}"
+
+
+def ordered_choices(items: list[tuple[Target, Availability]]) -> list[tuple[str, str]]:
+    """Dropdown choices: ready targets first, then first-run ones, then unavailable (with why)."""
+    rank = {"ready": 0, "first_run": 1, "unavailable": 2}
+    ordered = sorted(enumerate(items), key=lambda p: (rank[p[1][1].state], p[0]))
+    return [(choice_label(t, a), t.id) for _, (t, a) in ordered]

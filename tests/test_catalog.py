@@ -1,0 +1,157 @@
+"""The catalog: built-in targets, user overrides, refusals that name file/target/field, availability."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from playground.backends import make_backend
+from playground.catalog import CATALOG_ENV, CatalogError, load_catalog, read_catalog_file
+
+ROOT = Path(__file__).resolve().parents[1]
+GOOD = """
+- id: {id}
+  label: Mine
+  backend: openai
+  model: my-model
+  base_url: http://127.0.0.1:9/v1
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "user.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_user_catalog(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CATALOG_ENV, raising=False)
+
+
+def test_builtin_catalog_loads() -> None:
+    catalog = load_catalog()
+    assert len(catalog.ids) == len(set(catalog.ids)) >= 10
+    assert "github/phi-4-mini-instruct" in catalog.ids
+    assert set(catalog.defaults) <= set(catalog.ids) and catalog.defaults
+    for target in catalog.targets:
+        assert target.backend in {"openai", "transformers", "onnx"}
+        if target.backend == "openai":
+            assert target.base_url or target.base_url_env
+    with pytest.raises(KeyError, match="nope"):
+        catalog.get("nope")
+
+
+def test_user_catalog_overrides_and_adds_by_id(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        targets:
+          - {id: github/phi-4, label: My Phi-4, backend: openai, model: microsoft/Phi-4,
+             base_url: "http://127.0.0.1:9/v1", timeout_s: 12}
+          - {id: mine/local, label: Mine, backend: openai, model: m, base_url: "http://127.0.0.1:9/v1"}
+        """)
+    builtin = load_catalog()
+    merged = load_catalog(path)
+    assert merged.get("github/phi-4").label == "My Phi-4"
+    assert merged.get("github/phi-4").timeout_s == 12
+    assert merged.get("github/phi-4").api_key_env is None  # replaced whole, not field by field
+    assert merged.get("mine/local").model == "m"
+    assert len(merged.ids) == len(builtin.ids) + 1
+    assert merged.ids.index("github/phi-4") == builtin.ids.index("github/phi-4")  # keeps its place
+    assert merged.defaults == builtin.defaults
+
+
+def test_user_catalog_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CATALOG_ENV, str(write(tmp_path, "targets:" + GOOD.format(id="env/one"))))
+    assert "env/one" in load_catalog().ids
+
+
+def test_user_defaults_must_exist(tmp_path: Path) -> None:
+    path = write(tmp_path, "defaults: [ghost]\ntargets:" + GOOD.format(id="a"))
+    with pytest.raises(CatalogError, match="ghost"):
+        load_catalog(path)
+
+
+BAD = {
+    "invalid_yaml": ("targets: [\n  - {id: a, label: b", None, None),
+    "missing_targets": ("defaults: []\n", None, "targets"),
+    "unknown_backend": ("targets:\n  - {id: t1, label: L, backend: telepathy, model: m}", "t1", "backend"),
+    "unknown_field": ("targets:\n  - {id: t2, label: L, backend: openai, model: m, "
+                      "base_url: 'http://127.0.0.1:9', colour: blue}", "t2", "colour"),
+    "key_not_env_name": ("targets:\n  - {id: t3, label: L, backend: openai, model: m, "
+                         "base_url: 'http://127.0.0.1:9', api_key_env: sk-abc123DEF456}", "t3", "api_key_env"),
+    "openai_without_base_url": ("targets:\n  - {id: t4, label: L, backend: openai, model: m}", "t4", "base_url"),
+    "duplicate_id": ("targets:" + GOOD.format(id="t5") + GOOD.format(id="t5"), "t5", "id"),
+    "wrong_backend_field": ("targets:\n  - {id: t6, label: L, backend: onnx, model: m, source: hub, "
+                            "dtype: float16}", "t6", "dtype"),
+    "http_field_on_local": ("targets:\n  - {id: t7, label: L, backend: transformers, model: m, "
+                            "api_key_env: HF_TOKEN}", "t7", "api_key_env"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_catalog_is_refused_naming_file_target_and_field(tmp_path: Path, case: str) -> None:
+    text, target, field = BAD[case]
+    path = write(tmp_path, text, name=f"{case}.yaml")
+    with pytest.raises(CatalogError) as info:
+        load_catalog(path)
+    message = str(info.value)
+    assert str(path) in message
+    if target:
+        assert repr(target) in message  # "target 't1'"
+    if field:
+        assert field in message
+    if case == "invalid_yaml":
+        assert "not valid YAML" in message and "line" in message
+    if case == "key_not_env_name":
+        assert "NAME of an environment variable" in message
+        assert "sk-abc123DEF456" not in message  # a key put there by mistake is never echoed
+
+
+def test_unreadable_catalog(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="cannot read"):
+        read_catalog_file(tmp_path / "missing.yaml")
+
+
+def test_availability_follows_the_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    target = load_catalog().get("github/phi-4-mini-instruct")
+    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
+    missing = make_backend(target).availability()
+    assert missing.state == "unavailable" and not missing.runnable
+    assert "set GITHUB_TOKEN" in missing.reason
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_fake")
+    assert make_backend(target).availability().state == "ready"
+
+
+def test_availability_names_endpoint_and_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    target = load_catalog().get("azure/phi-4")
+    monkeypatch.delenv("AZURE_AI_ENDPOINT", raising=False)
+    monkeypatch.delenv("AZURE_AI_API_KEY", raising=False)
+    reason = make_backend(target).availability().reason
+    assert "AZURE_AI_ENDPOINT" in reason and "AZURE_AI_API_KEY" in reason
+    monkeypatch.setenv("AZURE_AI_ENDPOINT", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("AZURE_AI_API_KEY", "fake")
+    assert make_backend(target).availability().runnable
+
+
+HEAVY_CHECK = """
+import json, sys
+from playground.catalog import load_catalog
+from playground.backends import make_backend
+states = {t.id: make_backend(t).availability().state for t in load_catalog().targets}
+heavy = [m for m in ("torch", "transformers", "onnxruntime_genai") if m in sys.modules]
+print(json.dumps({"heavy": heavy, "targets": len(states)}))
+"""
+
+
+def test_catalog_and_availability_import_no_heavy_library() -> None:
+    done = subprocess.run([sys.executable, "-c", HEAVY_CHECK], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["targets"] >= 10
+    assert result["heavy"] == []

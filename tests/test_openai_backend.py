@@ -1,0 +1,233 @@
+"""The openai backend (the real openai SDK) against the scripted loopback server."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from sse_server import Script, ScriptedServer, text_of
+
+from playground.backends import make_backend
+from playground.backends.base import BackendError
+from playground.catalog import Target
+from playground.events import ErrorKind, Event, Finished, RequestSent, TextDelta, Usage
+from playground.report import run_document
+from playground.request import ChatRequest, Message, make_params
+from playground.runner import Column, Job, run_to_end
+
+KEY_ENV, KEY = "PLAYGROUND_TEST_KEY", "sk-test-SECRET123456"
+TTFT_S = 0.25
+SCRIPTS = {
+    "five": Script(tokens=5),
+    "ten": Script(tokens=10, interval_s=0.005),
+    "slow-start": Script(tokens=4, ttft_s=TTFT_S, interval_s=0.01),
+    "azure-like": Script(tokens=4, ttft_s=TTFT_S, interval_s=0.01, empty_first_chunk=True),
+    "close-delimited": Script(tokens=6, chunked=False),
+    "drop": Script(tokens=10, fault="drop", fault_after=3),
+    "drop-close-delimited": Script(tokens=10, fault="drop", fault_after=3, chunked=False),
+    "no-finish": Script(tokens=10, fault="no_finish", fault_after=4),
+    "malformed": Script(tokens=10, fault="malformed", fault_after=2),
+    "error-event": Script(tokens=10, fault="error_event", fault_after=2),
+    **{f"http-{code}": Script(status=code, retry_after="7" if code == 429 else None)
+       for code in (401, 403, 404, 429, 500, 503)},
+}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ScriptedServer]:
+    with ScriptedServer(SCRIPTS) as srv:
+        yield srv
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    return KEY
+
+
+def target(base_url: str, model: str, **more: object) -> Target:
+    return Target(id=f"test/{model}", label=model, backend="openai", model=model, base_url=base_url,
+                  api_key_env=KEY_ENV, **more)
+
+
+def request(**params: object) -> ChatRequest:
+    return ChatRequest((Message("system", "be brief"), Message("user", "hello")), make_params(**params))
+
+
+async def collect(t: Target, **params: object) -> tuple[list[tuple[float, Event]], BackendError | None]:
+    """Every event with its arrival time, and the error that ended the stream, if any."""
+    events: list[tuple[float, Event]] = []
+    try:
+        async for event in make_backend(t).stream(request(**params)):
+            events.append((time.perf_counter(), event))
+    except BackendError as exc:
+        return events, exc
+    return events, None
+
+
+def texts(events: list[tuple[float, Event]]) -> str:
+    return "".join(e.text for _, e in events if isinstance(e, TextDelta))
+
+
+def free_closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_text_streams_in_order_with_server_usage(server: ScriptedServer) -> None:
+    events, error = await collect(target(server.base_url, "ten"))
+    assert error is None
+    kinds = [type(e) for _, e in events]
+    assert kinds[0] is RequestSent and kinds[-1] is Finished
+    assert texts(events) == text_of(10)
+    assert all(e.text for _, e in events if isinstance(e, TextDelta))
+    usage = [e for _, e in events if isinstance(e, Usage)]
+    assert usage == [Usage(prompt_tokens=11, completion_tokens=10, source="server")]
+    assert events[-1][1] == Finished("stop")
+
+
+async def test_the_request_on_the_wire(server: ScriptedServer) -> None:
+    events, error = await collect(target(server.base_url, "five"), max_tokens=64, temperature=0.0, seed=42)
+    assert error is None
+    [sent] = server.chat_requests("five")[-1:]
+    body = sent.body
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    assert (body["max_tokens"], body["temperature"], body["seed"]) == (64, 0.0, 42)
+    assert sent.headers["authorization"] == f"Bearer {KEY}"
+    assert sent.headers["x-stainless-retry-count"] == "0"
+
+
+async def test_connection_is_warmed_with_get_models(server: ScriptedServer) -> None:
+    before = len(server.received)
+    await collect(target(server.base_url, "five"))
+    arrived = server.received[before:]
+    assert [(r.method, r.path) for r in arrived][:1] == [("GET", "/v1/models")]
+    assert arrived[-1].path == "/v1/chat/completions"
+
+
+async def test_max_tokens_cut_is_finish_length(server: ScriptedServer) -> None:
+    events, error = await collect(target(server.base_url, "ten"), max_tokens=3)
+    assert error is None
+    assert texts(events) == text_of(3)
+    assert events[-1][1] == Finished("length")
+
+
+async def test_close_delimited_stream_works(server: ScriptedServer) -> None:
+    events, error = await collect(target(server.base_url, "close-delimited"))
+    assert error is None and texts(events) == text_of(6)
+
+
+@pytest.mark.parametrize("model", ["slow-start", "azure-like"])
+async def test_ttft_close_to_scripted_and_not_fooled_by_empty_chunks(server: ScriptedServer, model: str) -> None:
+    await collect(target(server.base_url, "five"))  # warm this loop's client first
+    events, error = await collect(target(server.base_url, model))
+    assert error is None
+    sent_at = next(at for at, e in events if isinstance(e, RequestSent))
+    first_at = next(at for at, e in events if isinstance(e, TextDelta))
+    ttft = first_at - sent_at
+    assert TTFT_S - 0.005 <= ttft <= TTFT_S + 0.15, ttft
+    assert not [e for _, e in events if isinstance(e, TextDelta) and not e.text]
+
+
+async def test_runner_ttft_ignores_the_empty_choices_chunk(server: ScriptedServer) -> None:
+    [column] = await run_to_end([Job(target(server.base_url, "azure-like"), request())])
+    assert column.status == "done", column.error
+    m = column.metrics()
+    assert m.ttft_s is not None and TTFT_S - 0.005 <= m.ttft_s <= TTFT_S + 0.15
+    assert m.output_tokens == 4 and m.tokens_source == "server"
+
+
+HTTP_CASES = {
+    401: (ErrorKind.AUTH, r"^401 unauthorized: check PLAYGROUND_TEST_KEY"),
+    403: (ErrorKind.AUTH, r"^403 forbidden: .*No access to model: http-403"),
+    404: (ErrorKind.NOT_FOUND, r"^404 not found: http-404 at http://127\.0\.0\.1:\d+/v1 .*Unknown model"),
+    429: (ErrorKind.RATE_LIMITED, r"^429 rate limited: retry in 7 s \("),
+    500: (ErrorKind.SERVER, r"^500 server error from http-500 at "),
+    503: (ErrorKind.SERVER, r"^503 server error from http-503 at .*overloaded"),
+}
+
+
+@pytest.mark.parametrize("code", sorted(HTTP_CASES))
+async def test_http_error_is_one_clear_line_and_one_request(server: ScriptedServer, code: int) -> None:
+    model = f"http-{code}"
+    before = len(server.chat_requests(model))
+    events, error = await collect(target(server.base_url, model))
+    kind, pattern = HTTP_CASES[code]
+    assert error is not None
+    assert error.kind is kind
+    assert re.search(pattern, error.message), error.message
+    assert "\n" not in error.message and len(error.message) < 400
+    assert (error.retry_after == 7) if code == 429 else error.retry_after is None
+    assert KEY not in error.message
+    assert len(server.chat_requests(model)) == before + 1  # no silent retry
+    assert not [e for _, e in events if isinstance(e, (TextDelta, Finished))]
+
+
+async def test_key_echoed_by_the_server_is_redacted(server: ScriptedServer) -> None:
+    _, error = await collect(target(server.base_url, "http-401"))
+    assert error is not None
+    assert "Incorrect API key provided: ***" in error.message  # the server did send the key back
+    assert KEY not in error.message
+
+
+async def test_unknown_model_is_not_found(server: ScriptedServer) -> None:
+    _, error = await collect(target(server.base_url, "no-such-model"))
+    assert error is not None and error.kind is ErrorKind.NOT_FOUND
+    assert "no-such-model" in error.message
+
+
+async def test_connection_refused_is_a_connection_error() -> None:
+    _, error = await collect(target(f"http://127.0.0.1:{free_closed_port()}/v1", "five", connect_timeout_s=2))
+    assert error is not None and error.kind is ErrorKind.CONNECTION
+    assert error.message.startswith("cannot connect to five at http://127.0.0.1:")
+    assert KEY not in error.message
+
+
+async def test_missing_key_is_unavailable(server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEY_ENV)
+    before = len(server.received)
+    _, error = await collect(target(server.base_url, "five"))
+    assert error is not None and error.kind is ErrorKind.UNAVAILABLE and KEY_ENV in error.message
+    assert len(server.received) == before  # nothing was sent anywhere
+
+
+@pytest.mark.parametrize(("model", "sent"), [("drop", 3), ("drop-close-delimited", 3), ("no-finish", 4)])
+async def test_cut_stream_is_an_error_never_success(server: ScriptedServer, model: str, sent: int) -> None:
+    events, error = await collect(target(server.base_url, model))
+    assert error is not None and error.kind is ErrorKind.TRUNCATED
+    assert texts(events) == text_of(sent)
+    assert not [e for _, e in events if isinstance(e, Finished)]
+
+    [column] = await run_to_end([Job(target(server.base_url, model), request())])
+    assert column.status == "error" and column.error_kind is ErrorKind.TRUNCATED
+    assert re.match(r"^stream cut after ~?\d+ tokens: ", column.error or ""), column.error
+    assert column.text == text_of(sent)  # the partial answer is kept
+
+
+@pytest.mark.parametrize(("model", "pattern"), [
+    ("malformed", r"^malformed stream from malformed at "),
+    ("error-event", r"^server reported an error mid-stream: The model overloaded"),
+])
+async def test_broken_stream_content_is_a_clear_error(server: ScriptedServer, model: str, pattern: str) -> None:
+    events, error = await collect(target(server.base_url, model))
+    assert error is not None and error.kind is ErrorKind.SERVER
+    assert re.search(pattern, error.message), error.message
+    assert "\n" not in error.message
+    assert texts(events) == text_of(2)
+
+
+async def test_no_key_in_any_error_or_export(server: ScriptedServer) -> None:
+    models = ["http-401", "http-403", "http-429", "http-500", "drop", "malformed", "five"]
+    jobs = [Job(target(server.base_url, m), request()) for m in models]
+    jobs.append(Job(target(f"http://127.0.0.1:{free_closed_port()}/v1", "refused"), request()))
+    columns: list[Column] = await run_to_end(jobs)
+    assert [c.status for c in columns].count("done") == 1
+    document = run_document("hello", "be brief", make_params(), columns)
+    assert KEY not in repr(document)
+    assert all(KEY not in (c.error or "") for c in columns)

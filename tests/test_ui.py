@@ -1,0 +1,97 @@
+"""The UI through gradio_client, on the two bundled targets (real models)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+from gradio_client import Client
+
+from playground.settings import MAX_COLUMNS, Settings
+from playground.ui import build_ui
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Client]:
+    settings = Settings(host="127.0.0.1", port=None, columns=2, default_targets=[], concurrency=8, catalog=None)
+    demo = build_ui(settings=settings)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    try:
+        yield Client(demo.local_url, verbose=False)
+    finally:
+        demo.close()
+
+
+def run_args(prompt: str, targets: list[str], max_tokens: int = 24, columns: int = 2) -> list:
+    padded = targets + [None] * (MAX_COLUMNS - len(targets))
+    return [prompt, "", 0.0, 1.0, max_tokens, None, columns, *padded]
+
+
+def text_of(message: dict) -> str:
+    content = message["content"]
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content)
+    return content
+
+
+def test_run_streams_two_targets_and_reports_metrics(client: Client) -> None:
+    job = client.submit(*run_args("Say hello in five words.", ["smollm2-onnx", "smollm2-transformers"]),
+                        api_name="/run")
+    job.result(timeout=600)
+    outputs = job.outputs()
+    assert len(outputs) > 2, "the run should stream several frames, not one"
+    chats, statuses = outputs[-1][:MAX_COLUMNS], outputs[-1][MAX_COLUMNS:2 * MAX_COLUMNS]
+    table = outputs[-1][2 * MAX_COLUMNS]
+    for i in range(2):
+        assert text_of(chats[i][0]) == "Say hello in five words."
+        assert text_of(chats[i][1]).strip(), f"column {i} has no answer"
+        assert "done" in statuses[i] and "TTFT" in statuses[i] and "tok/s" in statuses[i]
+    rows = table["data"]
+    assert [row[1] for row in rows] == ["onnx", "transformers"]
+    assert all(row[-1] == "done" for row in rows)
+    assert all(isinstance(row[2], float) and row[2] > 0 for row in rows), "TTFT missing"
+    # some intermediate frame showed a partial answer while the other column was still going
+    partial = [o for o in outputs[:-1] if any(isinstance(c, list) and len(c) == 2 for c in o[:2])]
+    assert partial, "no streamed frame carried text before the end"
+
+
+def test_downloads_hold_the_run_without_keys(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = client.submit(*run_args("Name a colour.", ["smollm2-onnx"], max_tokens=8, columns=1), api_name="/run")
+    job.result(timeout=600)
+    final = job.outputs()[-1]
+    csv_update, json_update = final[2 * MAX_COLUMNS + 1], final[2 * MAX_COLUMNS + 2]
+    csv_path = csv_update["value"] if isinstance(csv_update, dict) else csv_update
+    json_path = json_update["value"] if isinstance(json_update, dict) else json_update
+    import json
+    from pathlib import Path
+
+    document = json.loads(Path(json_path).read_text())
+    assert document["prompt"] == "Name a colour."
+    assert document["results"][0]["id"] == "smollm2-onnx"
+    assert document["results"][0]["status"] == "ok"
+    header = Path(csv_path).read_text().splitlines()[0]
+    for name in ("id", "backend", "ttft_s", "decode_tokens_per_s", "output_tokens", "tokens_source", "text", "prompt"):
+        assert name in header
+
+
+@pytest.mark.parametrize(
+    ("prompt", "max_tokens", "message"),
+    [("   ", 24, "prompt is empty"), ("hi", 0, "max_tokens"), ("hi", 99999, "max_tokens")],
+)
+def test_bad_input_is_refused_with_a_clear_message(client: Client, prompt: str, max_tokens: int, message: str) -> None:
+    job = client.submit(*run_args(prompt, ["smollm2-onnx"], max_tokens=max_tokens, columns=1), api_name="/run")
+    with pytest.raises(Exception, match=message):
+        job.result(timeout=60)
+
+
+def test_unknown_target_is_refused(client: Client) -> None:
+    job = client.submit(*run_args("hi", ["no-such-target"], columns=1), api_name="/run")
+    with pytest.raises(Exception, match="no-such-target"):
+        job.result(timeout=60)

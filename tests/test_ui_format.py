@@ -1,0 +1,72 @@
+"""Pure formatting from runner state to UI values."""
+
+from __future__ import annotations
+
+from playground.backends.base import Availability
+from playground.catalog import Target
+from playground.events import ServerTimings, Usage
+from playground.metrics import Delta, Timeline
+from playground.runner import Column
+from playground.ui_format import Turn, finished_turn, ordered_choices, status_markdown, transcript
+
+
+def target(tid: str = "t1") -> Target:
+    return Target(id=tid, label=f"Label {tid}", backend="openai", model="m", base_url="http://127.0.0.1:1/v1")
+
+
+def done_column() -> Column:
+    timeline = Timeline(started=0.0, sent=1.0, deltas=[Delta(1.5, 3, None), Delta(2.5, 3, None)], ended=2.6)
+    return Column(target(), timeline, status="done", text="abcdef", usage=Usage(5, 11, "server"))
+
+
+def test_status_line_shows_every_metric() -> None:
+    line = status_markdown(done_column())
+    assert "done" in line
+    assert "TTFT 500 ms" in line
+    assert "decode 10.0 tok/s" in line  # (11 - 1) / (2.5 - 1.5)
+    assert "tokens 11 (server)" in line
+    assert "E2E 1.60 s" in line
+
+
+def test_estimated_tokens_are_marked() -> None:
+    column = done_column()
+    column.usage = None
+    column.exact_counts = False
+    assert "tokens ~" in status_markdown(column)
+
+
+def test_server_timings_and_disagreement_are_shown() -> None:
+    column = done_column()
+    column.server = ServerTimings(decode_tokens_per_s=42.0, load_s=3.2, output_tokens=12)
+    line = status_markdown(column)
+    assert "server reports: decode 42.0 tok/s" in line and "model load 3.20 s" in line
+    assert "headline uses server count 11, server says 12" in line
+
+
+def test_error_line_names_the_error() -> None:
+    column = done_column()
+    column.status, column.error = "error", "401 unauthorized: check GITHUB_TOKEN"
+    assert "error: 401 unauthorized" in status_markdown(column)
+    turn = finished_turn("hi", column)
+    assert not turn.ok and "401" in turn.note
+
+
+def test_transcript_keeps_history_and_live_turn() -> None:
+    history = [Turn("q1", "a1", ok=True), Turn("q2", "", ok=False, note="✗ boom")]
+    live = done_column()
+    messages = transcript(history, "q3", live)
+    assert [m["role"] for m in messages] == ["user", "assistant"] * 3
+    assert messages[3]["content"] == "*✗ boom*"
+    assert messages[5]["content"] == "abcdef"
+
+
+def test_choices_put_ready_targets_first_with_reasons() -> None:
+    items = [
+        (target("a"), Availability("unavailable", "set GITHUB_TOKEN")),
+        (target("b"), Availability("ready", "ready")),
+        (target("c"), Availability("first_run", "not downloaded yet: first run downloads 2.2 GB")),
+    ]
+    choices = ordered_choices(items)
+    assert [value for _, value in choices] == ["b", "c", "a"]
+    assert choices[2][0] == "Label a — ✗ set GITHUB_TOKEN"
+    assert "first run downloads 2.2 GB" in choices[1][0]
