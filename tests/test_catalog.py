@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from playground.backends import make_backend
+from playground.backends import REGISTRY, make_backend
 from playground.catalog import CATALOG_ENV, CatalogError, load_catalog, read_catalog_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def test_builtin_catalog_loads() -> None:
     assert "github/phi-4-mini-instruct" in catalog.ids
     assert set(catalog.defaults) <= set(catalog.ids) and catalog.defaults
     for target in catalog.targets:
-        assert target.backend in {"openai", "transformers", "onnx"}
+        assert target.backend in REGISTRY
         if target.backend == "openai":
             assert target.base_url or target.base_url_env
     with pytest.raises(KeyError, match="nope"):
@@ -141,7 +141,7 @@ def test_availability_names_endpoint_and_key(monkeypatch: pytest.MonkeyPatch) ->
 HEAVY_CHECK = """
 import json, sys
 from playground.catalog import load_catalog
-from playground.backends import make_backend
+from playground.backends import REGISTRY, make_backend
 states = {t.id: make_backend(t).availability().state for t in load_catalog().targets}
 heavy = [m for m in ("torch", "transformers", "onnxruntime_genai") if m in sys.modules]
 print(json.dumps({"heavy": heavy, "targets": len(states)}))
