@@ -1,0 +1,72 @@
+"""UI behaviour that needs precise control: multi-turn history and Stop, on a scripted server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from gradio_client import Client
+
+from playground.catalog import Catalog, Target
+from playground.settings import MAX_COLUMNS, Settings
+from playground.ui import build_ui
+from tests.sse_server import Script, ScriptedServer
+from tests.test_ui import free_port, run_args, text_of
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ScriptedServer]:
+    scripts = {"quick": Script(tokens=4), "slow": Script(tokens=400, interval_s=0.02)}
+    with ScriptedServer(scripts) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server: ScriptedServer) -> Iterator[Client]:
+    targets = [Target(id=name, label=f"scripted {name}", backend="openai", model=name, base_url=server.base_url)
+               for name in ("quick", "slow")]
+    settings = Settings(host="127.0.0.1", port=None, columns=2, default_targets=[], concurrency=8, catalog=None)
+    demo = build_ui(Catalog(targets=targets, defaults=["quick", "slow"]), settings)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    try:
+        yield Client(demo.local_url, verbose=False)
+    finally:
+        demo.close()
+
+
+def test_each_column_keeps_its_own_conversation(client: Client, server: ScriptedServer) -> None:
+    client.submit(*run_args("first question", ["quick"], columns=1), api_name="/run").result(timeout=60)
+    job = client.submit(*run_args("second question", ["quick"], columns=1), api_name="/run")
+    job.result(timeout=60)
+    chat = job.outputs()[-1][0]
+    assert [text_of(m) for m in chat][::2] == ["first question", "second question"]
+    sent = server.chat_requests("quick")[-1].body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    assert sent[0]["content"] == "first question" and sent[1]["content"].startswith("t0")
+    client.predict(api_name="/clear")
+
+
+def test_stop_stops_every_column_and_keeps_partial_text(client: Client) -> None:
+    job = client.submit(*run_args("long answer please", ["slow", "slow"], max_tokens=400), api_name="/run")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # wait until both columns show streamed text
+        outs = job.outputs()
+        if outs and all(isinstance(c, list) and len(c) == 2 and "t1" in text_of(c[1]) for c in outs[-1][:2]):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the slow stream never started")
+    pressed = time.monotonic()
+    client.predict(api_name="/stop")
+    job.result(timeout=10)
+    took = time.monotonic() - pressed
+    final = job.outputs()[-1]
+    statuses = final[MAX_COLUMNS:MAX_COLUMNS + 2]
+    assert all("stopped" in s for s in statuses), statuses
+    assert took < 2.0, f"stop took {took:.2f} s"
+    for chat in final[:2]:
+        answer = text_of(chat[-1])
+        assert "t1" in answer and "t399" not in answer, "partial text kept, stream not completed"
+    rows = final[2 * MAX_COLUMNS]["data"]
+    assert [row[-1] for row in rows] == ["stopped", "stopped"]
