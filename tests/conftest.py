@@ -1,0 +1,63 @@
+"""Shared fixtures: the bundled model, the built-in catalog, loopback ports, subprocess environments."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from playground import models
+from playground.catalog import BUILTIN_CATALOG, Catalog, read_catalog_file
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: environment variables that must never reach a subprocess a test starts: keys, endpoints, user catalogs
+SECRET_ENV_PREFIXES = (
+    "GITHUB_TOKEN", "NVIDIA_API_KEY", "AZURE_", "OPENAI_", "HF_TOKEN", "PLAYGROUND_CATALOG",
+)
+
+
+@pytest.fixture(scope="session")
+def bundled_gguf() -> Path:
+    """The bundled SmolLM2 GGUF; tests that need the real model skip without it."""
+    path = models.bundled_gguf()
+    if path is None:
+        pytest.skip(models.INSTALL_HINT)
+    return path
+
+
+@pytest.fixture(scope="session")
+def builtin_catalog() -> Catalog:
+    """The built-in targets only, whatever PLAYGROUND_CATALOG says."""
+    return read_catalog_file(BUILTIN_CATALOG)
+
+
+def free_loopback_port() -> int:
+    """A port nothing listens on right now (bound once by the OS, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> int:
+    return free_loopback_port()
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any key, endpoint or user catalog, able to import playground."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SECRET_ENV_PREFIXES)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["HF_HUB_OFFLINE"] = "1"  # nothing a test starts reaches beyond loopback
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def clean_env() -> Callable[..., dict[str, str]]:
+    """``clean_env(NAME=value, ...)``: a fresh environment for a subprocess, with these added."""
+    return _clean_env

@@ -1,0 +1,372 @@
+"""The local backends (transformers, onnxruntime-genai) on the real bundled SmolLM2, in process.
+
+Each model loads once per test session (the backends share loaded models process-wide);
+the int4 ONNX model comes from the default cache and is built there only if missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import pytest
+
+from playground import models, onnx_build
+from playground.backends import local, make_backend
+from playground.backends.base import Availability, BackendError
+from playground.backends.ort_genai import OrtGenAIBackend
+from playground.catalog import Catalog, Target
+from playground.events import ErrorKind, Event, Progress, TextDelta
+from playground.onnx_build import ensure_bundled_onnx
+from playground.request import ChatRequest, build_messages, make_params
+from playground.runner import Column, Job, Run
+
+BUNDLED = ("smollm2-transformers", "smollm2-onnx")
+SHORT_PROMPT = "What is the capital of France? Answer in one short sentence."
+LONG_PROMPT = "Write a long, detailed story about a dragon who learns to fly. Use many paragraphs."
+
+
+@pytest.fixture(scope="session")
+def onnx_model_dir(bundled_gguf: Path) -> Path:
+    """The default cache's int4 model, built there once if it is missing (about a minute)."""
+
+    async def build() -> list[str]:
+        return [line async for line in ensure_bundled_onnx()]
+
+    asyncio.run(build())
+    folder = models.bundled_onnx_dir()
+    assert models.is_complete(folder)
+    return folder
+
+
+@pytest.fixture(params=BUNDLED)
+def local_target(request: pytest.FixtureRequest, builtin_catalog: Catalog, bundled_gguf: Path) -> Target:
+    if request.param == "smollm2-onnx":
+        request.getfixturevalue("onnx_model_dir")
+    return builtin_catalog.get(request.param)
+
+
+def variant(target: Target, **changes: Any) -> Target:
+    return Target(**{**target.model_dump(exclude_none=True), **changes})
+
+
+def chat(prompt: str, **params: Any) -> ChatRequest:
+    return ChatRequest(build_messages(prompt), make_params(**params))
+
+
+class Recording:
+    """A backend wrapper that keeps every event the backend yielded, in order."""
+
+    def __init__(self, target: Target):
+        self.inner = make_backend(target)
+        self.events: list[Event] = []
+
+    def availability(self) -> Availability:
+        return self.inner.availability()
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
+        async for event in self.inner.stream(request):
+            self.events.append(event)
+            yield event
+
+
+async def run_jobs(jobs: list[Job], backends: list[Any] | None = None,
+                   on_frame: Callable[[Run, list[Column]], None] | None = None) -> list[Column]:
+    run = Run(jobs, frame_s=0.05, backends=backends)
+    columns: list[Column] = []
+    async for columns in run.frames():
+        if on_frame is not None:
+            on_frame(run, columns)
+    return columns
+
+
+def generate_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "playground-generate" and t.is_alive()]
+
+
+def wait_for_no_generate_thread(bound_s: float = 15.0) -> list[threading.Thread]:
+    deadline = time.monotonic() + bound_s
+    while generate_threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return generate_threads()
+
+
+# --- streaming real text ---------------------------------------------------------------------------------
+
+
+async def test_streams_one_token_at_a_time_and_greedy_is_deterministic(local_target: Target) -> None:
+    request = chat(SHORT_PROMPT, temperature=0, max_tokens=24)
+    recorders = [Recording(local_target), Recording(local_target)]
+    first = (await run_jobs([Job(local_target, request)], backends=recorders[:1]))[0]
+    second = (await run_jobs([Job(local_target, request)], backends=recorders[1:]))[0]
+
+    assert first.status == "done", first.error
+    assert first.text.strip()
+    deltas = [e for e in recorders[0].events if isinstance(e, TextDelta)]
+    assert deltas and all(d.tokens == 1 for d in deltas)
+    # the producer's own perf_counter stamp is what the timeline keeps, not the arrival time
+    assert all(d.at is not None for d in deltas)
+    assert [d.at for d in first.timeline.deltas] == [d.at for d in deltas]
+    stamps = [d.at for d in deltas]
+    assert stamps == sorted(stamps)
+    assert first.timeline.sent is not None and first.timeline.sent <= stamps[0]
+
+    assert first.usage is not None and first.usage.source == "counted"
+    assert first.usage.completion_tokens == len(deltas)
+    assert first.usage.prompt_tokens and first.usage.prompt_tokens > 10  # the chat template was applied
+    metrics = first.metrics()
+    assert metrics.tokens_source == "counted" and metrics.output_tokens == len(deltas)
+    assert metrics.itl_basis == "token"
+    assert metrics.ttft_s is not None and metrics.ttft_s > 0
+    assert metrics.decode_tokens_per_s is not None and metrics.decode_tokens_per_s > 0
+    assert first.finish_reason in ("stop", "length")
+    if first.finish_reason == "length":
+        assert len(deltas) == 24
+    else:
+        assert len(deltas) < 24
+    # a complete cache is reused: nothing announces a build
+    assert not [e for e in recorders[0].events if isinstance(e, Progress) and "building" in e.message]
+
+    assert second.status == "done", second.error
+    assert second.text == first.text
+    assert second.finish_reason == first.finish_reason
+
+
+async def test_max_tokens_ends_with_length(local_target: Target) -> None:
+    column = (await run_jobs([Job(local_target, chat(LONG_PROMPT, temperature=0, max_tokens=5))]))[0]
+    assert column.status == "done", column.error
+    assert column.finish_reason == "length"
+    assert column.usage is not None and column.usage.completion_tokens == 5
+
+
+async def test_stop_ends_the_generation_within_one_token(local_target: Target, monkeypatch) -> None:
+    produced: list[tuple[float, bool]] = []  # (token stamp, stop flag already set when it was emitted)
+    original = local.stream_from_thread
+
+    def recording_stream(work: Callable[[local.Emit, threading.Event], None], join_timeout_s: float = 5.0):
+        def recorded_work(emit: local.Emit, stop: threading.Event) -> None:
+            def record(event: Event) -> None:
+                if isinstance(event, TextDelta):
+                    produced.append((event.at or time.perf_counter(), stop.is_set()))
+                emit(event)
+
+            work(record, stop)
+
+        return original(recorded_work, join_timeout_s)
+
+    monkeypatch.setattr(local, "stream_from_thread", recording_stream)
+    stopped_at: list[float] = []
+
+    def stop_after_a_few_tokens(run: Run, columns: list[Column]) -> None:
+        if not stopped_at and columns[0].counted_tokens >= 3:
+            stopped_at.append(time.perf_counter())
+            run.stop()
+
+    start = time.perf_counter()
+    column = (await run_jobs([Job(local_target, chat(LONG_PROMPT, temperature=0, max_tokens=200))],
+                             on_frame=stop_after_a_few_tokens))[0]
+    assert stopped_at, "the generation ended before it could be stopped"
+    assert column.status == "stopped"
+    assert column.error is None
+
+    assert wait_for_no_generate_thread() == [], "the worker thread kept running after stop"
+    ended = time.perf_counter()
+    assert len(produced) < 200
+    after_flag = [at for at, flagged in produced if flagged]
+    assert len(after_flag) <= 1, f"{len(after_flag)} tokens were generated after the stop flag was set"
+    after_stop = [at for at, _ in produced if at > stopped_at[0]]
+    # Run.stop() -> task cancelled -> stop flag: a few ms on the event loop, well under one token
+    # for transformers (~80 ms a token); onnx makes a token every ~12 ms, so allow a little slack there.
+    allowed = 1 if local_target.backend == "transformers" else 4
+    assert len(after_stop) <= allowed, f"{len(after_stop)} tokens arrived after Run.stop()"
+    assert ended - start < 120
+
+
+async def test_two_sessions_share_one_loaded_model(builtin_catalog: Catalog, onnx_model_dir: Path,
+                                                   monkeypatch) -> None:
+    target = builtin_catalog.get("smollm2-onnx")
+    monkeypatch.setattr(local, "_models", {})  # a fresh process's view: nothing loaded yet
+    loads: list[Path | None] = []
+    original_load = OrtGenAIBackend._load
+
+    def counting_load(self: OrtGenAIBackend, folder: Path | None) -> dict[str, Any]:
+        loads.append(folder)
+        time.sleep(0.3)  # a slow load, so the second session really waits on the first one's
+        return original_load(self, folder)
+
+    monkeypatch.setattr(OrtGenAIBackend, "_load", counting_load)
+    request = chat(SHORT_PROMPT, temperature=0, max_tokens=12)
+    first, second = await asyncio.gather(run_jobs([Job(target, request)]), run_jobs([Job(target, request)]))
+
+    assert len(loads) == 1
+    assert [key for key in local._models if key.startswith("onnx:")] == [OrtGenAIBackend(target).key]
+    assert local.is_loaded(OrtGenAIBackend(target).key)
+    for column in (first[0], second[0]):
+        assert column.status == "done", column.error
+        assert column.text.strip()
+    assert first[0].text == second[0].text  # greedy on one model, concurrently
+
+
+async def test_prompt_longer_than_the_context_fails_clearly_and_alone(builtin_catalog: Catalog,
+                                                                     onnx_model_dir: Path) -> None:
+    small = [variant(builtin_catalog.get(i), id=f"{i}-small", context_length=64) for i in BUNDLED]
+    normal = builtin_catalog.get("smollm2-onnx")
+    too_long = chat(" ".join(["word"] * 120), temperature=0, max_tokens=8)
+    jobs = [Job(t, too_long) for t in small] + [Job(normal, chat(SHORT_PROMPT, temperature=0, max_tokens=8))]
+    columns = await run_jobs(jobs)
+
+    for column in columns[:2]:
+        assert column.status == "error"
+        assert column.error_kind is ErrorKind.BAD_REQUEST
+        match = re.search(r"prompt too long: ([\d,]+) tokens, but (.+) holds 64", column.error or "")
+        assert match, column.error
+        assert int(match.group(1).replace(",", "")) > 64
+        assert match.group(2) == column.target.label
+    assert columns[2].status == "done", columns[2].error
+    assert columns[2].text.strip()
+
+
+async def test_max_tokens_are_cut_to_fit_the_context(builtin_catalog: Catalog, onnx_model_dir: Path) -> None:
+    target = variant(builtin_catalog.get("smollm2-onnx"), id="onnx-64", context_length=64)
+    column = (await run_jobs([Job(target, chat("Hi", temperature=0, max_tokens=500))]))[0]
+    assert column.status == "done", column.error
+    notices = [n for n in column.notices if "cut to" in n]
+    assert notices, column.notices
+    fit = int(re.search(r"cut to (\d+)", notices[0]).group(1))
+    assert 0 < fit < 64
+    assert column.usage is not None
+    assert column.usage.prompt_tokens + fit == 64
+    assert column.usage.completion_tokens <= fit
+
+
+# --- the ONNX cache: half-built folders are never used --------------------------------------------------
+
+
+@pytest.fixture
+def tmp_cache(tmp_path: Path, monkeypatch) -> Path:
+    monkeypatch.setenv("PLAYGROUND_CACHE", str(tmp_path / "cache"))
+    final = models.bundled_onnx_dir()
+    assert final.is_relative_to(tmp_path)
+    return final
+
+
+def fake_builder(calls: list[list[str]], fail: bool = False):
+    """Stands in for the two build subprocesses: writes what they would, reports builder-style lines."""
+
+    async def fake_run(cmd: list[str], on_line: Callable[[str], str | None]) -> AsyncIterator[str]:
+        calls.append(cmd)
+        if "playground.dequantize" in cmd:
+            hf_dir = Path(cmd[-1])
+            hf_dir.mkdir(parents=True)
+            (hf_dir / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))
+            return
+        out_dir = Path(cmd[cmd.index("-o") + 1])
+        out_dir.mkdir(parents=True)
+        for line in ("Reading layer 0", "Reading layer 1"):
+            message = on_line(line)
+            if message:
+                yield message
+        if fail:
+            raise BackendError(ErrorKind.INTERNAL, "building the ONNX model failed (builder): boom")
+        (out_dir / "genai_config.json").write_text("{}")
+        message = on_line("Saving ONNX model")
+        if message:
+            yield message
+
+    return fake_run
+
+
+async def collect(agen: AsyncIterator[str]) -> list[str]:
+    return [line async for line in agen]
+
+
+def test_remove_stale_drops_half_built_folders_and_keeps_complete_ones(tmp_cache: Path) -> None:
+    tmp_sibling = tmp_cache.with_name(tmp_cache.name + ".tmp-123")
+    for folder in (tmp_cache, tmp_sibling):
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_text("half")
+    assert not models.is_complete(tmp_cache)
+    models.remove_stale(tmp_cache)
+    assert not tmp_cache.exists() and not tmp_sibling.exists()
+
+    tmp_cache.mkdir()
+    models.mark_complete(tmp_cache, "test")
+    tmp_sibling.mkdir()
+    models.remove_stale(tmp_cache)
+    assert models.is_complete(tmp_cache)
+    assert not tmp_sibling.exists()
+
+
+async def test_half_built_cache_is_replaced_by_a_fresh_build(tmp_cache: Path, monkeypatch) -> None:
+    tmp_cache.mkdir(parents=True)
+    (tmp_cache / "genai_config.json").write_text("{}")  # looks usable, but no completion marker
+    (tmp_cache / "junk.onnx").write_text("half")
+    stale = tmp_cache.with_name(tmp_cache.name + ".tmp-999")
+    stale.mkdir()
+    target = Target(id="o", label="o", backend="onnx", model="SmolLM2-135M-Instruct", source="bundled")
+    assert make_backend(target).availability().state == "first_run"
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(onnx_build, "_run", fake_builder(calls))
+    messages = await collect(ensure_bundled_onnx())
+
+    assert len(calls) == 2
+    assert any("building" in m for m in messages)
+    assert "building ONNX model (first run only): layer 2/2 (100%)" in messages
+    assert models.is_complete(tmp_cache)
+    assert not (tmp_cache / "junk.onnx").exists()
+    assert sorted(p.name for p in tmp_cache.parent.iterdir()) == [tmp_cache.name, tmp_cache.name + ".lock"]
+    assert make_backend(target).availability().state == "ready"
+
+    # and once complete, it is reused: no build, no "building" message
+    again: list[list[str]] = []
+    monkeypatch.setattr(onnx_build, "_run", fake_builder(again))
+    assert await collect(ensure_bundled_onnx()) == []
+    assert again == []
+
+
+async def test_a_failed_build_leaves_nothing_half_built(tmp_cache: Path, monkeypatch) -> None:
+    monkeypatch.setattr(onnx_build, "_run", fake_builder([], fail=True))
+    with pytest.raises(BackendError, match="boom"):
+        await collect(ensure_bundled_onnx())
+    assert not tmp_cache.exists()
+    assert not list(tmp_cache.parent.glob(tmp_cache.name + ".tmp-*"))
+    assert not models.is_complete(tmp_cache)
+
+
+async def test_the_default_cache_is_reused_without_rebuilding(onnx_model_dir: Path) -> None:
+    marker = onnx_model_dir / models.COMPLETE_MARKER
+    before = marker.stat().st_mtime_ns
+    assert await collect(ensure_bundled_onnx()) == []
+    assert marker.stat().st_mtime_ns == before
+
+
+# --- a page load imports no heavy library -----------------------------------------------------------------
+
+PAGE_LOAD = """
+import json, sys
+import playground.catalog, playground.backends
+from playground.backends import make_backend
+catalog = playground.catalog.load_catalog()
+states = {i: make_backend(catalog.get(i)).availability().state for i in %r}
+heavy = [m for m in ("torch", "transformers", "onnxruntime_genai", "onnxruntime") if m in sys.modules]
+print(json.dumps({"states": states, "heavy": heavy}))
+""" % (BUNDLED,)
+
+
+def test_availability_of_the_bundled_targets_imports_no_heavy_library(
+        clean_env: Callable[..., dict[str, str]], bundled_gguf: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", PAGE_LOAD], env=clean_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["heavy"] == []
+    assert report["states"]["smollm2-transformers"] == "ready"
+    assert report["states"]["smollm2-onnx"] in ("ready", "first_run")
