@@ -107,7 +107,7 @@ class Run:
                 timeout = max(0.0, min(next_frame, self._next_deadline()) - time.perf_counter())
                 try:
                     item = await asyncio.wait_for(self._queue.get(), timeout)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin one before Python 3.11
                     item = None
                 while item is not None:
                     if item[1] is _DONE:

@@ -8,7 +8,9 @@ optional usage-only chunk (``"choices":[]``) and ``data: [DONE]``. It also answe
 behaviours, faults included. Unknown models get a real-looking 404.
 
 Run it in a thread (``with ScriptedServer(scripts) as server``) or, where timing must not
-share the client's GIL, in its own process (``with ServerProcess(scripts) as port``).
+share the client's GIL, in its own process (``with ServerProcess(scripts) as server``). Either
+way ``server.received`` lists what arrived (for a process, once it has stopped), with the
+connection it came on, so tests can tell a warm connection from a fresh one.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class Received:
     headers: dict[str, str]  # lower-cased names
     body: Any  # parsed JSON, or None
     at: float  # time.perf_counter() on arrival
+    peer: int = 0  # the client's port: one per connection
+    nth: int = 0  # 0 for a connection's first request, 1 for the next one (keep-alive), ...
     first_token_at: float | None = None  # when the first content chunk was written
     events: list[float] = field(default_factory=list)  # when each content chunk was written
 
@@ -189,10 +193,12 @@ class ScriptedServer:
         assert task is not None
         self._handlers.add(task)
         try:
-            for _ in range(10_000):  # keep-alive: one connection, many requests (bounded)
+            peer = writer.get_extra_info("peername")[1]
+            for nth in range(10_000):  # keep-alive: one connection, many requests (bounded)
                 request = await self._read_request(reader)
                 if request is None:
                     break
+                request.peer, request.nth = peer, nth
                 self.received.append(request)
                 if not await self._respond(request, writer):
                     break
@@ -242,7 +248,7 @@ class ScriptedServer:
         if script.fault == "hang":
             try:  # never send the headers
                 await asyncio.wait_for(self._stopping.wait(), self.hang_limit_s)  # type: ignore[union-attr]
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 pass
             return False
         if script.status != 200:
@@ -329,7 +335,11 @@ async def _stream(writer: asyncio.StreamWriter, script: Script, request: Receive
 def _serve_child(scripts: dict[str, Script], pipe: Any) -> None:
     with ScriptedServer(scripts) as server:
         pipe.send(server.port)
-        pipe.recv()  # any message (or the parent going away) stops the server
+        try:
+            pipe.recv()  # any message stops the server; so does the parent going away
+        except EOFError:
+            return
+    pipe.send(server.received)  # perf_counter is system-wide on Linux: times compare across processes
     pipe.close()
 
 
@@ -339,6 +349,7 @@ class ServerProcess:
     def __init__(self, scripts: dict[str, Script]):
         self.scripts = scripts
         self.port = 0
+        self.received: list[Received] = []  # filled in when the server stops
         self._process: multiprocessing.process.BaseProcess | None = None
         self._pipe: Any = None
 
@@ -365,7 +376,9 @@ class ServerProcess:
             return
         try:
             self._pipe.send("stop")
-        except (OSError, ValueError):
+            if self._pipe.poll(10.0):
+                self.received = self._pipe.recv()
+        except (OSError, ValueError, EOFError):
             pass
         self._process.join(10.0)
         if self._process.is_alive():

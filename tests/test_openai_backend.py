@@ -103,12 +103,23 @@ async def test_the_request_on_the_wire(server: ScriptedServer) -> None:
     assert sent.headers["x-stainless-retry-count"] == "0"
 
 
-async def test_connection_is_warmed_with_get_models(server: ScriptedServer) -> None:
+async def test_connection_is_warmed_before_the_clock_starts(server: ScriptedServer) -> None:
     before = len(server.received)
     await collect(target(server.base_url, "five"))
-    arrived = server.received[before:]
-    assert [(r.method, r.path) for r in arrived][:1] == [("GET", "/v1/models")]
-    assert arrived[-1].path == "/v1/chat/completions"
+    warm, chat = server.received[before:]
+    assert (warm.method, warm.path) == ("GET", "/v1/models")
+    assert (chat.method, chat.path) == ("POST", "/v1/chat/completions")
+    assert chat.peer == warm.peer and chat.nth > warm.nth  # the measured request reused it
+
+
+async def test_targets_sharing_an_endpoint_each_get_a_warm_connection(server: ScriptedServer) -> None:
+    await run_to_end([Job(target(server.base_url, "five"), request())])  # this loop's client exists now
+    before = len(server.received)
+    columns = await run_to_end([Job(target(server.base_url, "ten"), request()) for _ in range(4)])
+    assert [c.status for c in columns] == ["done"] * 4
+    chats = [r for r in server.received[before:] if r.method == "POST"]
+    assert len(chats) == 4 and len({r.peer for r in chats}) == 4
+    assert all(r.nth >= 1 for r in chats), [(r.peer, r.nth) for r in chats]  # no connect inside TTFT
 
 
 async def test_max_tokens_cut_is_finish_length(server: ScriptedServer) -> None:
@@ -174,6 +185,21 @@ async def test_key_echoed_by_the_server_is_redacted(server: ScriptedServer) -> N
     assert error is not None
     assert "Incorrect API key provided: ***" in error.message  # the server did send the key back
     assert KEY not in error.message
+
+
+async def test_keys_go_only_where_they_belong(server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-ambient-NOT-FOR-THIS")  # never picked up implicitly
+    monkeypatch.setenv("OTHER_TEST_KEY", "sk-other-KEY987654")
+    keyless = Target(id="keyless", label="keyless", backend="openai", model="five", base_url=server.base_url)
+    other = target(server.base_url, "close-delimited").model_copy(update={"api_key_env": "OTHER_TEST_KEY"})
+    before = len(server.received)
+    columns = await run_to_end([Job(t, request()) for t in (keyless, target(server.base_url, "ten"), other)])
+    assert [c.status for c in columns] == ["done"] * 3
+    sent = {r.body["model"]: r.headers.get("authorization") for r in server.received[before:] if r.method == "POST"}
+    # one endpoint, three keys: each request carries its own target's key and no other
+    assert sent == {"five": "Bearer not-needed", "ten": f"Bearer {KEY}",
+                    "close-delimited": "Bearer sk-other-KEY987654"}
+    assert not any("NOT-FOR-THIS" in (r.headers.get("authorization") or "") for r in server.received)
 
 
 async def test_unknown_model_is_not_found(server: ScriptedServer) -> None:

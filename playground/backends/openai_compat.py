@@ -9,7 +9,7 @@ import os
 import weakref
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 
-import httpx
+import httpx2 as httpx  # the openai SDK (3.x) runs on httpx2; its errors are not httpx's
 import openai
 from openai import AsyncOpenAI
 
@@ -94,6 +94,8 @@ def _error_detail(exc: openai.APIStatusError) -> str:
             return str(inner["message"])[:300]
         if isinstance(inner, str):
             return inner[:300]
+        if isinstance(inner, dict) and isinstance(inner.get("detail"), str):  # FastAPI: transformers serve
+            return inner["detail"][:300]
     return (exc.message or "").splitlines()[0][:300]
 
 
@@ -120,7 +122,7 @@ class OpenAICompatBackend:
         return READY
 
     async def _client(self) -> AsyncOpenAI:
-        """One client per endpoint and event loop, its connection opened before any clock starts."""
+        """One client per endpoint and event loop (``stream`` opens a connection before any clock starts)."""
         base_url, key = self._base_url(), self._key()
         if not base_url:
             raise BackendError(ErrorKind.UNAVAILABLE, f"set {self.target.base_url_env}")
@@ -140,7 +142,6 @@ class OpenAICompatBackend:
                 timeout=httpx.Timeout(self.target.timeout_s, connect=connect),
             )
             per_loop[cache_key] = client
-            await self._warm(client)
         return client
 
     async def _warm(self, client: AsyncOpenAI) -> None:
@@ -153,6 +154,9 @@ class OpenAICompatBackend:
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         key = self._key()
         client = await self._client()
+        # warm every run, not once per client: targets sharing an endpoint each need a connection
+        # of their own, and the pool drops idle ones after a few seconds
+        await self._warm(client)
         params = request.params
         kwargs: dict[str, Any] = {
             "model": self.target.model,
