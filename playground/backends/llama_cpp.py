@@ -10,9 +10,11 @@ for that load: llama.cpp's ``t_load_ms`` counts up to the first decode, not the 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
@@ -163,6 +165,7 @@ class LlamaCppBackend:
                 template=template, eos_token=token_text(eos), bos_token=token_text(llm.token_bos()),
                 stop_token_ids=[eos],
             )
+        atexit.register(_close_at_exit, weakref.ref(llm))
         return Engine(llm, formatter, load_s, threading.Lock())
 
     def _prompt_ids(self, engine: Engine, request: ChatRequest, emit: local.Emit) -> list[int]:
@@ -235,6 +238,13 @@ def engine_timings(perf: Any, tokens: int, prompt_tokens: int, load_s: float) ->
         output_tokens=tokens,
         prompt_tokens=prompt_tokens,
     )
+
+
+def _close_at_exit(ref: weakref.ref[Any]) -> None:
+    """Free the model while the interpreter still works (its __del__ at shutdown raises)."""
+    llm = ref()
+    if llm is not None:
+        llm.close()
 
 
 def _take_turn(lock: threading.Lock, stop: threading.Event, emit: local.Emit) -> bool:

@@ -114,9 +114,11 @@ def map_error(exc: Exception, target: Target, host: str) -> BackendError:
 
     if isinstance(exc, ollama.ResponseError):
         code, detail = exc.status_code, _detail(exc)
-        if code == 404:
+        if code == 404 and ("pull" in detail or target.model in detail):
             return BackendError(ErrorKind.NOT_FOUND, f"{target.model} is not on the Ollama server at {host}: "
                                 f"run: ollama pull {target.model} ({detail})")
+        if code == 404:
+            return BackendError(ErrorKind.NOT_FOUND, f"404 from {host}: is it an Ollama server? ({detail})")
         if code in (401, 403):
             return BackendError(ErrorKind.AUTH, f"{code} from Ollama at {host}: check OLLAMA_API_KEY ({detail})")
         if code == 429:

@@ -1,0 +1,233 @@
+"""Local backends on the bundled SmolLM2: the playground against a bare loop over each library.
+
+For onnx, transformers and llamacpp, on the same prompt, greedy, 128 new tokens, each in its
+own subprocess (so peak memory does not mix), the script prints one Markdown table:
+
+- TTFT and decode tok/s as the playground measures them, through ``playground.runner.Run``
+  with its default frame pacing: worker thread, events, queue, metrics;
+- the same two figures from a bare streaming loop over the same library and the same loaded
+  model: ``og.Generator`` with ``generate_next_token`` and the tokenizer stream;
+  ``model.generate`` with a minimal ``BaseStreamer``; ``Llama.generate`` with ``detokenize``.
+  Each decodes every token to text, as any streaming client must;
+- overhead: how much slower the playground decodes than the bare loop (aim < 5 %);
+- peak RSS of the subprocess (``ru_maxrss``): the model loaded once, both loops on it.
+
+Decode is (tokens - 1) / (last token - first token) on both sides, the playground's definition.
+Each side runs ``--repeats`` times after a warm-up, in pairs whose order alternates. The table
+gives each side's best run (the fastest decode, the lowest TTFT), which filters out other
+processes on a shared machine, and the overhead both from those best runs and as the median
+over pairs (a pair runs back to back, under about the same load). On a busy 2-core machine
+single runs swing by 30 % or more; a negative overhead is that noise, not a faster playground.
+llama.cpp's KV cache is cleared before every run so that no run reuses a cached prompt.
+
+    .venv/bin/python bench/local_backends.py [--repeats 5] [--tokens 128] [--backends onnx,llamacpp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT)]
+
+from playground.backends import local, make_backend  # noqa: E402
+from playground.catalog import BUILTIN_CATALOG, read_catalog_file  # noqa: E402
+from playground.models import module_installed  # noqa: E402
+from playground.request import ChatRequest, build_messages, make_params  # noqa: E402
+from playground.runner import Job, Run  # noqa: E402
+
+PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
+BACKENDS = ("onnx", "transformers", "llamacpp")
+Stamps = tuple[float, list[float]]  # (when the request was handed over, one time per token)
+
+
+def decode_rate(times: list[float]) -> float | None:
+    return (len(times) - 1) / (times[-1] - times[0]) if len(times) >= 2 and times[-1] > times[0] else None
+
+
+# --- bare loops: the least a streaming client of each library does ----------------------
+def bare_onnx(loaded: dict[str, Any], request: ChatRequest) -> Stamps:
+    og, model, tokenizer = loaded["og"], loaded["model"], loaded["tokenizer"]
+    ids = tokenizer.encode(tokenizer.apply_chat_template(json.dumps(request.as_dicts()), add_generation_prompt=True))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + request.params.max_tokens, do_sample=False)
+    generator, stream, times = og.Generator(model, params), tokenizer.create_stream(), []
+    started = time.perf_counter()
+    generator.append_tokens(ids)
+    while not generator.is_done():
+        generator.generate_next_token()
+        token = int(generator.get_next_tokens()[0])
+        now = time.perf_counter()
+        if token in loaded["eos"]:
+            break
+        stream.decode(token)
+        times.append(now)
+    return started, times
+
+
+def bare_transformers(loaded: tuple[Any, Any], request: ChatRequest) -> Stamps:
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    tokenizer, model = loaded
+    inputs = tokenizer.apply_chat_template(request.as_dicts(), add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    times: list[float] = []
+
+    class Stamper(BaseStreamer):
+        prompt_seen = False
+
+        def put(self, value: Any) -> None:
+            if not self.prompt_seen:
+                self.prompt_seen = True
+                return
+            for token in value.reshape(-1).tolist():
+                now = time.perf_counter()
+                if token not in eos_ids:
+                    tokenizer.decode([token], skip_special_tokens=True)
+                    times.append(now)
+
+        def end(self) -> None:
+            pass
+
+    started = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=request.params.max_tokens, do_sample=False,
+                       streamer=Stamper(), pad_token_id=next(iter(eos_ids)))
+    return started, times
+
+
+def bare_llamacpp(engine: Any, request: ChatRequest, backend: Any) -> Stamps:
+    import llama_cpp
+
+    llm = engine.llm
+    ids = backend._prompt_ids(engine, request, lambda event: None)
+    vocab, times = llm._model.vocab, []
+    llm.reset()
+    started = time.perf_counter()
+    for token in llm.generate(ids, temp=0.0, top_p=1.0):
+        now = time.perf_counter()
+        if llama_cpp.llama_vocab_is_eog(vocab, token):
+            break
+        llm.detokenize([token])
+        times.append(now)
+        if len(times) >= request.params.max_tokens:
+            break
+    return started, times
+
+
+# --- one backend, in its own process ---------------------------------------------------
+async def measure_one(name: str, repeats: int, tokens: int) -> dict[str, Any]:
+    target = read_catalog_file(BUILTIN_CATALOG).get(f"smollm2-{name}")
+    backend = make_backend(target)
+    request = ChatRequest(build_messages(PROMPT), make_params(temperature=0.0, max_tokens=tokens))
+
+    async def playground() -> tuple[float | None, float | None, int | None]:
+        if name == "llamacpp" and local.is_loaded(backend.key):
+            (await local.load_shared(backend.key, lambda: None)).llm.reset()
+        [column] = [c async for c in Run([Job(target, request)]).frames()][-1]
+        if column.status != "done":
+            raise SystemExit(f"{name}: {column.status}: {column.error}")
+        m = column.metrics()
+        return m.ttft_s, m.decode_tokens_per_s, m.output_tokens
+
+    await playground()  # warm-up: loads (and for onnx, may build) the model
+    loaded = await local.load_shared(backend.key, lambda: None)
+    bare: Callable[[], Stamps] = {
+        "onnx": lambda: bare_onnx(loaded, request),
+        "transformers": lambda: bare_transformers(loaded, request),
+        "llamacpp": lambda: bare_llamacpp(loaded, request, backend),
+    }[name]
+    bare()  # warm-up of the bare path too
+    async def bare_run() -> tuple[float | None, float | None, int]:
+        started, times = await asyncio.to_thread(bare)  # off the loop, as the playground's worker
+        return times[0] - started if times else None, decode_rate(times), len(times)
+
+    ours, theirs = [], []
+    for i in range(repeats):  # pairs, in alternating order, so that drift hits both sides
+        if i % 2:
+            theirs.append(await bare_run())
+            ours.append(await playground())
+        else:
+            ours.append(await playground())
+            theirs.append(await bare_run())
+    best = lambda runs, i, pick: pick(r[i] for r in runs if r[i] is not None)  # noqa: E731
+    pairs = [(t[1] - o[1]) / t[1] * 100 for o, t in zip(ours, theirs) if o[1] and t[1]]
+    return {
+        "pair_overhead_pct": statistics.median(pairs) if pairs else None,
+        "backend": name,
+        "tokens": ours[0][2],
+        "bare_tokens": theirs[0][2],
+        "ttft_s": best(ours, 0, min),
+        "bare_ttft_s": best(theirs, 0, min),
+        "decode": best(ours, 1, max),
+        "bare_decode": best(theirs, 1, max),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def available(name: str) -> str | None:
+    if name == "llamacpp" and not module_installed("llama_cpp"):
+        return "llama_cpp not installed: pip install -r requirements-llamacpp.txt"
+    target = read_catalog_file(BUILTIN_CATALOG).get(f"smollm2-{name}")
+    state = make_backend(target).availability()
+    return None if state.runnable else state.reason
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| backend | tokens | TTFT playground (s) | TTFT bare (s) | decode tok/s playground "
+             "| decode tok/s bare | overhead (best) | overhead (median pair) | peak RSS (MB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['backend']} | skipped: {r['skipped']} |||||||| ")
+            continue
+        overhead = (r["bare_decode"] - r["decode"]) / r["bare_decode"] * 100
+        tokens = f"{r['tokens']}" + ("" if r["tokens"] == r["bare_tokens"] else f" (bare {r['bare_tokens']})")
+        lines.append(f"| {r['backend']} | {tokens} | {r['ttft_s']:.3f} | {r['bare_ttft_s']:.3f} | "
+                     f"{r['decode']:.1f} | {r['bare_decode']:.1f} | {overhead:+.1f} % | "
+                     f"{r['pair_overhead_pct']:+.1f} % | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--one", choices=BACKENDS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(asyncio.run(measure_one(args.one, args.repeats, args.tokens))))
+        return 0
+    rows = []
+    for name in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        reason = available(name)
+        if reason:
+            rows.append({"backend": name, "skipped": reason})
+            continue
+        print(f"measuring {name}…", file=sys.stderr, flush=True)
+        done = subprocess.run([sys.executable, __file__, "--one", name, "--repeats", str(args.repeats),
+                               "--tokens", str(args.tokens)], capture_output=True, text=True, timeout=1800)
+        if done.returncode != 0:
+            rows.append({"backend": name, "skipped": (done.stderr.strip().splitlines() or ["failed"])[-1]})
+            continue
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print(f"SmolLM2-135M-Instruct, greedy, {args.tokens} new tokens, best of {args.repeats}; prompt: {PROMPT!r}\n")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

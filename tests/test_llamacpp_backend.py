@@ -1,0 +1,147 @@
+"""The llamacpp backend on the bundled SmolLM2 GGUF: real generation, stop, one shared model."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from playground import models
+from playground.backends import local
+from playground.backends.llama_cpp import INSTALL_HINT, LlamaCppBackend
+from playground.catalog import Target
+from playground.events import TextDelta
+from playground.request import ChatRequest, build_messages, make_params
+from playground.runner import Job, Run, run_to_end
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_ID = "smollm2-llamacpp"
+
+
+@pytest.fixture(scope="module")
+def target(bundled_gguf, builtin_catalog) -> Target:
+    pytest.importorskip("llama_cpp", reason=INSTALL_HINT)
+    return builtin_catalog.get(TARGET_ID)
+
+
+def chat(prompt: str, max_tokens: int) -> ChatRequest:
+    return ChatRequest(build_messages(prompt), make_params(temperature=0.0, max_tokens=max_tokens))
+
+
+async def engine_of(t: Target) -> Any:
+    """The shared engine, loading it if this process has not yet."""
+    [column] = await run_to_end([Job(t, chat("Hi", 1))], frame_s=0.01)
+    assert column.status == "done", column.error
+    return await local.load_shared(LlamaCppBackend(t).key, lambda: None)
+
+
+def test_availability_says_how_to_install_without_importing_llama_cpp(monkeypatch, builtin_catalog, clean_env):
+    t = builtin_catalog.get(TARGET_ID)
+    monkeypatch.setattr(models, "module_installed", lambda name: name != "llama_cpp")
+    missing = LlamaCppBackend(t).availability()
+    assert missing.state == "unavailable" and missing.reason == INSTALL_HINT
+    assert "pip install -r requirements-llamacpp.txt" in missing.reason
+    code = ("import sys; from playground.backends import make_backend; "
+            "from playground.catalog import load_catalog; "
+            f"print(make_backend(load_catalog().get({TARGET_ID!r})).availability().state); "
+            "print('llama_cpp' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=clean_env(), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "False"  # llama_cpp was looked for, never imported
+
+
+async def test_real_generation_with_exact_tokens_and_engine_timings(target):
+    request = chat("What is the capital of France?", 24)
+    [column] = await run_to_end([Job(target, request)], frame_s=0.01)
+    assert column.status == "done", column.error
+    assert column.text.strip()
+    assert column.usage is not None and column.usage.source == "counted"
+    deltas = column.timeline.deltas
+    assert all(d.tokens == 1 for d in deltas)
+    assert [d.at for d in deltas] == sorted(d.at for d in deltas)
+    assert column.usage.completion_tokens == len(deltas) == column.counted_tokens
+    assert 1 <= len(deltas) <= 24
+    assert column.finish_reason == ("length" if len(deltas) == 24 else "stop")
+
+    server = column.server
+    assert server is not None
+    assert server.decode_tokens_per_s is not None and server.decode_tokens_per_s > 0
+    assert server.prompt_eval_s is not None and server.prompt_eval_s >= 0
+    assert server.load_s is not None and server.load_s >= 0
+    assert server.output_tokens == len(deltas)
+    assert server.prompt_tokens == column.usage.prompt_tokens > 10  # the chat template's system turn
+
+    # the GGUF's chat template, applied as llama-cpp-python's own chat handler applies it
+    engine = await local.load_shared(LlamaCppBackend(target).key, lambda: None)
+    reference = engine.llm.create_chat_completion(request.as_dicts(), temperature=0.0, max_tokens=24)
+    assert column.text == reference["choices"][0]["message"]["content"]
+
+
+async def test_stop_lands_within_one_token_and_the_worker_ends(target, monkeypatch):
+    engine = await engine_of(target)
+    seen: dict[str, Any] = {"generated_after_stop": 0, "emitted_after_stop": 0}
+    real_stream, real_generate = local.stream_from_thread, engine.llm.generate
+
+    def watched_stream(work, *args, **kwargs):
+        def watched(emit, stop):
+            seen["stop"], seen["thread"] = stop, threading.current_thread()
+
+            def emit_watched(event):
+                if isinstance(event, TextDelta) and stop.is_set():
+                    seen["emitted_after_stop"] += 1
+                emit(event)
+
+            work(emit_watched, stop)
+        return real_stream(watched, *args, **kwargs)
+
+    def watched_generate(*args, **kwargs):
+        for token in real_generate(*args, **kwargs):
+            if seen["stop"].is_set():
+                seen["generated_after_stop"] += 1
+            yield token
+
+    monkeypatch.setattr(local, "stream_from_thread", watched_stream)
+    monkeypatch.setattr(engine.llm, "generate", watched_generate)
+    run = Run([Job(target, chat("Count from 1 to 500, separated by commas.", 2000))], frame_s=0.01)
+    tokens_at_stop = None
+    columns = []
+    async for columns in run.frames():
+        if tokens_at_stop is None and columns[0].counted_tokens >= 5:
+            tokens_at_stop = columns[0].counted_tokens
+            run.stop()
+    [column] = columns
+    assert tokens_at_stop is not None, f"never reached 5 tokens: {column.status} {column.error}"
+    assert column.status == "stopped"
+    assert seen["generated_after_stop"] <= 1
+    assert seen["emitted_after_stop"] <= 1
+    deadline = time.monotonic() + 10
+    while seen["thread"].is_alive() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert not seen["thread"].is_alive()
+
+
+async def test_two_sessions_share_one_loaded_model(target, monkeypatch):
+    monkeypatch.setattr(local, "_models", {})  # as if this process had loaded nothing yet
+    loads: list[Path | None] = []
+    real_load = LlamaCppBackend._load
+
+    def counting_load(self, path):
+        loads.append(path)
+        return real_load(self, path)
+
+    monkeypatch.setattr(LlamaCppBackend, "_load", counting_load)
+    request = chat("Name three colours.", 12)
+    first, second = await asyncio.gather(run_to_end([Job(target, request)], frame_s=0.01),
+                                         run_to_end([Job(target, request)], frame_s=0.01))
+    assert len(loads) == 1
+    for [column] in (first, second):
+        assert column.status == "done", column.error
+        assert column.server is not None and column.server.load_s > 0  # both waited for that one load
+    assert first[0].text == second[0].text != ""  # taking turns on one KV cache, nothing mixed up
