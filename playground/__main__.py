@@ -1,4 +1,4 @@
-"""Command line: ``serve`` | ``run`` | ``targets``. Same engine as the UI.
+"""Command line: ``serve`` | ``run`` | ``targets`` | ``prepare``. Same engine as the UI.
 
 Exit codes: 0 every target answered, 1 any target failed, 2 bad usage.
 """
@@ -12,6 +12,7 @@ import sys
 
 from playground.backends import make_backend
 from playground.catalog import Catalog, CatalogError, load_catalog
+from playground.images import prepare_images
 from playground.request import ChatRequest, InputError, build_messages, make_params
 from playground.report import result_entry, run_document
 from playground.runner import Job, Run
@@ -24,13 +25,16 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("targets", "list every target and whether it can run now"),
                        ("run", "send one prompt to several targets and print the answers"),
-                       ("serve", "launch the web UI")):
+                       ("serve", "launch the web UI"),
+                       ("prepare", "build the bundled model's ONNX cache now (the Docker image does this at build time)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--catalog", help="a user catalog YAML file (adds to or overrides the built-in targets)")
     run = sub.choices["run"]
     run.add_argument("--targets", required=True, help="comma-separated target ids")
     run.add_argument("--prompt", required=True)
     run.add_argument("--system")
+    run.add_argument("--image", action="append", default=[], metavar="PATH",
+                     help="an image to send with the prompt (repeatable); targets without vision get the text alone")
     run.add_argument("--max-tokens", type=int)
     run.add_argument("--temperature", type=float)
     run.add_argument("--top-p", type=float)
@@ -73,15 +77,22 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
         raise InputError(str(exc.args[0])) from None
     params = make_params(max_tokens=args.max_tokens, temperature=args.temperature,
                          top_p=args.top_p, seed=args.seed)
-    messages = build_messages(args.prompt, args.system)
+    images = prepare_images(args.image)
+    for image in images:
+        for note in image.notes:
+            print(f"{image.name}: {note}", file=sys.stderr)
+    messages = build_messages(args.prompt, args.system, images=images)
     jobs = [Job(t, ChatRequest(messages, params)) for t in targets]
     columns = asyncio.run(_run(jobs, quiet=args.json or not sys.stderr.isatty()))
     if args.json:
-        print(json.dumps(run_document(args.prompt, args.system, params, columns), ensure_ascii=False, indent=2))
+        document = run_document(args.prompt, args.system, params, columns, images)
+        print(json.dumps(document, ensure_ascii=False, indent=2))
     else:
         for column in columns:
             entry = result_entry(column)
             print(f"=== {column.target.label} [{entry['status']}]")
+            for notice in column.notices:
+                print(f"note: {notice}")
             print(column.text)
             if entry["error"]:
                 print(f"error: {entry['error']}")
@@ -90,12 +101,33 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     return EXIT_OK if all(c.status == "done" for c in columns) else EXIT_FAILED
 
 
+def cmd_prepare() -> int:
+    """Build the int4 ONNX model of the bundled GGUF into the cache, printing progress; instant when cached."""
+    from playground import models
+    from playground.backends.base import BackendError
+    from playground.onnx_build import ensure_bundled_onnx
+
+    async def build() -> None:
+        async for line in ensure_bundled_onnx():
+            print(line, flush=True)
+
+    try:
+        asyncio.run(build())
+    except BackendError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"bundled ONNX model ready in {models.bundled_onnx_dir()}", flush=True)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         catalog = load_catalog(args.catalog)
         if args.command == "targets":
             return cmd_targets(catalog)
+        if args.command == "prepare":
+            return cmd_prepare()
         if args.command == "serve":
             from playground.ui import launch
 

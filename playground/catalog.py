@@ -54,7 +54,9 @@ class Target(BaseModel):
     notes: str | None = None
     timeout_s: float = Field(180.0, gt=0, le=3600)
     connect_timeout_s: float | None = Field(None, gt=0, le=120)
-    max_image_bytes: int | None = Field(None, ge=1024)
+    max_image_bytes: int | None = Field(None, ge=1024)  # per image, in characters of base64 (NIM: 180000)
+    max_image_side: int | None = Field(None, ge=64, le=8192)  # pixels; the prepared copy is at most 1536
+    max_images: int | None = Field(None, ge=1, le=32)  # per request; vision targets default to 4
     keep_alive: str | None = None
     source: Literal["bundled", "hub", "path"] | None = None
     gguf_file: str | None = None
@@ -79,6 +81,9 @@ class Target(BaseModel):
                     f"{name}: must be the NAME of an environment variable (like GITHUB_TOKEN), "
                     "never the key itself"
                 )
+        for name in ("max_image_bytes", "max_image_side", "max_images"):
+            if getattr(self, name) is not None and not self.vision:
+                raise ValueError(f"{name}: only used by vision targets (vision: true)")
         if self.backend == "openai" and not (self.base_url or self.base_url_env):
             raise ValueError("base_url: required for backend 'openai' (or give base_url_env)")
         if self.base_url and not re.match(r"^https?://", self.base_url):

@@ -12,6 +12,7 @@ from playground.events import ServerTimings
 if TYPE_CHECKING:
     import pandas as pd
 
+    from playground.images import PreparedImage
     from playground.request import GenerationParams
     from playground.runner import Column
 
@@ -48,6 +49,7 @@ def result_entry(column: Column) -> dict[str, Any]:
         "itl_p95_s": _round(m.itl_p95_s, 4),
         "itl_basis": m.itl_basis,
         "notices": list(column.notices),
+        "images_sent": column.images_sent,
         "server": server_entry(column),
     }
 
@@ -60,13 +62,21 @@ def server_entry(column: Column) -> dict[str, Any] | None:
     return {k: _round(v, SERVER_DIGITS[k]) if k in SERVER_DIGITS else v for k, v in figures.items()}
 
 
-def run_document(prompt: str, system: str | None, params: GenerationParams, columns: list[Column]) -> dict[str, Any]:
+def run_document(prompt: str, system: str | None, params: GenerationParams, columns: list[Column],
+                 images: tuple[PreparedImage, ...] = ()) -> dict[str, Any]:
+    """The whole run; ``images`` are described (name, size, notes), never embedded."""
     return {
         "prompt": prompt,
         "system": system or None,
         "parameters": params.model_dump(),
+        "images": [image_entry(i) for i in images],
         "results": [result_entry(c) for c in columns],
     }
+
+
+def image_entry(image: PreparedImage) -> dict[str, Any]:
+    return {"name": image.name, "mime": image.mime, "width": image.width, "height": image.height,
+            "bytes": len(image.data), "notes": list(image.notes)}
 
 
 def status_word(column: Column) -> str:
@@ -113,7 +123,8 @@ def write_exports(document: dict[str, Any], folder: Path) -> tuple[Path, Path]:
         server = result.get("server") or {}
         for key in SERVER_FIELDS:  # always present, empty when the backend reported nothing
             row[f"server_{key}"] = server.get(key)
-        row.update(prompt=document["prompt"], system=document["system"], **document["parameters"])
+        row.update(prompt=document["prompt"], system=document["system"], images=len(document.get("images", [])),
+                   **document["parameters"])
         rows.append(row)
     pd.DataFrame(rows).to_csv(csv_path, index=False)
     return csv_path, json_path

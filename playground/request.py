@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:
+    from playground.images import PreparedImage
 
 MAX_PROMPT_CHARS = 100_000
 MAX_NEW_TOKENS_LIMIT = 8192
@@ -27,6 +31,7 @@ class GenerationParams(BaseModel):
 class Message:
     role: str  # "system" | "user" | "assistant"
     content: str
+    images: tuple[PreparedImage, ...] = ()  # only user messages carry them
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,26 @@ class ChatRequest:
     params: GenerationParams = field(default_factory=GenerationParams)
 
     def as_dicts(self) -> list[dict[str, str]]:
+        """Text only: images are never in here (see ``as_ollama_dicts`` and the backends)."""
         return [{"role": m.role, "content": m.content} for m in self.messages]
+
+    def as_ollama_dicts(self) -> list[dict[str, Any]]:
+        """Ollama's ``/api/chat`` messages: a user message's pictures as ``images`` (raw bytes;
+        the ollama client base64-encodes them)."""
+        return [{"role": m.role, "content": m.content, **({"images": [i.data for i in m.images]} if m.images else {})}
+                for m in self.messages]
+
+    @property
+    def images(self) -> tuple[PreparedImage, ...]:
+        """Every image in the conversation, in order."""
+        return tuple(image for m in self.messages for image in m.images)
+
+    def without_images(self) -> ChatRequest:
+        return replace(self, messages=tuple(replace(m, images=()) for m in self.messages))
+
+    def map_images(self, change: Callable[[PreparedImage], PreparedImage]) -> ChatRequest:
+        return replace(self, messages=tuple(
+            replace(m, images=tuple(change(i) for i in m.images)) if m.images else m for m in self.messages))
 
     @property
     def prompt_chars(self) -> int:
@@ -59,9 +83,11 @@ def make_params(**values: object) -> GenerationParams:
 
 
 def build_messages(
-    prompt: str, system: str | None = None, history: list[tuple[str, str]] | None = None
+    prompt: str, system: str | None = None, history: list[tuple[str, str]] | None = None,
+    images: tuple[PreparedImage, ...] = (),
 ) -> tuple[Message, ...]:
-    """Validate the prompt and assemble a conversation (history is (user, assistant) pairs)."""
+    """Validate the prompt and assemble a conversation (history is (user, assistant) pairs);
+    ``images`` go with this turn's prompt."""
     if prompt is None or not prompt.strip():
         raise InputError("The prompt is empty: type something to send.")
     if len(prompt) > MAX_PROMPT_CHARS:
@@ -74,5 +100,5 @@ def build_messages(
     for user, assistant in history or []:
         messages.append(Message("user", user))
         messages.append(Message("assistant", assistant))
-    messages.append(Message("user", prompt))
+    messages.append(Message("user", prompt, tuple(images)))
     return tuple(messages)

@@ -20,6 +20,7 @@ from playground.events import (
     ErrorKind, Event, Failed, Finished, Notice, Progress, RequestSent, ServerTimings, TextDelta, Usage,
 )
 from playground.tokens import estimate_tokens
+from playground.vision import adapt_request
 
 if TYPE_CHECKING:
     from playground.catalog import Target
@@ -47,6 +48,7 @@ class Column:
     notices: list[str] = field(default_factory=list)
     counted_tokens: int = 0
     exact_counts: bool = True
+    images_sent: int = 0
     version: int = 0
 
     @property
@@ -157,7 +159,14 @@ class Run:
             available = backend.availability()
             if not available.runnable:
                 raise BackendError(ErrorKind.UNAVAILABLE, available.reason)
-            async with aclosing(backend.stream(job.request)) as events:
+            request = job.request
+            if request.images:  # text-only targets get none, and say so; the others get them fitted
+                takes_images = bool(getattr(backend, "supports_vision", False))
+                request, notes = await asyncio.to_thread(adapt_request, request, job.target, takes_images)
+                self.columns[index].images_sent = len(request.images)
+                for note in notes:
+                    queue.put_nowait((index, Notice(note), time.perf_counter()))
+            async with aclosing(backend.stream(request)) as events:
                 async for event in events:
                     queue.put_nowait((index, event, getattr(event, "at", None) or time.perf_counter()))
         except BackendError as exc:

@@ -1,7 +1,13 @@
-"""Local Hugging Face transformers: one shared model per process, a worker thread, a stop flag."""
+"""Local Hugging Face transformers: one shared model per process, a worker thread, a stop flag.
+
+Vision targets load an ``AutoProcessor`` too. A native model (Phi-4-multimodal) takes chat-template
+image parts; remote code (Phi-3.5-vision, only with ``trust_remote_code: true``) takes Phi's
+``<|image_N|>`` tags and ``processor(prompt, images)``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import threading
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
@@ -10,6 +16,7 @@ from playground import models
 from playground.backends import local
 from playground.backends.base import Availability, BackendError, READY
 from playground.events import ErrorKind, Event, Finished, Notice, Progress, RequestSent, TextDelta, Usage
+from playground.vision import explain_remote_code_error, hf_image_messages, remote_code_problem, tagged_dicts
 
 if TYPE_CHECKING:
     from playground.catalog import Target
@@ -26,7 +33,7 @@ def hub_cached(repo_id: str, filename: str = "config.json") -> bool:
 
 class TransformersBackend:
     name: ClassVar[str] = "transformers"
-    supports_vision: ClassVar[bool] = False
+    supports_vision: ClassVar[bool] = True  # for targets with vision: true
 
     def __init__(self, target: Target):
         self.target = target
@@ -46,9 +53,25 @@ class TransformersBackend:
             return Availability("first_run", f"not downloaded yet: first run downloads {size}")
         return READY
 
-    def _load(self) -> tuple[Any, Any]:
+    def _check_remote_code(self) -> None:
+        """Refuse, before any download, remote code known to break on this transformers."""
+        import transformers
+        from transformers import DynamicCache
+
+        problem = remote_code_problem(self.target, DynamicCache(), transformers.__version__)
+        if problem:
+            raise BackendError(ErrorKind.UNAVAILABLE, problem)
+
+    def _explain(self, exc: BaseException) -> BackendError | None:
+        import transformers
+
+        message = explain_remote_code_error(exc, self.target, transformers.__version__)
+        return BackendError(ErrorKind.UNAVAILABLE, message) if message else None
+
+    def _load(self) -> tuple[Any, Any, Any]:
+        """(tokenizer, model, processor or None)."""
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
         target = self.target
         kwargs: dict[str, Any] = {}
@@ -64,39 +87,70 @@ class TransformersBackend:
                 kwargs["gguf_file"] = target.gguf_file
         if target.trust_remote_code:
             kwargs["trust_remote_code"] = True
-        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        model_kwargs = {"attn_implementation": "eager"} if target.trust_remote_code and target.vision else {}
+        processor = AutoProcessor.from_pretrained(where, **kwargs) if target.vision else None
+        tokenizer = getattr(processor, "tokenizer", None) or AutoTokenizer.from_pretrained(where, **kwargs)
         dtype = getattr(torch, target.dtype) if target.dtype else "auto"
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
+        # Phi-3.5-vision's config asks for flash-attention, which a CPU install lacks
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs, **model_kwargs)
         model.eval()
-        return tokenizer, model
+        return tokenizer, model, processor
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
+        if request.images and not self.target.vision:
+            raise BackendError(ErrorKind.BAD_REQUEST, f"{self.target.label} is not a vision target: it cannot take images")
+        if self.target.trust_remote_code:
+            await asyncio.to_thread(self._check_remote_code)  # importing transformers takes seconds
         if not local.is_loaded(self.key):
             what = "downloading and loading" if self.target.source == "hub" else "loading"
             yield Progress(f"{what} model…")
         try:
-            tokenizer, model = await local.load_shared(self.key, self._load)
+            tokenizer, model, processor = await local.load_shared(self.key, self._load)
         except BackendError:
             raise
-        except OSError as exc:
-            raise BackendError(ErrorKind.UNAVAILABLE, f"could not load {self.target.model}: {exc}") from None
+        except (OSError, ValueError, ImportError, AttributeError) as exc:
+            explained = self._explain(exc)
+            if explained:
+                raise explained from None
+            if isinstance(exc, AttributeError):
+                raise
+            hint = "; it needs trust_remote_code: true in the catalog" if "trust_remote_code" in str(exc) else ""
+            raise BackendError(ErrorKind.UNAVAILABLE, f"could not load {self.target.model}: {exc}{hint}") from None
         context = self.target.context_length or getattr(model.config, "max_position_embeddings", None)
 
         def work(emit: local.Emit, stop: threading.Event) -> None:
-            self._generate(tokenizer, model, request, context, emit, stop)
+            inputs = self._inputs(tokenizer, processor, request)
+            try:
+                self._generate(tokenizer, model, inputs, request, context, emit, stop)
+            except AttributeError as exc:
+                explained = self._explain(exc)
+                if explained:
+                    raise explained from None
+                raise
 
         async for event in local.stream_from_thread(work):
             yield event
 
-    def _generate(self, tokenizer: Any, model: Any, request: ChatRequest, context: int | None,
+    def _inputs(self, tokenizer: Any, processor: Any, request: ChatRequest) -> Any:
+        """Token ids (and pixel values) for ``generate``."""
+        if not request.images:
+            return tokenizer.apply_chat_template(
+                request.as_dicts(), add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+        if self.target.trust_remote_code:  # Phi-3.5-vision's processor: tags in the text, images beside
+            prompt = tokenizer.apply_chat_template(tagged_dicts(request), add_generation_prompt=True, tokenize=False)
+            return processor(prompt, [image.to_pil() for image in request.images], return_tensors="pt")
+        return processor.apply_chat_template(
+            hf_image_messages(request), add_generation_prompt=True, tokenize=True, return_dict=True,
+            return_tensors="pt",
+        )
+
+    def _generate(self, tokenizer: Any, model: Any, inputs: Any, request: ChatRequest, context: int | None,
                   emit: local.Emit, stop: threading.Event) -> None:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
-        inputs = tokenizer.apply_chat_template(
-            request.as_dicts(), add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
         n_prompt = int(inputs["input_ids"].shape[1])
         params = request.params
         max_new = local.check_context(n_prompt, params.max_tokens, context, self.target.label)

@@ -99,6 +99,20 @@ def _error_detail(exc: openai.APIStatusError) -> str:
     return (exc.message or "").splitlines()[0][:300]
 
 
+def openai_messages(request: ChatRequest) -> list[dict[str, Any]]:
+    """Chat messages; a user message with images becomes content parts, each image an
+    ``image_url`` with a ``data:`` URI, ahead of the text (NIM asks for images first)."""
+    out: list[dict[str, Any]] = []
+    for m in request.messages:
+        if not m.images:
+            out.append({"role": m.role, "content": m.content})
+            continue
+        parts: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": i.data_uri()}} for i in m.images]
+        parts.append({"type": "text", "text": m.content})
+        out.append({"role": m.role, "content": parts})
+    return out
+
+
 class OpenAICompatBackend:
     name: ClassVar[str] = "openai"
     supports_vision: ClassVar[bool] = True
@@ -160,7 +174,7 @@ class OpenAICompatBackend:
         params = request.params
         kwargs: dict[str, Any] = {
             "model": self.target.model,
-            "messages": request.as_dicts(),
+            "messages": openai_messages(request),
             "stream": True,
             "stream_options": {"include_usage": True},
             "max_tokens": params.max_tokens,

@@ -13,6 +13,7 @@ from playground import models
 from playground.backends import local
 from playground.backends.base import READY, Availability, BackendError
 from playground.events import ErrorKind, Event, Finished, Notice, Progress, RequestSent, TextDelta, Usage
+from playground.vision import MULTIMODAL_ONNX_TYPES, onnx_multimodal_inputs, onnx_prompt
 
 if TYPE_CHECKING:
     from playground.catalog import Target
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 class OrtGenAIBackend:
     name: ClassVar[str] = "onnx"
-    supports_vision: ClassVar[bool] = False
+    supports_vision: ClassVar[bool] = True  # for phi3v / phi4mm models; a text model refuses images
 
     def __init__(self, target: Target):
         self.target = target
@@ -37,7 +38,7 @@ class OrtGenAIBackend:
             if not models.bundled_dir():
                 return Availability("unavailable", models.INSTALL_HINT)
             if not models.is_complete(models.bundled_onnx_dir()):
-                return Availability("first_run", "first run builds the int4 ONNX model (about 10 s)")
+                return Availability("first_run", "first run builds the int4 ONNX model (about a minute on 2 cores)")
             return READY
         if self.target.source == "hub" and self._hub_folder(local_only=True) is None:
             size = f"{self.target.download_gb:g} GB" if self.target.download_gb else "the model"
@@ -105,24 +106,41 @@ class OrtGenAIBackend:
         config = json.loads((folder / "genai_config.json").read_text())["model"]
         model = og.Model(str(folder))
         eos = config.get("eos_token_id")
+        model_type = str(config.get("type", ""))
         return {
             "og": og,
             "model": model,
+            "type": model_type,
             "tokenizer": og.Tokenizer(model),
+            "processor": model.create_multimodal_processor() if model_type in MULTIMODAL_ONNX_TYPES else None,
             "context": config.get("context_length"),
             "eos": set(eos if isinstance(eos, list) else [eos]),
         }
 
+    def _prompt(self, loaded: dict[str, Any], request: ChatRequest) -> tuple[Any, list[int] | None, int]:
+        """(the processor's named inputs, or None; the token ids, or None; prompt tokens)."""
+        og, tokenizer, processor = loaded["og"], loaded["tokenizer"], loaded["processor"]
+        if processor is None:
+            if request.images:
+                raise BackendError(ErrorKind.BAD_REQUEST, f"{self.target.label} is a text-only ONNX model "
+                                   f"(model type {loaded['type'] or '?'}): it cannot take images")
+            prompt = tokenizer.apply_chat_template(json.dumps(request.as_dicts()), add_generation_prompt=True)
+            ids = tokenizer.encode(prompt)
+            return None, ids, len(ids)
+        apply = lambda text: tokenizer.apply_chat_template(text, add_generation_prompt=True)  # noqa: E731
+        prompt = onnx_prompt(apply, request, loaded["type"])
+        inputs = onnx_multimodal_inputs(og, processor, prompt, request.images)
+        return inputs, None, int(inputs["input_ids"].as_numpy().shape[-1])
+
     def _generate(self, loaded: dict[str, Any], request: ChatRequest, emit: local.Emit, stop: threading.Event) -> None:
         og, tokenizer = loaded["og"], loaded["tokenizer"]
-        prompt = tokenizer.apply_chat_template(json.dumps(request.as_dicts()), add_generation_prompt=True)
-        ids = tokenizer.encode(prompt)
+        inputs, ids, n_prompt = self._prompt(loaded, request)
         params = request.params
         context = self.target.context_length or loaded["context"]
-        max_new = local.check_context(len(ids), params.max_tokens, context, self.target.label)
+        max_new = local.check_context(n_prompt, params.max_tokens, context, self.target.label)
         if max_new < params.max_tokens:
             emit(Notice(f"max new tokens cut to {max_new} to fit the context"))
-        search: dict[str, Any] = {"max_length": len(ids) + max_new, "do_sample": not params.greedy}
+        search: dict[str, Any] = {"max_length": n_prompt + max_new, "do_sample": not params.greedy}
         if not params.greedy:
             search.update(temperature=params.temperature, top_p=params.top_p)
         if params.seed is not None:
@@ -136,7 +154,10 @@ class OrtGenAIBackend:
             generator = og.Generator(loaded["model"], gen_params)
             decoder = tokenizer.create_stream()
             emit(RequestSent(at=time.perf_counter()))
-            generator.append_tokens(ids)
+            if inputs is not None:
+                generator.set_inputs(inputs)
+            else:
+                generator.append_tokens(ids)
             while not generator.is_done() and not stop.is_set():
                 generator.generate_next_token()
                 token = int(generator.get_next_tokens()[0])
@@ -148,6 +169,6 @@ class OrtGenAIBackend:
                 emit(TextDelta(decoder.decode(token), tokens=1, at=now))
         finally:
             local.release_slot(self.key)
-        emit(Usage(len(ids), tokens, "counted"))
+        emit(Usage(n_prompt, tokens, "counted"))
         emit(Finished("stopped" if stop.is_set() else "stop" if saw_eos else "length"))
 
