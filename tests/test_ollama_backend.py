@@ -235,3 +235,37 @@ def test_cli_json_carries_the_server_object(stub, tmp_path, clean_env):
     assert result["server"]["load_s"] == 1.0
     assert result["server"]["output_tokens"] == 4
     assert result["tokens_source"] == "server" and result["output_tokens"] == 4
+
+
+async def test_images_arrive_as_base64_and_text_only_targets_get_none(stub, tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from playground.images import prepare_image
+
+    path = tmp_path / "chart.png"
+    picture = Image.new("RGB", (640, 480), (200, 30, 30))
+    picture.paste((30, 30, 200), (320, 0, 640, 480))
+    picture.save(path)
+    prepared = prepare_image(path)
+    request = ChatRequest(build_messages("What colours?", images=(prepared,)), make_params(max_tokens=8))
+    vision = target(stub.base_url, vision=True)
+    text_only = Target(id="ollama/text", label="text · Ollama stub", backend="ollama", model="phi3.5",
+                       base_url=stub.base_url)
+    columns = await run_to_end([Job(vision, request), Job(text_only, request)], frame_s=0.01)
+    assert [c.status for c in columns] == ["done", "done"], [c.error for c in columns]
+    chats = stub.chats()
+    assert len(chats) == 2
+    carrying = [c for c in chats if "images" in c["messages"][-1]]
+    assert len(carrying) == 1, "exactly one of the two requests (the vision target's) carries the image"
+    with_image, without = carrying[0], next(c for c in chats if c is not carrying[0])
+    encoded = with_image["messages"][-1]["images"]
+    assert len(encoded) == 1
+    received = Image.open(io.BytesIO(base64.b64decode(encoded[0])))
+    assert received.size == (640, 480)
+    assert received.convert("RGB").getpixel((10, 10)) == pytest.approx((200, 30, 30), abs=12)
+    assert received.convert("RGB").getpixel((630, 470)) == pytest.approx((30, 30, 200), abs=12)
+    assert all("images" not in m for m in without["messages"])
+    assert columns[1].notices == ["text only: image not sent"]

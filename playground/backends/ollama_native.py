@@ -160,7 +160,7 @@ def timings(final: Any) -> ServerTimings:
 
 class OllamaBackend:
     name: ClassVar[str] = "ollama"
-    supports_vision: ClassVar[bool] = False
+    supports_vision: ClassVar[bool] = True
 
     def __init__(self, target: Target):
         self.target = target
@@ -210,7 +210,7 @@ class OllamaBackend:
         try:
             chunks = await client.chat(
                 model=self.target.model,
-                messages=request.as_dicts(),
+                messages=request.as_ollama_dicts(),
                 stream=True,
                 options=self._options(request),
                 keep_alive=self.target.keep_alive,
