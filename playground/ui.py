@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import gradio as gr
 
 from playground.backends import make_backend
 from playground.catalog import Catalog, load_catalog
+from playground.images import ImageError, PreparedImage, from_multimodal
 from playground.report import results_frame, run_document, write_exports, TABLE_COLUMNS
 from playground.request import MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_CHARS, ChatRequest, InputError, Message, build_messages, make_params
 from playground.runner import Job, Run
@@ -62,6 +64,31 @@ def _validate(catalog: Catalog, prompt: str, system: str, temperature: float, to
     return (), params
 
 
+def _uploaded_only(value: Any) -> Any:
+    """With preprocess=False Gradio does not vet file paths, so accept only its own uploads."""
+    from gradio.utils import get_upload_folder
+
+    if not isinstance(value, dict):
+        return value
+    root = Path(get_upload_folder()).resolve()
+    for item in value.get("files") or []:
+        path = item.get("path") if isinstance(item, dict) else item
+        if not path or not Path(path).resolve().is_relative_to(root):
+            raise gr.Error("Attach images by uploading or pasting them into the prompt box.")
+    return value
+
+
+async def _read_prompt(value: Any) -> tuple[str, tuple[PreparedImage, ...]]:
+    try:
+        text, images = await asyncio.to_thread(from_multimodal, _uploaded_only(value))
+    except ImageError as exc:
+        raise gr.Error(str(exc)) from None
+    for image in images:
+        for note in image.notes:
+            gr.Warning(f"{image.name}: {note}")
+    return text, images
+
+
 def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -> gr.Blocks:
     settings = settings or from_env()
     catalog = catalog or load_catalog(settings.catalog)
@@ -85,8 +112,10 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
                                             feedback_options=None, buttons=["copy"]))
                     statuses.append(gr.Markdown("", elem_id=f"col-{i}-status", elem_classes=["pp-status"]))
                 slots.append(slot)
-        prompt = gr.Textbox(lines=1, max_lines=12, max_length=MAX_PROMPT_CHARS, label="Prompt",
-                            placeholder="Ask something. Enter runs, Shift+Enter adds a line.", elem_id="prompt")
+        prompt = gr.MultimodalTextbox(
+            lines=1, max_lines=12, label="Prompt", file_types=["image"], file_count="multiple",
+            sources=["upload"], submit_btn=False, elem_id="prompt",
+            placeholder="Ask something; attach or paste images for vision targets. Enter runs, Shift+Enter adds a line.")
         with gr.Row():
             run_btn = gr.Button("Run", variant="primary", elem_id="run")
             stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -98,24 +127,25 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
                 top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top_p", elem_id="top-p")
                 max_tokens = gr.Slider(1, MAX_NEW_TOKENS_LIMIT, value=256, step=1, label="Max new tokens", elem_id="max-tokens")
                 seed = gr.Number(value=None, precision=0, minimum=0, label="Seed (blank = random)", elem_id="seed")
-        gr.Examples(EXAMPLES, inputs=[prompt], label="Examples")
+        gr.Examples([{"text": e, "files": []} for e in EXAMPLES], inputs=[prompt], label="Examples")
         table = gr.Dataframe(headers=TABLE_COLUMNS, label="Results", interactive=False, elem_id="results", wrap=True)
         with gr.Row():
             csv_btn = gr.DownloadButton("Download CSV", visible=False, elem_id="download-csv")
             json_btn = gr.DownloadButton("Download JSON", visible=False, elem_id="download-json")
 
-        async def run(prompt_text: str, system_text: str, temp: float, p: float, max_new: float,
+        async def run(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
                       seed_value: float | None, columns: float, hist: list[list[Turn]],
                       t0: str, t1: str, t2: str, t3: str, t4: str, t5: str, request: gr.Request
                       ) -> AsyncIterator[list[Any]]:
             picked = [t0, t1, t2, t3, t4, t5]
+            prompt_text, images = await _read_prompt(prompt_value)
             count = int(columns)
             target_ids = list(picked[:count])
             _, params = _validate(catalog, prompt_text, system_text, temp, p, max_new, seed_value, target_ids)
             jobs = []
             for i, target_id in enumerate(target_ids):
-                past = [(t.user, t.assistant) for t in hist[i] if t.ok]
-                jobs.append(Job(catalog.get(target_id), ChatRequest(build_messages(prompt_text, system_text, past), params)))
+                past = [(t.sent_user or t.user, t.assistant) for t in hist[i] if t.ok]
+                jobs.append(Job(catalog.get(target_id), ChatRequest(build_messages(prompt_text, system_text, past, images), params)))
             session = getattr(request, "session_hash", None) or "anonymous"
             run_ = Run(jobs)
             previous = _active_runs.pop(session, None)
@@ -123,13 +153,14 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
                 previous.stop()
             _active_runs[session] = run_
             seen = [-1] * count
+            shown_prompt = prompt_text + (f"\n\n🖼 {', '.join(i.name for i in images)}" if images else "")
             try:
                 async for frame in run_.frames():
                     now = time.perf_counter()
                     values: list[Any] = []
                     for i in range(MAX_COLUMNS):
                         changed = i < count and frame[i].version != seen[i]
-                        values.append(transcript(hist[i], prompt_text, frame[i]) if changed else gr.skip())
+                        values.append(transcript(hist[i], shown_prompt, frame[i]) if changed else gr.skip())
                     for i in range(MAX_COLUMNS):
                         changed = i < count and (frame[i].version != seen[i] or frame[i].status == "streaming")
                         values.append(status_markdown(frame[i], now) if changed else gr.skip())
@@ -142,8 +173,9 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
             columns_done = run_.columns
             new_hist = [list(h) for h in hist]
             for i, column in enumerate(columns_done):
-                new_hist[i].append(finished_turn(prompt_text, column))
-            csv_path, json_path = write_exports(run_document(prompt_text, system_text, params, columns_done),
+                new_hist[i].append(finished_turn(shown_prompt, column))
+                new_hist[i][-1].sent_user = prompt_text
+            csv_path, json_path = write_exports(run_document(prompt_text, system_text, params, columns_done, images),
                                                 Path(tempfile.mkdtemp(prefix="phi-playground-")))
             final = [transcript(new_hist[i]) if i < count else gr.skip() for i in range(MAX_COLUMNS)]
             final += [status_markdown(c) for c in columns_done] + [gr.skip()] * (MAX_COLUMNS - count)

@@ -21,6 +21,7 @@ class Turn:
     assistant: str
     ok: bool
     note: str = ""
+    sent_user: str = ""  # what the model saw, when the transcript shows more (image names)
 
 
 def fmt_s(value: float | None) -> str:

@@ -70,3 +70,52 @@ def test_stop_stops_every_column_and_keeps_partial_text(client: Client) -> None:
         assert "t1" in answer and "t399" not in answer, "partial text kept, stream not completed"
     rows = final[2 * MAX_COLUMNS]["data"]
     assert [row[-1] for row in rows] == ["stopped", "stopped"]
+
+
+def test_an_image_reaches_the_vision_target_only(tmp_path, server: ScriptedServer) -> None:
+    from gradio_client import handle_file
+    from PIL import Image
+
+    targets = [
+        Target(id="eyes", label="scripted vision", backend="openai", model="quick", base_url=server.base_url,
+               vision=True),
+        Target(id="blind", label="scripted text", backend="openai", model="quick", base_url=server.base_url),
+    ]
+    settings = Settings(host="127.0.0.1", port=None, columns=2, default_targets=[], concurrency=8, catalog=None)
+    demo = build_ui(Catalog(targets=targets, defaults=["eyes", "blind"]), settings)
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    try:
+        path = tmp_path / "red.png"
+        Image.new("RGB", (64, 48), (220, 20, 20)).save(path)
+        client = Client(demo.local_url, verbose=False)
+        before = len(server.chat_requests("quick"))
+        args = run_args("What colour?", ["eyes", "blind"])
+        args[0] = {"text": "What colour?", "files": [handle_file(str(path))]}
+        job = client.submit(*args, api_name="/run")
+        job.result(timeout=60)
+        final = job.outputs()[-1]
+        bodies = [r.body for r in server.chat_requests("quick")[before:]]
+        with_image = [b for b in bodies if isinstance(b["messages"][-1]["content"], list)]
+        assert len(bodies) == 2 and len(with_image) == 1
+        assert any(p["type"] == "image_url" for p in with_image[0]["messages"][-1]["content"])
+        statuses = final[MAX_COLUMNS:MAX_COLUMNS + 2]
+        assert "text only: image not sent" in statuses[1] and "text only" not in statuses[0]
+        assert "red.png" in text_of(final[0][0])
+
+        bad = tmp_path / "notes.png"
+        bad.write_text("not a picture")
+        args[0] = {"text": "What colour?", "files": [handle_file(str(bad))]}
+        with pytest.raises(Exception, match="notes.png"):
+            client.submit(*args, api_name="/run").result(timeout=60)
+    finally:
+        demo.close()
+
+
+def test_only_gradio_uploads_are_read(tmp_path) -> None:
+    import gradio as gr
+
+    from playground.ui import _uploaded_only
+
+    with pytest.raises(gr.Error, match="uploading or pasting"):
+        _uploaded_only({"text": "hi", "files": [{"path": "/etc/passwd"}]})
+    assert _uploaded_only({"text": "hi", "files": []}) == {"text": "hi", "files": []}
