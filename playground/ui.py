@@ -114,7 +114,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
                 slots.append(slot)
         prompt = gr.MultimodalTextbox(
             lines=1, max_lines=12, label="Prompt", file_types=["image"], file_count="multiple",
-            sources=["upload"], submit_btn=False, elem_id="prompt",
+            sources=["upload"], submit_btn=False, elem_id="prompt", max_plain_text_length=MAX_PROMPT_CHARS,
             placeholder="Ask something; attach or paste images for vision targets. Enter runs, Shift+Enter adds a line.")
         with gr.Row():
             run_btn = gr.Button("Run", variant="primary", elem_id="run")
