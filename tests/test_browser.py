@@ -1,0 +1,142 @@
+"""The UI in a real browser: Debian's Chromium driven by Playwright, the app on loopback, the two
+bundled targets (real models). What a person does: pick targets, type, press Enter, watch both
+columns stream, read the numbers and the table, download the CSV, stop a long answer; and the
+layout on a desktop and on a phone. The steps live in ``browser_flow`` (the screenshot script
+replays them)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import browser_flow as flow
+
+pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-dev.txt (playwright)")
+if not os.access(flow.CHROMIUM, os.X_OK):
+    pytest.skip(f"no Chromium at {flow.CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+ONNX, TRANSFORMERS = flow.BUNDLED
+
+
+@pytest.fixture(scope="module")
+def app_url(bundled_gguf: Path) -> Iterator[str]:
+    with flow.running_app() as url:
+        flow.warm_up(url)  # both models loaded: the streams the browser watches don't compete with a load
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with flow.chromium() as browser:
+        yield browser
+
+
+@pytest.fixture
+def page_at(browser: Any) -> Iterator[Any]:
+    """A factory of pages at a viewport; every context it opened is closed, and none reached off loopback."""
+    contexts = []
+
+    def make(viewport: dict[str, int]) -> Any:
+        page = flow.new_page(browser, viewport)
+        contexts.append(page.context)
+        return page
+
+    yield make
+    blocked = [url for context in contexts for url in context.blocked]
+    for context in contexts:
+        context.close()
+    assert not blocked, f"the page tried to reach beyond loopback: {blocked[:5]}"
+
+
+def number(text: str) -> float:
+    return float(text.lstrip("~"))
+
+
+def test_compare_two_targets_stream_download_and_stop(app_url: str, page_at: Any, tmp_path: Path) -> None:
+    page = page_at(flow.DESKTOP)
+    run = flow.compare(page, app_url, tmp_path)
+
+    # each column showed part of its answer while it still said "streaming", before it was done
+    for column, target in enumerate(flow.BUNDLED):
+        partial = [n for n in run.streaming_lengths(column) if n > 0]
+        assert partial, f"{target}: no text appeared before the end of its answer"
+
+    # the metrics appeared in each status line
+    for column, status in enumerate(run.statuses):
+        assert "done" in status, status
+        assert re.search(r"TTFT \d+(\.\d+)? (ms|s)", status), status
+        assert re.search(r"decode \d+\.\d tok/s", status), status
+
+    # the results table filled with one row per column, in column order
+    labels = flow.target_labels()
+    assert [row[0] for row in run.table] == [labels[ONNX], labels[TRANSFORMERS]], run.table
+    assert [row[1] for row in run.table] == ["onnx", "transformers"]
+    for row in run.table:
+        assert row[-1] == "done", row
+        assert number(row[2]) > 0, f"TTFT missing: {row}"
+        assert 0 < number(row[4]) <= flow.COMPARE_MAX_TOKENS, f"tokens: {row}"
+
+    # the CSV download holds the run: header, one row per target, the prompt and the slider's max tokens
+    with open(run.csv_path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        rows = list(reader)
+    for name in ("id", "backend", "status", "text", "ttft_s", "decode_tokens_per_s", "output_tokens",
+                 "tokens_source", "e2e_s", "prompt", "max_tokens"):
+        assert name in header, f"CSV header lacks {name}: {header}"
+    assert not any("key" in name.lower() for name in header), header
+    assert [r["id"] for r in rows] == [ONNX, TRANSFORMERS]
+    for r in rows:
+        assert r["status"] == "ok" and r["text"].strip(), r
+        assert r["prompt"] == flow.COMPARE_PROMPT
+        assert int(float(r["max_tokens"])) == flow.COMPARE_MAX_TOKENS, "the slider's value did not reach the run"
+        assert float(r["ttft_s"]) > 0 and 0 < int(r["output_tokens"]) <= flow.COMPARE_MAX_TOKENS
+
+    # a long answer, then Stop: both columns stop, keep their text, and stay stopped
+    stop = flow.long_answer_then_stop(page)
+    # while both streamed together, each column's answer was seen growing, frame after frame
+    for column, target in enumerate(flow.BUNDLED):
+        together = [s["cols"][column]["len"] for s in stop.samples
+                    if all("streaming" in c["status"] for c in s["cols"]) and s["cols"][column]["len"] > 0]
+        assert len(set(together)) >= 3 and together == sorted(together), (
+            f"{target}: its answer did not grow while both columns streamed: {together[:20]}")
+    assert all("stopped" in s for s in stop.statuses_at_stop), stop.statuses_at_stop
+    assert stop.stop_to_stopped_s < 10, f"Stop took {stop.stop_to_stopped_s:.1f} s to show"
+    for column in range(2):
+        at_stop, at_end, later = stop.texts_at_stop[column], stop.texts_at_end[column], stop.texts_later[column]
+        assert at_stop, f"column {column} lost its partial answer"
+        # the run's end only appends the "■ stopped" note: no token arrived after the stop
+        assert at_end.startswith(at_stop) and at_end[len(at_stop):].strip() in ("", "■ stopped"), (at_stop, at_end)
+        assert later == at_end, f"column {column} changed after it stopped"
+        assert "stopped" in stop.statuses_later[column]
+    assert [row[-1] for row in stop.table] == ["stopped", "stopped"], stop.table
+    stopped_tokens = [int(re.search(r"tokens ~?(\d+)", s).group(1)) for s in stop.statuses_later]
+    assert all(0 < n < flow.LONG_MAX_TOKENS for n in stopped_tokens), stopped_tokens
+
+
+def test_layout_side_by_side_on_desktop_stacked_on_a_phone(app_url: str, page_at: Any) -> None:
+    desktop = page_at(flow.DESKTOP)
+    flow.open_app(desktop, app_url)
+    box = flow.layout(desktop)
+    left, right = box["col0"], box["col1"]
+    assert abs(left["y"] - right["y"]) < 2, f"columns not on one row at 1280x800: {box}"
+    assert left["x"] + left["width"] <= right["x"], f"columns overlap at 1280x800: {box}"
+    assert left["width"] >= 400 and right["width"] >= 400, box
+    assert box["scrollWidth"] <= box["viewport"] + 2, f"horizontal scroll at 1280x800: {box}"
+
+    phone = page_at(flow.PHONE)
+    flow.open_app(phone, app_url)
+    box = flow.layout(phone)
+    top, bottom = box["col0"], box["col1"]
+    assert bottom["y"] >= top["y"] + top["height"] - 1, f"columns not stacked at 390x844: {box}"
+    for col in (top, bottom):
+        assert 300 <= col["width"] <= flow.PHONE["width"], f"a column is too narrow or too wide: {box}"
+        assert col["x"] >= 0 and col["x"] + col["width"] <= flow.PHONE["width"], box
+    assert box["prompt"]["x"] + box["prompt"]["width"] <= flow.PHONE["width"], box
+    assert box["scrollWidth"] <= flow.PHONE["width"] + 2, f"the page scrolls sideways on a phone: {box}"
