@@ -47,12 +47,22 @@ def _initial_targets(catalog: Catalog, settings: Settings, choices: list[tuple[s
     return wanted[:MAX_COLUMNS]
 
 
+def _seed(value: str | float | None) -> int | None:
+    text = "" if value is None else str(value).strip()
+    if not text:
+        return None
+    try:
+        return int(float(text)) if float(text).is_integer() else int(text)
+    except ValueError:
+        raise InputError(f"seed: must be a whole number or blank (got {text!r})") from None
+
+
 def _validate(catalog: Catalog, prompt: str, system: str, temperature: float, top_p: float,
-              max_tokens: float, seed: float | None, target_ids: list[str]) -> tuple[tuple[Message, ...], Any]:
+              max_tokens: float, seed: str | float | None, target_ids: list[str]) -> tuple[tuple[Message, ...], Any]:
     try:
         params = make_params(temperature=temperature, top_p=top_p,
                              max_tokens=None if max_tokens is None else int(max_tokens),
-                             seed=None if seed is None or seed == "" else int(seed))
+                             seed=_seed(seed))
         build_messages(prompt, system)
     except InputError as exc:
         raise gr.Error(str(exc)) from None
@@ -126,7 +136,8 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
                 temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)", elem_id="temperature")
                 top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top_p", elem_id="top-p")
                 max_tokens = gr.Slider(1, MAX_NEW_TOKENS_LIMIT, value=256, step=1, label="Max new tokens", elem_id="max-tokens")
-                seed = gr.Number(value=None, precision=0, minimum=0, label="Seed (blank = random)", elem_id="seed")
+                # a Textbox, since a blank gr.Number reaches the server as 0 and would fix every seed
+                seed = gr.Textbox(value="", label="Seed (blank = random)", elem_id="seed", max_length=12)
         gr.Examples([{"text": e, "files": []} for e in EXAMPLES], inputs=[prompt], label="Examples")
         table = gr.Dataframe(headers=TABLE_COLUMNS, label="Results", interactive=False, elem_id="results", wrap=True)
         with gr.Row():
@@ -134,7 +145,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
             json_btn = gr.DownloadButton("Download JSON", visible=False, elem_id="download-json")
 
         async def run(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
-                      seed_value: float | None, columns: float, hist: list[list[Turn]],
+                      seed_value: str | None, columns: float, hist: list[list[Turn]],
                       t0: str, t1: str, t2: str, t3: str, t4: str, t5: str, request: gr.Request
                       ) -> AsyncIterator[list[Any]]:
             picked = [t0, t1, t2, t3, t4, t5]

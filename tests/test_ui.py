@@ -31,7 +31,7 @@ def client() -> Iterator[Client]:
 
 def run_args(prompt: str, targets: list[str], max_tokens: int = 24, columns: int = 2) -> list:
     padded = targets + [None] * (MAX_COLUMNS - len(targets))
-    return [{"text": prompt, "files": []}, "", 0.0, 1.0, max_tokens, None, columns, *padded]
+    return [{"text": prompt, "files": []}, "", 0.0, 1.0, max_tokens, "", columns, *padded]
 
 
 def text_of(message: dict) -> str:

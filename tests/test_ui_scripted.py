@@ -119,3 +119,17 @@ def test_only_gradio_uploads_are_read(tmp_path) -> None:
     with pytest.raises(gr.Error, match="uploading or pasting"):
         _uploaded_only({"text": "hi", "files": [{"path": "/etc/passwd"}]})
     assert _uploaded_only({"text": "hi", "files": []}) == {"text": "hi", "files": []}
+
+
+def test_seed_blank_means_random_and_junk_is_refused(client: Client, server: ScriptedServer) -> None:
+    args = run_args("seeded?", ["quick"], columns=1)
+    args[5] = ""
+    client.submit(*args, api_name="/run").result(timeout=60)
+    assert "seed" not in server.chat_requests("quick")[-1].body
+    args[5] = "42"
+    client.submit(*args, api_name="/run").result(timeout=60)
+    assert server.chat_requests("quick")[-1].body["seed"] == 42
+    args[5] = "forty"
+    with pytest.raises(Exception, match="seed: must be a whole number"):
+        client.submit(*args, api_name="/run").result(timeout=60)
+    client.predict(api_name="/clear")
