@@ -370,3 +370,42 @@ def test_availability_of_the_bundled_targets_imports_no_heavy_library(
     assert report["heavy"] == []
     assert report["states"]["smollm2-transformers"] == "ready"
     assert report["states"]["smollm2-onnx"] in ("ready", "first_run")
+
+
+async def test_hub_fetch_uses_the_cache_first_then_downloads_with_progress_and_clear_errors() -> None:
+    from pathlib import Path
+
+    from playground.backends.base import BackendError
+    from playground.backends.local import fetch_from_hub
+    from playground.catalog import Target
+    from playground.events import ErrorKind
+
+    target = Target(id="hub", label="hub", backend="onnx", model="org/model", source="hub", download_gb=2.2)
+    cached = Path("/cache/model")
+    calls: list[bool] = []
+
+    def in_cache(local_only: bool) -> Path:
+        calls.append(local_only)
+        return cached
+
+    assert [item async for item in fetch_from_hub(in_cache, target, "missing")] == [cached]
+    assert calls == [True], "a cached model is never downloaded"
+
+    def downloads(local_only: bool) -> Path | None:
+        return None if local_only else cached
+
+    assert [item async for item in fetch_from_hub(downloads, target, "missing")] == [
+        "downloading org/model (2.2 GB)…", cached]
+
+    def offline(local_only: bool) -> Path | None:
+        if local_only:
+            return None
+        raise OSError("no network")
+
+    with pytest.raises(BackendError) as failed:
+        [item async for item in fetch_from_hub(offline, target, "missing")]
+    assert failed.value.kind is ErrorKind.CONNECTION and "could not download org/model: no network" in failed.value.message
+
+    with pytest.raises(BackendError) as absent:
+        [item async for item in fetch_from_hub(lambda local_only: None, target, "no genai_config.json")]
+    assert absent.value.kind is ErrorKind.NOT_FOUND and absent.value.message == "no genai_config.json"

@@ -9,7 +9,6 @@ for that load: llama.cpp's ``t_load_ms`` counts up to the first decode, not the 
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import os
 import threading
@@ -108,16 +107,9 @@ class LlamaCppBackend:
                 raise BackendError(ErrorKind.UNAVAILABLE, models.INSTALL_HINT)
             yield folder / (self.target.gguf_file or models.BUNDLED_GGUF)
         elif source == "hub":
-            path = await asyncio.to_thread(self._hub_file, True)
-            if path is None:
-                yield f"downloading {self.target.model} ({self.target.download_gb or '?'} GB)…"
-                try:
-                    path = await asyncio.to_thread(self._hub_file, False)
-                except Exception as exc:  # noqa: BLE001 - offline, gated, missing
-                    raise BackendError(ErrorKind.CONNECTION, f"could not download {self.target.model}: {exc}") from None
-            if path is None:
-                raise BackendError(ErrorKind.NOT_FOUND, f"{self.target.gguf_file} not found in {self.target.model}")
-            yield path
+            async for item in local.fetch_from_hub(self._hub_file, self.target,
+                                                   f"{self.target.gguf_file} not found in {self.target.model}"):
+                yield item
         else:
             yield self._local_file()
 
@@ -249,10 +241,4 @@ def _close_at_exit(ref: weakref.ref[Any]) -> None:
 
 def _take_turn(lock: threading.Lock, stop: threading.Event, emit: local.Emit) -> bool:
     """Wait for the model's KV cache; False if stopped meanwhile."""
-    if lock.acquire(blocking=False):
-        return True
-    emit(Progress("waiting: llama.cpp runs one generation at a time on this model"))
-    while not stop.is_set():
-        if lock.acquire(timeout=0.05):
-            return True
-    return False
+    return local.wait_to_acquire(lock, stop, emit, "waiting: llama.cpp runs one generation at a time on this model")

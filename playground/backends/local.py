@@ -68,16 +68,35 @@ def _slot(key: str) -> threading.BoundedSemaphore:
         return _slots[key]
 
 
-def acquire_slot(key: str, stop: threading.Event, emit: Emit) -> bool:
-    """Wait for a free generation slot on a shared model; False if stopped meanwhile."""
-    slot = _slot(key)
-    if slot.acquire(blocking=False):
+def wait_to_acquire(lock: threading.Lock | threading.Semaphore, stop: threading.Event, emit: Emit,
+                    waiting: str) -> bool:
+    """Acquire ``lock``, saying ``waiting`` if it is busy; False if stopped meanwhile."""
+    if lock.acquire(blocking=False):
         return True
-    emit(Progress("waiting: this model is busy with other requests"))
+    emit(Progress(waiting))
     while not stop.is_set():
-        if slot.acquire(timeout=0.05):
+        if lock.acquire(timeout=0.05):
             return True
     return False
+
+
+def acquire_slot(key: str, stop: threading.Event, emit: Emit) -> bool:
+    """Wait for a free generation slot on a shared model; False if stopped meanwhile."""
+    return wait_to_acquire(_slot(key), stop, emit, "waiting: this model is busy with other requests")
+
+
+async def fetch_from_hub(find: Callable[[bool], Any], target: Any, missing: str) -> AsyncIterator[str | Any]:
+    """Progress lines, then what ``find(local_only)`` found: the cache first, else a download."""
+    found = await asyncio.to_thread(find, True)
+    if found is None:
+        yield f"downloading {target.model} ({target.download_gb or '?'} GB)…"
+        try:
+            found = await asyncio.to_thread(find, False)
+        except Exception as exc:  # noqa: BLE001 - offline, gated, missing
+            raise BackendError(ErrorKind.CONNECTION, f"could not download {target.model}: {exc}") from None
+    if found is None:
+        raise BackendError(ErrorKind.NOT_FOUND, missing)
+    yield found
 
 
 def release_slot(key: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -67,16 +66,9 @@ class OrtGenAIBackend:
                 yield line
             yield models.bundled_onnx_dir()
         elif self.target.source == "hub":
-            folder = await asyncio.to_thread(self._hub_folder, True)
-            if folder is None:
-                yield f"downloading {self.target.model} ({self.target.download_gb or '?'} GB)…"
-                try:
-                    folder = await asyncio.to_thread(self._hub_folder, False)
-                except Exception as exc:  # noqa: BLE001 - offline, gated, missing
-                    raise BackendError(ErrorKind.CONNECTION, f"could not download {self.target.model}: {exc}") from None
-            if folder is None:
-                raise BackendError(ErrorKind.NOT_FOUND, f"{self.target.model} has no genai_config.json in {self.target.hub_subfolder}")
-            yield folder
+            missing = f"{self.target.model} has no genai_config.json in {self.target.hub_subfolder}"
+            async for item in local.fetch_from_hub(self._hub_folder, self.target, missing):
+                yield item
         else:
             yield Path(self.target.model).expanduser()
 
