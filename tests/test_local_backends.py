@@ -1,4 +1,4 @@
-"""The local backends (transformers, onnxruntime-genai) on the real bundled SmolLM2, in process.
+"""The local backends (transformers, onnxruntime-genai) on the real bundled SmolLM2.
 
 Each model loads once per test session (the backends share loaded models process-wide);
 the int4 ONNX model comes from the default cache and is built there only if missing.
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ from playground import models, onnx_build
 from playground.backends import local, make_backend
 from playground.backends.base import Availability, BackendError
 from playground.backends.ort_genai import OrtGenAIBackend
+from playground.backends.worker_process import WorkerProcess
 from playground.catalog import Catalog, Target
 from playground.events import ErrorKind, Event, Progress, TextDelta
 from playground.onnx_build import ensure_bundled_onnx
@@ -189,29 +192,92 @@ async def test_stop_ends_the_generation_within_one_token(local_target: Target, m
     assert ended - start < 120
 
 
-async def test_two_sessions_share_one_loaded_model(builtin_catalog: Catalog, onnx_model_dir: Path,
+async def test_two_sessions_share_one_model_process(builtin_catalog: Catalog, onnx_model_dir: Path,
                                                    monkeypatch) -> None:
     target = builtin_catalog.get("smollm2-onnx")
     monkeypatch.setattr(local, "_models", {})  # a fresh process's view: nothing loaded yet
-    loads: list[Path | None] = []
-    original_load = OrtGenAIBackend._load
+    started: list[WorkerProcess] = []
+    original_start = WorkerProcess.start
 
-    def counting_load(self: OrtGenAIBackend, folder: Path | None) -> dict[str, Any]:
-        loads.append(folder)
-        time.sleep(0.3)  # a slow load, so the second session really waits on the first one's
-        return original_load(self, folder)
+    def counting_start(self: WorkerProcess, timeout_s: float = 60) -> WorkerProcess:
+        started.append(self)
+        time.sleep(0.3)  # a slow start, so the second session really waits on the first one's
+        return original_start(self, timeout_s)
 
-    monkeypatch.setattr(OrtGenAIBackend, "_load", counting_load)
+    monkeypatch.setattr(WorkerProcess, "start", counting_start)
     request = chat(SHORT_PROMPT, temperature=0, max_tokens=12)
-    first, second = await asyncio.gather(run_jobs([Job(target, request)]), run_jobs([Job(target, request)]))
+    try:
+        first, second = await asyncio.gather(run_jobs([Job(target, request)]), run_jobs([Job(target, request)]))
 
-    assert len(loads) == 1
-    assert [key for key in local._models if key.startswith("onnx:")] == [OrtGenAIBackend(target).key]
-    assert local.is_loaded(OrtGenAIBackend(target).key)
-    for column in (first[0], second[0]):
-        assert column.status == "done", column.error
-        assert column.text.strip()
-    assert first[0].text == second[0].text  # greedy on one model, concurrently
+        assert len(started) == 1, "the model was loaded twice"
+        worker = started[0]
+        assert worker.alive and worker.pid != os.getpid(), "the ONNX model is not in a process of its own"
+        assert local.loaded(OrtGenAIBackend(target).key) is worker
+        for column in (first[0], second[0]):
+            assert column.status == "done", column.error
+            assert column.text.strip()
+        assert first[0].text == second[0].text  # greedy on one model, concurrently
+    finally:
+        for worker in started:
+            worker.close()
+    assert not any(w.alive for w in started)
+
+
+async def test_a_crashed_model_process_fails_its_column_alone_and_restarts(
+        builtin_catalog: Catalog, onnx_model_dir: Path, bundled_gguf: Path, monkeypatch) -> None:
+    onnx, other = builtin_catalog.get("smollm2-onnx"), builtin_catalog.get("smollm2-transformers")
+    monkeypatch.setattr(local, "_models", dict(local._models))  # this test's own ONNX process
+    local._models.pop(OrtGenAIBackend(onnx).key, None)
+    killed: list[int] = []
+
+    def kill_once_streaming(run: Run, columns: list[Column]) -> None:
+        worker = local.loaded(OrtGenAIBackend(onnx).key)
+        if not killed and worker is not None and columns[0].counted_tokens >= 2:
+            killed.append(worker.pid)
+            os.kill(worker.pid, signal.SIGKILL)
+
+    long_answer = chat(LONG_PROMPT, temperature=0, max_tokens=300)
+    crashed, survivor = await run_jobs([Job(onnx, long_answer), Job(other, chat(SHORT_PROMPT, temperature=0,
+                                                                                 max_tokens=12))],
+                                       on_frame=kill_once_streaming)
+    assert killed, "the ONNX column ended before its process could be killed"
+    assert crashed.status == "error" and crashed.error_kind is ErrorKind.INTERNAL
+    assert "model process exited (code -9)" in (crashed.error or ""), crashed.error
+    assert crashed.text, "the partial answer was lost"
+    assert survivor.status == "done" and survivor.text.strip(), survivor.error
+
+    try:
+        [again] = await run_jobs([Job(onnx, chat(SHORT_PROMPT, temperature=0, max_tokens=8))])
+        assert again.status == "done", again.error
+        fresh = local.loaded(OrtGenAIBackend(onnx).key)
+        assert fresh is not None and fresh.alive and fresh.pid != killed[0]
+    finally:
+        worker = local.loaded(OrtGenAIBackend(onnx).key)
+        if worker is not None:
+            worker.close()
+
+
+async def test_the_event_loop_stays_free_while_onnx_generates(builtin_catalog: Catalog,
+                                                              onnx_model_dir: Path) -> None:
+    """onnxruntime-genai holds the GIL for each token; its own process keeps it off ours."""
+    target = builtin_catalog.get("smollm2-onnx")
+    await run_jobs([Job(target, chat("Hi", temperature=0, max_tokens=1))])  # loaded
+    ticks: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        while not done.is_set():
+            ticks.append(time.perf_counter())
+            await asyncio.sleep(0.002)
+
+    task = asyncio.create_task(ticker())
+    [column] = await run_jobs([Job(target, chat(LONG_PROMPT, temperature=0, max_tokens=96))])
+    done.set()
+    await task
+    assert column.status == "done" and column.counted_tokens > 30, column.error
+    spent = ticks[-1] - ticks[0]
+    # in process the loop got the GIL about once a token, and over 90 % of these ticks went missing
+    assert len(ticks) >= 0.5 * spent / 0.0025, f"{len(ticks)} ticks in {spent:.2f} s: the loop was starved"
 
 
 async def test_prompt_longer_than_the_context_fails_clearly_and_alone(builtin_catalog: Catalog,

@@ -159,6 +159,18 @@ class FakeOg:
     GeneratorParams = FakeParams
 
 
+class InProcessModel:
+    """Stands in for the model's process: the same ``generate`` on a loaded model, in this one."""
+
+    alive = True
+
+    def __init__(self, loaded: dict[str, Any]):
+        self.loaded = loaded
+
+    def generate(self, target: Target, request: ChatRequest, emit: Any, stop: Any) -> None:
+        OrtGenAIBackend(target)._generate(self.loaded, request, emit, stop)
+
+
 async def collect(backend: Any, request: ChatRequest) -> list[Event]:
     return [event async for event in backend.stream(request)]
 
@@ -172,7 +184,7 @@ async def test_onnx_phi3v_streams_with_processor_inputs(pictures: tuple[Prepared
     loaded = {"og": FakeOg, "model": object(), "type": "phi3v", "tokenizer": FakeTokenizer(),
               "processor": processor, "context": 131072, "eos": {2}}
     done: Future[Any] = Future()
-    done.set_result(loaded)
+    done.set_result(InProcessModel(loaded))  # the stand-ins cannot cross to a model process
     monkeypatch.setattr(local, "_models", {backend.key: done})
     FakeGenerator.made.clear()
 

@@ -61,6 +61,20 @@ def is_loaded(key: str) -> bool:
     return bool(future and future.done() and not future.exception())
 
 
+def loaded(key: str) -> Any | None:
+    """The model loaded for ``key``, or None if it is not (yet) loaded."""
+    future = _models.get(key)
+    return future.result() if future and future.done() and not future.exception() else None
+
+
+def forget(key: str, model: Any) -> None:
+    """Drop ``model`` (a dead model process) so that the next run loads ``key`` again."""
+    with _lock:
+        future = _models.get(key)
+        if future is not None and future.done() and not future.exception() and future.result() is model:
+            del _models[key]
+
+
 def _slot(key: str) -> threading.BoundedSemaphore:
     with _lock:
         if key not in _slots:

@@ -1,4 +1,8 @@
-"""Local ONNX Runtime GenAI: a shared ``og.Model``, a Generator loop in a worker thread."""
+"""Local ONNX Runtime GenAI: a shared ``og.Model`` in a process of its own, a Generator loop per request.
+
+The model lives in a child process (``worker_process``) because onnxruntime-genai holds the GIL
+while it computes a token: in the app's process it would stall the event loop and the other columns.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 from playground import models
 from playground.backends import local
 from playground.backends.base import READY, Availability, BackendError
+from playground.backends.worker_process import Generate, WorkerProcess
 from playground.events import ErrorKind, Event, Finished, Notice, Progress, RequestSent, TextDelta, Usage
 from playground.vision import MULTIMODAL_ONNX_TYPES, onnx_multimodal_inputs, onnx_prompt
 
@@ -73,8 +78,12 @@ class OrtGenAIBackend:
             yield Path(self.target.model).expanduser()
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
-        folder: Path | None = None
-        if not local.is_loaded(self.key):
+        worker: WorkerProcess | None = local.loaded(self.key)
+        if worker is not None and not worker.alive:  # it crashed or was killed since: start a fresh one
+            local.forget(self.key, worker)
+            worker = None
+        if worker is None:
+            folder: Path | None = None
             yield Progress("loading model…")
             async for item in self._model_dir():
                 if isinstance(item, Path):
@@ -82,13 +91,17 @@ class OrtGenAIBackend:
                 else:
                     yield Progress(item)
             yield Progress("loading model…")
-        loaded = await local.load_shared(self.key, lambda: self._load(folder))
+            worker = await local.load_shared(self.key, lambda: self._start_worker(folder))
 
         def work(emit: local.Emit, stop: threading.Event) -> None:
-            self._generate(loaded, request, emit, stop)
+            worker.generate(self.target, request, emit, stop)
 
         async for event in local.stream_from_thread(work):
             yield event
+
+    def _start_worker(self, folder: Path | None) -> WorkerProcess:
+        name = f"ONNX model {self.target.model}"
+        return WorkerProcess(name, f"{__name__}:serve_in_worker", (self.target, folder)).start()
 
     def _load(self, folder: Path | None) -> dict[str, Any]:
         import onnxruntime_genai as og
@@ -164,3 +177,13 @@ class OrtGenAIBackend:
         emit(Usage(n_prompt, tokens, "counted"))
         emit(Finished("stopped" if stop.is_set() else "stop" if saw_eos else "length"))
 
+
+
+def serve_in_worker(target: Target, folder: Path | None) -> Generate:
+    """Runs in the model's process: load once, then generate for any target on this model."""
+    loaded = OrtGenAIBackend(target)._load(folder)
+
+    def generate(target: Target, request: ChatRequest, emit: local.Emit, stop: threading.Event) -> None:
+        OrtGenAIBackend(target)._generate(loaded, request, emit, stop)
+
+    return generate

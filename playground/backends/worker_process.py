@@ -1,0 +1,230 @@
+"""A local model in a child process of its own, shared by every session of this one.
+
+Why a process: onnxruntime-genai's Python binding keeps the GIL while it computes a token. In
+process it starves the event loop (every column's frames then arrive in bursts) and any other
+local column. A child has its own GIL. The parent's side keeps the contract of a worker thread,
+``generate(target, request, emit, stop)``, so ``local.stream_from_thread`` runs it unchanged.
+
+Messages cross a socket pair as pickles (``multiprocessing.connection``). Events keep the
+child's ``time.perf_counter()`` stamps: on Linux that is CLOCK_MONOTONIC, one clock for both
+processes. The child leaves when its socket closes, so it never outlives the app.
+
+Parent -> child: ``("load", "module:function", args)``, then ``("gen", id, target, request)``
+and ``("stop", id)``. Child -> parent: ``("ready",)`` or ``("failed", kind, message)``, then
+``("event", id, event)`` and ``("done", id, error | None)``, where an error is
+``(kind, message, retry_after)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from playground.backends.base import BackendError
+from playground.events import ErrorKind, Event
+
+if TYPE_CHECKING:
+    from playground.catalog import Target
+    from playground.request import ChatRequest
+
+Emit = Callable[[Event], None]
+Generate = Callable[["Target", "ChatRequest", Emit, threading.Event], None]
+LOAD_TIMEOUT_S = 15 * 60  # a multi-GB model from a slow disk; the child's death ends the wait sooner
+STOP_POLL_S = 0.005  # how often a waiting request looks at its stop flag: under one token
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+@dataclass
+class _Pending:
+    emit: Emit
+    done: threading.Event = field(default_factory=threading.Event)
+    error: tuple[str, str, float | None] | None = None
+
+
+class WorkerProcess:
+    """The parent's handle on one child process that holds one loaded model."""
+
+    def __init__(self, name: str, factory: str, args: tuple[Any, ...]):
+        self.name = name
+        self._factory, self._args = factory, args
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._dead: str | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self._dead is None and self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout_s: float = LOAD_TIMEOUT_S) -> WorkerProcess:
+        """Start the child and wait until its model is loaded; BackendError if it cannot load."""
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p))
+        try:
+            # the child's stdout goes to our stderr: a library's prints must not mix into `run --json`
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "playground.backends.worker_process", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=2, env=env)
+        finally:
+            theirs.close()
+        self._conn = Connection(ours.detach())
+        self._send(("load", self._factory, self._args))
+        deadline = time.monotonic() + timeout_s
+        reply: Any = None
+        while reply is None:
+            if self._proc.poll() is not None and not self._conn.poll(0):
+                self.close()
+                raise BackendError(ErrorKind.INTERNAL, f"{self.name}: the model process exited "
+                                   f"(code {self._proc.returncode}) while loading")
+            if time.monotonic() > deadline:
+                self.close()
+                raise BackendError(ErrorKind.TIMEOUT, f"{self.name}: loading took over {timeout_s:.0f} s")
+            if self._conn.poll(0.1):
+                try:
+                    reply = self._conn.recv()
+                except (EOFError, OSError):
+                    continue  # the poll above reports how it ended
+        if reply[0] != "ready":
+            self.close()
+            raise BackendError(ErrorKind(reply[1]), reply[2])
+        threading.Thread(target=self._read, name=f"worker-reader:{self.name}", daemon=True).start()
+        return self
+
+    def generate(self, target: Target, request: ChatRequest, emit: Emit, stop: threading.Event) -> None:
+        """Run one generation in the child, relaying its events; the same contract as a worker thread."""
+        if not self.alive:
+            raise BackendError(ErrorKind.INTERNAL, f"{self.name}: {self._dead or 'the model process is not running'}")
+        request_id = next(self._ids)
+        pending = self._pending[request_id] = _Pending(emit)
+        try:
+            self._send(("gen", request_id, target, request))
+            stop_sent = False
+            while not pending.done.wait(STOP_POLL_S):
+                if stop.is_set() and not stop_sent:
+                    self._send(("stop", request_id))
+                    stop_sent = True
+        except OSError:
+            pending.error = (ErrorKind.INTERNAL.value, f"{self.name}: the model process is gone", None)
+        finally:
+            self._pending.pop(request_id, None)
+        if pending.error is not None:
+            kind, message, retry_after = pending.error
+            raise BackendError(ErrorKind(kind), message, retry_after)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()  # the child sees end-of-file and leaves
+        if self._proc is not None and self._proc.poll() is None:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=5)
+        self._dead = self._dead or "the model process was closed"
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        assert self._conn is not None
+        with self._send_lock:
+            self._conn.send(message)
+
+    def _read(self) -> None:
+        assert self._conn is not None and self._proc is not None
+        try:
+            while True:
+                message = self._conn.recv()
+                pending = self._pending.get(message[1])
+                if pending is None:
+                    continue  # a request that gave up (its sender is gone)
+                if message[0] == "event":
+                    pending.emit(message[2])
+                elif message[0] == "done":
+                    pending.error = message[2]
+                    pending.done.set()
+        except (EOFError, OSError):
+            pass
+        code = self._proc.poll()
+        if code is None:
+            try:
+                code = self._proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                code = None
+        self._dead = self._dead or f"the model process exited (code {code}); the next run starts it again"
+        for pending in list(self._pending.values()):
+            pending.error = (ErrorKind.INTERNAL.value, f"{self.name}: {self._dead}", None)
+            pending.done.set()
+
+
+# --- the child ---------------------------------------------------------------------------
+def _serve(conn: Connection) -> None:
+    send_lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with send_lock:
+            conn.send(message)
+
+    _, factory, args = conn.recv()
+    try:
+        module, attr = factory.split(":")
+        generate: Generate = getattr(importlib.import_module(module), attr)(*args)
+    except BackendError as exc:
+        send(("failed", exc.kind.value, exc.message))
+        return
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which shows it in the column
+        send(("failed", ErrorKind.INTERNAL.value, f"{type(exc).__name__}: {exc}"))
+        return
+    send(("ready",))
+    stops: dict[int, threading.Event] = {}
+    threads: list[threading.Thread] = []
+
+    def run(request_id: int, target: Target, request: ChatRequest, stop: threading.Event) -> None:
+        error: tuple[str, str, float | None] | None = None
+        try:
+            generate(target, request, lambda event: send(("event", request_id, event)), stop)
+        except BackendError as exc:
+            error = (exc.kind.value, exc.message, exc.retry_after)
+        except Exception as exc:  # noqa: BLE001 - reported in the column
+            error = (ErrorKind.INTERNAL.value, f"{type(exc).__name__}: {exc}", None)
+        finally:
+            stops.pop(request_id, None)
+        try:
+            send(("done", request_id, error))
+        except OSError:
+            pass  # the parent is gone
+
+    try:
+        while True:
+            message = conn.recv()
+            if message[0] == "gen":
+                _, request_id, target, request = message
+                stop = stops[request_id] = threading.Event()
+                thread = threading.Thread(target=run, args=(request_id, target, request, stop), daemon=True)
+                thread.start()
+                threads = [t for t in threads if t.is_alive()] + [thread]
+            elif message[0] == "stop" and message[1] in stops:
+                stops[message[1]].set()
+    except (EOFError, OSError):
+        for stop in list(stops.values()):
+            stop.set()
+        for thread in threads:
+            thread.join(timeout=5)
+
+
+if __name__ == "__main__":
+    _serve(Connection(int(sys.argv[1])))
