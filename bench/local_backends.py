@@ -10,7 +10,10 @@ own subprocess (so peak memory does not mix), the script prints one Markdown tab
   ``model.generate`` with a minimal ``BaseStreamer``; ``Llama.generate`` with ``detokenize``.
   Each decodes every token to text, as any streaming client must;
 - overhead: how much slower the playground decodes than the bare loop (aim < 5 %);
-- peak RSS of the subprocess (``ru_maxrss``): the model loaded once, both loops on it.
+- peak RSS of the subprocess (``ru_maxrss``): the model loaded once, both loops on it. The
+  playground runs onnx models in a process of their own (onnxruntime-genai holds the GIL per
+  token), so for onnx the bare loop loads its own copy here and the model process's peak RSS
+  (``VmHWM``) is a column of its own; the stream then also crosses a socket, which the overhead includes.
 
 Decode is (tokens - 1) / (last token - first token) on both sides, the playground's definition.
 Each side runs ``--repeats`` times after a warm-up, in pairs whose order alternates. The table
@@ -41,6 +44,7 @@ sys.path[:0] = [str(ROOT)]
 
 from playground.backends import local, make_backend  # noqa: E402
 from playground.catalog import BUILTIN_CATALOG, read_catalog_file  # noqa: E402
+from playground import models  # noqa: E402
 from playground.models import module_installed  # noqa: E402
 from playground.request import ChatRequest, build_messages, make_params  # noqa: E402
 from playground.runner import Job, Run  # noqa: E402
@@ -74,11 +78,11 @@ def bare_onnx(loaded: dict[str, Any], request: ChatRequest) -> Stamps:
     return started, times
 
 
-def bare_transformers(loaded: tuple[Any, Any], request: ChatRequest) -> Stamps:
+def bare_transformers(loaded: tuple[Any, Any, Any], request: ChatRequest) -> Stamps:
     import torch
     from transformers.generation.streamers import BaseStreamer
 
-    tokenizer, model = loaded
+    tokenizer, model, _ = loaded  # (tokenizer, model, processor)
     inputs = tokenizer.apply_chat_template(request.as_dicts(), add_generation_prompt=True,
                                            return_tensors="pt", return_dict=True)
     eos = model.generation_config.eos_token_id
@@ -144,6 +148,10 @@ async def measure_one(name: str, repeats: int, tokens: int) -> dict[str, Any]:
 
     await playground()  # warm-up: loads (and for onnx, may build) the model
     loaded = await local.load_shared(backend.key, lambda: None)
+    worker_pid = None
+    if name == "onnx":  # the playground's model lives in its own process; the bare loop loads one here
+        worker_pid = loaded.pid
+        loaded = backend._load(models.bundled_onnx_dir())
     bare: Callable[[], Stamps] = {
         "onnx": lambda: bare_onnx(loaded, request),
         "transformers": lambda: bare_transformers(loaded, request),
@@ -174,7 +182,19 @@ async def measure_one(name: str, repeats: int, tokens: int) -> dict[str, Any]:
         "decode": best(ours, 1, max),
         "bare_decode": best(theirs, 1, max),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "model_process_rss_mb": peak_rss_mb(worker_pid) if worker_pid else None,
     }
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """VmHWM (peak resident set) of a running process, from /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def available(name: str) -> str | None:
@@ -187,17 +207,18 @@ def available(name: str) -> str | None:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| backend | tokens | TTFT playground (s) | TTFT bare (s) | decode tok/s playground "
-             "| decode tok/s bare | overhead (best) | overhead (median pair) | peak RSS (MB) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| decode tok/s bare | overhead (best) | overhead (median pair) | peak RSS (MB) | model process peak RSS (MB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['backend']} | skipped: {r['skipped']} |||||||| ")
+            lines.append(f"| {r['backend']} | skipped: {r['skipped']} ||||||||| ")
             continue
         overhead = (r["bare_decode"] - r["decode"]) / r["bare_decode"] * 100
+        worker = f"{r['model_process_rss_mb']:.0f}" if r.get("model_process_rss_mb") else "in process"
         tokens = f"{r['tokens']}" + ("" if r["tokens"] == r["bare_tokens"] else f" (bare {r['bare_tokens']})")
         lines.append(f"| {r['backend']} | {tokens} | {r['ttft_s']:.3f} | {r['bare_ttft_s']:.3f} | "
                      f"{r['decode']:.1f} | {r['bare_decode']:.1f} | {overhead:+.1f} % | "
-                     f"{r['pair_overhead_pct']:+.1f} % | {r['peak_rss_mb']:.0f} |")
+                     f"{r['pair_overhead_pct']:+.1f} % | {r['peak_rss_mb']:.0f} | {worker} |")
     return "\n".join(lines)
 
 
