@@ -343,6 +343,7 @@ def compare(page: Any, url: str, download_dir: Path, targets: tuple[str, str] = 
     open_app(page, url)
     for column, target in enumerate(targets):
         pick_target(page, column, labels[target])
+    set_parameter(page, "temperature", 0)  # greedy: each answer runs its full length, no early end of text
     set_parameter(page, "max-tokens", max_tokens)
     page.evaluate(SAMPLER_JS, len(targets))
     started = time.monotonic()
