@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -59,6 +60,7 @@ class WorkerProcess:
         self._factory, self._args = factory, args
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
+        self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
@@ -67,6 +69,10 @@ class WorkerProcess:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._proc.poll() if self._proc else None
 
     @property
     def alive(self) -> bool:
@@ -84,28 +90,36 @@ class WorkerProcess:
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=2, env=env)
         finally:
             theirs.close()
-        self._conn = Connection(ours.detach())
+        self._sock = ours  # kept for shutdown(): close() alone does not end a recv() in another thread
+        self._conn = Connection(os.dup(ours.fileno()))
         self._send(("load", self._factory, self._args))
         deadline = time.monotonic() + timeout_s
-        reply: Any = None
-        while reply is None:
-            if self._proc.poll() is not None and not self._conn.poll(0):
-                self.close()
-                raise BackendError(ErrorKind.INTERNAL, f"{self.name}: the model process exited "
-                                   f"(code {self._proc.returncode}) while loading")
-            if time.monotonic() > deadline:
-                self.close()
-                raise BackendError(ErrorKind.TIMEOUT, f"{self.name}: loading took over {timeout_s:.0f} s")
+        while True:
             if self._conn.poll(0.1):
                 try:
                     reply = self._conn.recv()
-                except (EOFError, OSError):
-                    continue  # the poll above reports how it ended
+                    break
+                except (EOFError, OSError):  # its end closed: it exited
+                    self._exited_while_loading()
+            elif self._proc.poll() is not None:
+                self._exited_while_loading()
+            if time.monotonic() > deadline:
+                self.close()
+                raise BackendError(ErrorKind.TIMEOUT, f"{self.name}: loading took over {timeout_s:.0f} s")
         if reply[0] != "ready":
             self.close()
             raise BackendError(ErrorKind(reply[1]), reply[2])
         threading.Thread(target=self._read, name=f"worker-reader:{self.name}", daemon=True).start()
         return self
+
+    def _exited_while_loading(self) -> None:
+        assert self._proc is not None
+        try:
+            code = self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        self.close()
+        raise BackendError(ErrorKind.INTERNAL, f"{self.name}: the model process exited (code {code}) while loading")
 
     def generate(self, target: Target, request: ChatRequest, emit: Emit, stop: threading.Event) -> None:
         """Run one generation in the child, relaying its events; the same contract as a worker thread."""
@@ -129,8 +143,14 @@ class WorkerProcess:
             raise BackendError(ErrorKind(kind), message, retry_after)
 
     def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)  # the child sees end-of-file and leaves
+            except OSError:
+                pass
+            self._sock.close()
         if self._conn is not None:
-            self._conn.close()  # the child sees end-of-file and leaves
+            self._conn.close()
         if self._proc is not None and self._proc.poll() is None:
             try:
                 self._proc.wait(timeout=5)
@@ -227,4 +247,7 @@ def _serve(conn: Connection) -> None:
 
 
 if __name__ == "__main__":
+    # Ctrl+C in a terminal reaches the whole process group: the app shuts down, and we leave
+    # when its end of the socket closes, without a traceback of our own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _serve(Connection(int(sys.argv[1])))

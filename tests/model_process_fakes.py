@@ -1,0 +1,40 @@
+"""Factories that ``worker_process`` children load in the worker tests (run in the child).
+
+They stand in for a model so that the process plumbing can be tested in milliseconds: a
+counter that makes one "token" every ``ms`` milliseconds, a load that fails, a load that dies.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from playground.backends.base import BackendError
+from playground.events import ErrorKind, Finished, RequestSent, TextDelta
+
+
+def counter(ms: float) -> Any:
+    def generate(target: Any, request: Any, emit: Any, stop: threading.Event) -> None:
+        emit(RequestSent(at=time.perf_counter()))
+        limit = request.params.max_tokens
+        for n in range(limit):
+            if stop.is_set():
+                emit(Finished("stopped"))
+                return
+            time.sleep(ms / 1000)  # the model's work for one token
+            if "boom" in request.messages[-1].content and n == 2:
+                raise RuntimeError("the model broke at token 3")
+            emit(TextDelta(f"{n} ", tokens=1, at=time.perf_counter()))
+        emit(Finished("length"))
+
+    return generate
+
+
+def missing_model(path: str) -> Any:
+    raise BackendError(ErrorKind.NOT_FOUND, f"no model at {path}")
+
+
+def dies_while_loading() -> Any:
+    os._exit(3)

@@ -1,0 +1,178 @@
+"""The model process plumbing (``worker_process``) with stand-in models: loads, events, stop,
+errors, death, and the child leaving with its parent. The real ONNX model in its process is
+tested in ``test_local_backends``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from playground.backends.base import BackendError
+from playground.backends.worker_process import WorkerProcess
+from playground.catalog import Target
+from playground.events import ErrorKind, Event, Finished, TextDelta
+from playground.request import ChatRequest, build_messages, make_params
+
+TARGET = Target(id="fake", label="fake", backend="onnx", model="fake", source="path")
+FAKES = "model_process_fakes"
+TESTS = str(Path(__file__).resolve().parent)
+
+
+@pytest.fixture
+def child_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the child import the stand-in factories from tests/."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p))
+
+
+@pytest.fixture
+def counter(child_path: None) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess("counter", f"{FAKES}:counter", (20,)).start(timeout_s=60)
+    yield worker
+    worker.close()
+
+
+def request(text: str = "count", tokens: int = 5) -> ChatRequest:
+    return ChatRequest(build_messages(text), make_params(max_tokens=tokens))
+
+
+def generate(worker: WorkerProcess, req: ChatRequest, stop: threading.Event | None = None
+             ) -> tuple[list[Event], BackendError | None]:
+    events: list[Event] = []
+    try:
+        worker.generate(TARGET, req, events.append, stop or threading.Event())
+    except BackendError as exc:
+        return events, exc
+    return events, None
+
+
+def test_events_cross_in_order_with_the_childs_clock(counter: WorkerProcess) -> None:
+    assert counter.alive and counter.pid != os.getpid()
+    before = time.perf_counter()
+    events, error = generate(counter, request(tokens=5))
+    after = time.perf_counter()
+    assert error is None
+    texts = [e.text for e in events if isinstance(e, TextDelta)]
+    assert texts == ["0 ", "1 ", "2 ", "3 ", "4 "]
+    stamps = [e.at for e in events if isinstance(e, TextDelta)]
+    assert stamps == sorted(stamps) and before < stamps[0] and stamps[-1] < after  # one clock
+    assert isinstance(events[-1], Finished) and events[-1].reason == "length"
+
+
+def test_concurrent_requests_share_the_process_and_do_not_mix(counter: WorkerProcess) -> None:
+    results: dict[int, list[Event]] = {}
+
+    def one(i: int) -> None:
+        results[i] = generate(counter, request(tokens=3 + i))[0]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    stamps = []
+    for i in range(3):
+        deltas = [e for e in results[i] if isinstance(e, TextDelta)]
+        assert [e.text for e in deltas] == [f"{n} " for n in range(3 + i)]
+        stamps.append((deltas[0].at, deltas[-1].at))
+    # every answer had begun before any had ended: they ran side by side, not one after another
+    assert max(first for first, _ in stamps) < min(last for _, last in stamps), stamps
+
+
+def test_stop_reaches_the_child_within_a_token(counter: WorkerProcess) -> None:
+    stop = threading.Event()
+    events: list[Event] = []
+    stopped_at: list[float] = []
+
+    def emit(event: Event) -> None:
+        events.append(event)
+        if sum(isinstance(e, TextDelta) for e in events) == 3 and not stop.is_set():
+            stopped_at.append(time.perf_counter())
+            stop.set()
+
+    counter.generate(TARGET, request(tokens=500), emit, stop)
+    late = [e for e in events if isinstance(e, TextDelta) and e.at > stopped_at[0]]
+    assert len(late) <= 1, f"{len(late)} tokens were made after the stop"
+    assert isinstance(events[-1], Finished) and events[-1].reason == "stopped"
+    assert generate(counter, request(tokens=2))[1] is None  # the process serves the next request
+
+
+def test_an_error_in_generation_is_reported_and_the_process_lives_on(counter: WorkerProcess) -> None:
+    events, error = generate(counter, request("boom", tokens=10))
+    assert error is not None and error.kind is ErrorKind.INTERNAL
+    assert error.message == "RuntimeError: the model broke at token 3"
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["0 ", "1 "]
+    assert counter.alive and generate(counter, request(tokens=2))[1] is None
+
+
+def test_close_lets_the_child_leave_on_its_own(counter: WorkerProcess) -> None:
+    counter.close()
+    assert counter.exit_code == 0, "the model process had to be killed"
+    assert not counter.alive
+
+
+def test_a_load_error_keeps_its_kind_and_message(child_path: None) -> None:
+    with pytest.raises(BackendError) as caught:
+        WorkerProcess("missing", f"{FAKES}:missing_model", ("/nowhere",)).start(timeout_s=60)
+    assert caught.value.kind is ErrorKind.NOT_FOUND and caught.value.message == "no model at /nowhere"
+
+
+def test_a_child_that_dies_while_loading_says_so(child_path: None) -> None:
+    with pytest.raises(BackendError, match=r"model process exited \(code 3\) while loading"):
+        WorkerProcess("dies", f"{FAKES}:dies_while_loading", ()).start(timeout_s=60)
+
+
+def test_a_child_killed_mid_answer_fails_that_request_and_refuses_more(counter: WorkerProcess) -> None:
+    def kill_at_two(event: Event) -> None:
+        seen.append(event)
+        if sum(isinstance(e, TextDelta) for e in seen) == 2:
+            os.kill(counter.pid, 9)
+
+    seen: list[Event] = []
+    with pytest.raises(BackendError, match=r"model process exited \(code -9\)"):
+        counter.generate(TARGET, request(tokens=500), kill_at_two, threading.Event())
+    assert not counter.alive
+    with pytest.raises(BackendError, match="model process exited"):
+        counter.generate(TARGET, request(tokens=2), lambda e: None, threading.Event())
+
+
+PARENT = """
+import sys, time
+sys.path[:0] = [{tests!r}]
+from playground.backends.worker_process import WorkerProcess
+w = WorkerProcess("counter", "model_process_fakes:counter", (20,)).start(timeout_s=60)
+print(w.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_child_leaves_when_its_parent_dies(child_path: None) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT.format(tests=TESTS)], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert _running(child)
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _running(child) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _running(child), "the model process outlived the app"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(timeout=10)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited; its reaper (the dead parent's init) collects it
