@@ -149,18 +149,38 @@ async def test_max_tokens_ends_with_length(local_target: Target) -> None:
     assert column.usage is not None and column.usage.completion_tokens == 5
 
 
+class SeenStop:
+    """The stop flag, noting when the generation loop first saw it set. For onnx the loop that
+    looks is the parent's side of the model process, which then sends the stop across."""
+
+    def __init__(self, inner: threading.Event):
+        self.inner = inner
+        self.seen_at: float | None = None
+
+    def is_set(self) -> bool:
+        flagged = self.inner.is_set()
+        if flagged and self.seen_at is None:
+            self.seen_at = time.perf_counter()
+        return flagged
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 async def test_stop_ends_the_generation_within_one_token(local_target: Target, monkeypatch) -> None:
-    produced: list[tuple[float, bool]] = []  # (token stamp, stop flag already set when it was emitted)
+    produced: list[float] = []  # each token's stamp, taken where it was made (the model's process for onnx)
+    flags: list[SeenStop] = []
     original = local.stream_from_thread
 
     def recording_stream(work: Callable[[local.Emit, threading.Event], None], join_timeout_s: float = 5.0):
         def recorded_work(emit: local.Emit, stop: threading.Event) -> None:
             def record(event: Event) -> None:
                 if isinstance(event, TextDelta):
-                    produced.append((event.at or time.perf_counter(), stop.is_set()))
+                    produced.append(event.at or time.perf_counter())
                 emit(event)
 
-            work(record, stop)
+            flags.append(SeenStop(stop))
+            work(record, flags[-1])  # type: ignore[arg-type]
 
         return original(recorded_work, join_timeout_s)
 
@@ -182,9 +202,15 @@ async def test_stop_ends_the_generation_within_one_token(local_target: Target, m
     assert wait_for_no_generate_thread() == [], "the worker thread kept running after stop"
     ended = time.perf_counter()
     assert len(produced) < 200
-    after_flag = [at for at, flagged in produced if flagged]
-    assert len(after_flag) <= 1, f"{len(after_flag)} tokens were generated after the stop flag was set"
-    after_stop = [at for at, _ in produced if at > stopped_at[0]]
+    [flag] = flags
+    assert flag.seen_at is not None, "the generation never looked at its stop flag"
+    after_flag = [at for at in produced if at > flag.seen_at]
+    # transformers checks the flag before each token: the one in progress may finish. For onnx the
+    # flag crosses to the model's process, whose main thread must win the GIL from the token loop
+    # (between two tokens) to set the child's flag: one more token at most.
+    allowed_after_flag = 1 if local_target.backend == "transformers" else 2
+    assert len(after_flag) <= allowed_after_flag, f"{len(after_flag)} tokens were made after the stop flag was seen"
+    after_stop = [at for at in produced if at > stopped_at[0]]
     # Run.stop() -> task cancelled -> stop flag: a few ms on the event loop, well under one token
     # for transformers (~80 ms a token); onnx makes a token every ~12 ms, so allow a little slack there.
     allowed = 1 if local_target.backend == "transformers" else 4

@@ -250,4 +250,7 @@ if __name__ == "__main__":
     # Ctrl+C in a terminal reaches the whole process group: the app shuts down, and we leave
     # when its end of the socket closes, without a traceback of our own
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a stop message waits for the GIL, which the token loop's library may hold for a whole token;
+    # a short switch interval lets this thread in at the first gap between two tokens
+    sys.setswitchinterval(0.001)
     _serve(Connection(int(sys.argv[1])))
