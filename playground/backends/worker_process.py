@@ -131,6 +131,9 @@ class WorkerProcess:
             self._send(("gen", request_id, target, request))
             stop_sent = False
             while not pending.done.wait(STOP_POLL_S):
+                if self._dead is not None:  # it died before this request was registered with the reader
+                    pending.error = pending.error or (ErrorKind.INTERNAL.value, f"{self.name}: {self._dead}", None)
+                    break
                 if stop.is_set() and not stop_sent:
                     self._send(("stop", request_id))
                     stop_sent = True
