@@ -29,6 +29,9 @@ EXAMPLES = [
 CSS = """
 .pp-col { min-width: 300px; }
 .pp-status { font-size: 0.85em; min-height: 3.2em; }
+/* on a phone the results table scrolls sideways instead of crushing a header to a letter a line */
+#results th { min-width: 6em; }
+#results th:first-child { min-width: 11em; }
 """
 _active_runs: dict[str, Run] = {}
 

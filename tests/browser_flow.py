@@ -410,6 +410,12 @@ def long_answer_then_stop(page: Any, count: int = 2, prompt: str = LONG_PROMPT, 
                    table_rows(page))
 
 
+def table_headers(page: Any) -> list[dict[str, Any]]:
+    """Each results-table header: its text and its box's height."""
+    return page.evaluate("""() => Array.from(document.querySelectorAll('#results thead th')).map((th) => (
+      {text: th.innerText.trim(), height: th.getBoundingClientRect().height}))""")
+
+
 def layout(page: Any) -> dict[str, Any]:
     """Where the two columns sit, and how wide the document is, at the page's current viewport."""
     return page.evaluate("""() => {

@@ -98,6 +98,15 @@ def test_compare_two_targets_stream_download_and_stop(app_url: str, page_at: Any
         assert int(float(r["max_tokens"])) == flow.COMPARE_MAX_TOKENS, "the slider's value did not reach the run"
         assert float(r["ttft_s"]) > 0 and 0 < int(r["output_tokens"]) <= flow.COMPARE_MAX_TOKENS
 
+    # on a phone the filled table scrolls sideways inside its box; no header is crushed to a
+    # letter a line (before the fix: 289 px tall headers, 32 px wide)
+    page.set_viewport_size(flow.PHONE)
+    headers = flow.table_headers(page)
+    assert [h["text"] for h in headers][:2] == ["target", "backend"], headers
+    assert max(h["height"] for h in headers) < 80, headers
+    assert flow.layout(page)["scrollWidth"] <= flow.PHONE["width"] + 2, "the page scrolls sideways on a phone"
+    page.set_viewport_size(flow.DESKTOP)
+
     # a long answer, then Stop: both columns stop, keep their text, and stay stopped
     stop = flow.long_answer_then_stop(page)
     # while both streamed together, each column's answer was seen growing, frame after frame
