@@ -16,7 +16,6 @@ import re
 import shutil
 import sys
 from collections import deque
-from pathlib import Path
 from typing import AsyncIterator
 
 from playground import models

@@ -501,3 +501,14 @@ async def test_hub_fetch_uses_the_cache_first_then_downloads_with_progress_and_c
     with pytest.raises(BackendError) as absent:
         [item async for item in fetch_from_hub(lambda local_only: None, target, "no genai_config.json")]
     assert absent.value.kind is ErrorKind.NOT_FOUND and absent.value.message == "no genai_config.json"
+
+
+async def test_locate_shows_each_step_and_keeps_what_it_found(tmp_path: Path) -> None:
+    async def finder() -> AsyncIterator[str | Path]:
+        yield "downloading org/model (2.2 GB)…"
+        yield tmp_path
+
+    where: list[Path] = []
+    steps = [p.message async for p in local.locate(finder(), where)]
+    assert steps == ["loading model…", "downloading org/model (2.2 GB)…", "loading model…"]
+    assert where == [tmp_path]

@@ -22,7 +22,7 @@ from playground import models
 from playground.backends import local
 from playground.backends.base import READY, Availability, BackendError
 from playground.events import (
-    ErrorKind, Event, Finished, Notice, Progress, RequestSent, ServerTimings, TextDelta, Usage,
+    ErrorKind, Event, Finished, Notice, RequestSent, ServerTimings, TextDelta, Usage,
 )
 
 if TYPE_CHECKING:
@@ -115,16 +115,11 @@ class LlamaCppBackend:
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         waited_for_load = not local.is_loaded(self.key)
-        path: Path | None = None
+        paths: list[Path] = []
         if waited_for_load:
-            yield Progress("loading model…")
-            async for item in self._gguf():
-                if isinstance(item, Path):
-                    path = item
-                else:
-                    yield Progress(item)
-            yield Progress("loading model…")
-        engine = await local.load_shared(self.key, lambda: self._load(path))
+            async for progress in local.locate(self._gguf(), paths):
+                yield progress
+        engine = await local.load_shared(self.key, lambda: self._load(paths[-1] if paths else None))
 
         def work(emit: local.Emit, stop: threading.Event) -> None:
             self._generate(engine, request, emit, stop, engine.load_s if waited_for_load else 0.0)

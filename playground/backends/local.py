@@ -113,6 +113,18 @@ async def fetch_from_hub(find: Callable[[bool], Any], target: Any, missing: str)
     yield found
 
 
+async def locate(found: AsyncIterator[str | Any], where: list[Any]) -> AsyncIterator[Progress]:
+    """Progress while ``found`` looks for a model (its lines, then "loading model…"); what it
+    found last is appended to ``where``."""
+    yield Progress("loading model…")
+    async for item in found:
+        if isinstance(item, str):
+            yield Progress(item)
+        else:
+            where.append(item)
+    yield Progress("loading model…")
+
+
 def release_slot(key: str) -> None:
     _slot(key).release()
 

@@ -184,7 +184,6 @@ class OpenAICompatBackend:
         if params.seed is not None:
             kwargs["seed"] = params.seed
         finish: str | None = None
-        usage_seen = False
         yield RequestSent()
         streaming = False
         try:
@@ -193,7 +192,6 @@ class OpenAICompatBackend:
             async with stream:
                 async for chunk in stream:
                     if chunk.usage is not None and chunk.usage.completion_tokens is not None:
-                        usage_seen = True
                         yield Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens, "server")
                     for choice in chunk.choices or []:
                         if choice.delta is not None and choice.delta.content:

@@ -16,7 +16,7 @@ from playground import models
 from playground.backends import local
 from playground.backends.base import READY, Availability, BackendError
 from playground.backends.worker_process import Generate, WorkerProcess
-from playground.events import ErrorKind, Event, Finished, Notice, Progress, RequestSent, TextDelta, Usage
+from playground.events import ErrorKind, Event, Finished, Notice, RequestSent, TextDelta, Usage
 from playground.vision import MULTIMODAL_ONNX_TYPES, onnx_multimodal_inputs, onnx_prompt
 
 if TYPE_CHECKING:
@@ -83,15 +83,10 @@ class OrtGenAIBackend:
             local.forget(self.key, worker)
             worker = None
         if worker is None:
-            folder: Path | None = None
-            yield Progress("loading model…")
-            async for item in self._model_dir():
-                if isinstance(item, Path):
-                    folder = item
-                else:
-                    yield Progress(item)
-            yield Progress("loading model…")
-            worker = await local.load_shared(self.key, lambda: self._start_worker(folder))
+            folders: list[Path] = []
+            async for progress in local.locate(self._model_dir(), folders):
+                yield progress
+            worker = await local.load_shared(self.key, lambda: self._start_worker(folders[-1] if folders else None))
 
         def work(emit: local.Emit, stop: threading.Event) -> None:
             worker.generate(self.target, request, emit, stop)
@@ -176,7 +171,6 @@ class OrtGenAIBackend:
             local.release_slot(self.key)
         emit(Usage(n_prompt, tokens, "counted"))
         emit(Finished("stopped" if stop.is_set() else "stop" if saw_eos else "length"))
-
 
 
 def serve_in_worker(target: Target, folder: Path | None) -> Generate:

@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from playground.backends.base import BackendError
-from playground.events import ErrorKind, Event
+from playground.backends.local import Emit
+from playground.events import ErrorKind
 
 if TYPE_CHECKING:
     from playground.catalog import Target
     from playground.request import ChatRequest
 
-Emit = Callable[[Event], None]
 Generate = Callable[["Target", "ChatRequest", Emit, threading.Event], None]
 LOAD_TIMEOUT_S = 15 * 60  # a multi-GB model from a slow disk; the child's death ends the wait sooner
 STOP_POLL_S = 0.005  # how often a waiting request looks at its stop flag: under one token
