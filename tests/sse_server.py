@@ -386,3 +386,23 @@ class ServerProcess:
             self._process.join(5.0)
         self._pipe.close()
         self._process = None
+
+
+def openai_target(base_url: str, model: str, api_key_env: str, **more: Any) -> Any:
+    """An ``openai`` catalog target for ``model`` on this server, its key in ``api_key_env``."""
+    from playground.catalog import Target
+
+    return Target(id=f"test/{model}", label=model, backend="openai", model=model, base_url=base_url,
+                  api_key_env=api_key_env, **more)
+
+
+def module_server(scripts: dict[str, Script]) -> Any:
+    """A module-scoped pytest fixture serving ``scripts``; always stopped."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def server() -> Any:
+        with ScriptedServer(scripts) as srv:
+            yield srv
+
+    return server

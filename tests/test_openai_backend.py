@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 import socket
 import time
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from sse_server import Script, ScriptedServer, text_of
+from sse_server import Script, ScriptedServer, module_server, openai_target, text_of
 
 from playground.backends import make_backend
 from playground.backends.base import BackendError
@@ -36,10 +36,7 @@ SCRIPTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ScriptedServer]:
-    with ScriptedServer(SCRIPTS) as srv:
-        yield srv
+server = module_server(SCRIPTS)
 
 
 @pytest.fixture(autouse=True)
@@ -48,9 +45,8 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
     return KEY
 
 
-def target(base_url: str, model: str, **more: object) -> Target:
-    return Target(id=f"test/{model}", label=model, backend="openai", model=model, base_url=base_url,
-                  api_key_env=KEY_ENV, **more)
+def target(base_url: str, model: str, **more: Any) -> Target:
+    return openai_target(base_url, model, KEY_ENV, **more)
 
 
 def request(**params: object) -> ChatRequest:

@@ -8,13 +8,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 from PIL import Image
-from sse_server import Script, ScriptedServer, text_of
+from sse_server import Script, ScriptedServer, module_server, openai_target, text_of
 
 from playground.catalog import Catalog, Target
 from playground.events import ErrorKind
@@ -30,10 +29,7 @@ SCRIPTS = {name: Script(tokens=3) for name in ("vision", "text", "one-image", NI
 QUADRANTS = {(0, 0): (220, 20, 30), (1, 0): (30, 200, 60), (0, 1): (20, 40, 220), (1, 1): (230, 220, 40)}
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ScriptedServer]:
-    with ScriptedServer(SCRIPTS) as srv:
-        yield srv
+server = module_server(SCRIPTS)
 
 
 @pytest.fixture(autouse=True)
@@ -42,8 +38,7 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def target(base_url: str, model: str, **more: Any) -> Target:
-    return Target(id=f"test/{model}", label=model, backend="openai", model=model, base_url=base_url,
-                  api_key_env=KEY_ENV, **more)
+    return openai_target(base_url, model, KEY_ENV, **more)
 
 
 def quadrants(size: tuple[int, int], noise: float = 0.0) -> Image.Image:
