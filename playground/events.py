@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Literal, Union
 
-TokenSource = Literal["server", "counted", "estimated"]
+# server: the server's usage; counted: exact local count; chunks: one token per streamed chunk,
+# an estimate until the server confirms it; estimated: a tokenizer's estimate
+TokenSource = Literal["server", "counted", "chunks", "estimated"]
 
 
 class ErrorKind(str, Enum):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from playground.events import ServerTimings
+from playground.ui_format import tokens_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from playground.runner import Column
 
 TABLE_COLUMNS = ["target", "backend", "TTFT (s)", "decode tok/s", "tokens", "tokens source", "E2E (s)",
-                 "server tok/s", "prompt eval (s)", "load (s)", "status"]
+                 "clock ±ms", "server tok/s", "prompt eval (s)", "load (s)", "status"]
 SERVER_FIELDS = [f.name for f in dataclasses.fields(ServerTimings)]
 SERVER_DIGITS = {"decode_tokens_per_s": 2, "prompt_eval_s": 4, "load_s": 4, "total_s": 4}
 
@@ -48,6 +49,8 @@ def result_entry(column: Column) -> dict[str, Any]:
         "itl_p50_s": _round(m.itl_p50_s, 4),
         "itl_p95_s": _round(m.itl_p95_s, 4),
         "itl_basis": m.itl_basis,
+        "clock_lag_ms": round(column.clock_lag_s * 1000, 1),
+        "timing_uncertain": column.timing_uncertain,
         "notices": list(column.notices),
         "images_sent": column.images_sent,
         "server": server_entry(column),
@@ -86,8 +89,7 @@ def status_word(column: Column) -> str:
 def table_row(column: Column) -> dict[str, Any]:
     m = column.metrics()
     server = column.server
-    tokens = None if m.output_tokens is None else (
-        f"~{m.output_tokens}" if m.tokens_source == "estimated" else str(m.output_tokens))
+    tokens = None if m.output_tokens is None else tokens_text(m.output_tokens, m.tokens_source)
     return {
         "target": column.target.label,
         "backend": column.target.backend,
@@ -96,6 +98,7 @@ def table_row(column: Column) -> dict[str, Any]:
         "tokens": tokens,
         "tokens source": m.tokens_source,
         "E2E (s)": _round(m.e2e_s),
+        "clock ±ms": round(column.clock_lag_s * 1000, 1),
         "server tok/s": _round(server.decode_tokens_per_s, 1) if server else None,
         "prompt eval (s)": _round(server.prompt_eval_s) if server else None,
         "load (s)": _round(server.load_s) if server else None,

@@ -1,13 +1,16 @@
-"""Fan-out: one asyncio task per target, one merged queue, paced snapshots, deadlines, stop.
+"""Fan-out: one asyncio task per target, paced snapshots, deadlines, stop.
 
-The runner owns concurrency and the clock. Each task stamps events as they arrive (or
-keeps the producer's own stamp) and pushes them into one queue. The consumer gets a
-snapshot of every column at most every ``frame_s`` seconds, and once more at the end.
+The runner owns concurrency and the clock. The per-target tasks run on the measurement loop
+(``playground.clock``), a thread where nothing but backend I/O runs, and stamp each event as
+it arrives there (or keep the producer's own stamp). The consumer's loop (Gradio's, or the
+command line's) only drains what they stamped and gets a snapshot of every column at most
+every ``frame_s`` seconds, at once when a column shows its first text, and once at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Literal
 from playground import metrics
 from playground.backends import make_backend
 from playground.backends.base import Backend, BackendError
+from playground.clock import MeasureLoop, measure_loop
 from playground.events import (
     ErrorKind, Event, Failed, Finished, Notice, Progress, RequestSent, ServerTimings, TextDelta, Usage,
 )
@@ -29,8 +33,11 @@ if TYPE_CHECKING:
 Status = Literal["queued", "loading", "streaming", "done", "stopped", "error"]
 FINAL: frozenset[str] = frozenset({"done", "stopped", "error"})
 DEFAULT_FRAME_S = 1 / 15
+UNCERTAIN_S = 0.010  # a column whose stamps may be off by more than this says so
 _DONE = object()
-_STOP = object()
+ESTIMATES: frozenset[str] = frozenset({"chunks", "estimated"})  # token sources shown with "~"
+# per target id: did its chunk count match the server's usage last time? (absent: not yet seen)
+chunks_match_usage: dict[str, bool] = {}
 
 
 @dataclass
@@ -48,22 +55,31 @@ class Column:
     notices: list[str] = field(default_factory=list)
     counted_tokens: int = 0
     exact_counts: bool = True
+    chunks: int = 0  # text events without an exact count: one token each on most servers
+    estimated_tokens: int = 0  # tokenizer estimate, kept up to date only where chunks are not trusted
     images_sent: int = 0
     version: int = 0
+    clock_lag_s: float = 0.0  # worst lag of the measurement loop while this column ran
+    loop_stamped: bool = False  # some stamp was taken on the measurement loop (not where the token was made)
 
     @property
     def final(self) -> bool:
         return self.status in FINAL
+
+    @property
+    def timing_uncertain(self) -> bool:
+        return self.loop_stamped and self.clock_lag_s > UNCERTAIN_S
 
     def token_count(self) -> tuple[int | None, str | None]:
         server = self.usage.completion_tokens if self.usage and self.usage.source == "server" else None
         counted = self.usage.completion_tokens if self.usage and self.usage.source == "counted" else None
         if counted is None and self.exact_counts and self.timeline.deltas:
             counted = self.counted_tokens
-        estimated = None
-        if server is None and counted is None and self.text:
-            estimated = estimate_tokens(self.text)
-        return metrics.pick_tokens(server, counted, estimated)
+        if server is not None or counted is not None or not self.text:
+            return metrics.pick_tokens(server, counted, None)
+        if chunks_match_usage.get(self.target.id, True):
+            return self.chunks, "chunks"
+        return self.estimated_tokens, "estimated"
 
     def metrics(self, now: float | None = None) -> metrics.Metrics:
         tokens, source = self.token_count()
@@ -86,43 +102,55 @@ class Run:
         self.frame_s = frame_s
         self.columns = [Column(job.target, metrics.Timeline(started=started)) for job in jobs]
         self._backends = backends
-        self._queue: asyncio.Queue[tuple[int, object, float]] | None = None
+        self._inbox: collections.deque[tuple[int, object, float]] = collections.deque()
+        self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock: MeasureLoop | None = None
         self._stop_requested = False
+        self._lag_cursor = 0
 
     def stop(self) -> None:
         self._stop_requested = True
-        if self._loop is not None and self._queue is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, (-1, _STOP, 0.0))
+        self._nudge()
+
+    def _nudge(self) -> None:
+        """Wake the consumer now (from any thread)."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(wake.set)
+
+    def _post(self, index: int, item: object, at: float, urgent: bool) -> None:
+        """Called on the measurement loop: hand a stamped event to the consumer. Only events that
+        change what a column shows beyond its text (and a column's first text) wake it early."""
+        self._inbox.append((index, item, at))
+        if urgent:
+            self._nudge()
 
     async def frames(self) -> AsyncIterator[list[Column]]:
         self._loop = asyncio.get_running_loop()
-        self._queue = asyncio.Queue()
-        tasks = [
-            asyncio.create_task(self._pump(i, job), name=f"target:{job.target.id}")
-            for i, job in enumerate(self.jobs)
-        ]
+        self._wake = asyncio.Event()
+        self._clock = clock = measure_loop()
+        self._lag_cursor = clock.monitor.late_cursor()
+        tasks = await clock.call(self._start())
         pending = set(range(len(tasks)))
         next_frame = time.perf_counter() + self.frame_s
         try:
             while pending and not self._stop_requested:
                 timeout = max(0.0, min(next_frame, self._next_deadline()) - time.perf_counter())
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), timeout)
-                except asyncio.TimeoutError:  # not the builtin one before Python 3.11
-                    item = None
-                while item is not None:
-                    if item[1] is _DONE:
-                        pending.discard(item[0])
-                    elif item[1] is not _STOP:
-                        self._apply(self.columns[item[0]], item[1], item[2])  # type: ignore[arg-type]
-                    item = self._queue.get_nowait() if not self._queue.empty() else None
+                if not self._inbox:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+                    except asyncio.TimeoutError:  # not the builtin one before Python 3.11
+                        pass
+                self._wake.clear()
+                first_text = self._drain(pending)
                 self._enforce_deadlines(tasks, pending)
-                if time.perf_counter() >= next_frame and pending:
+                if (first_text or time.perf_counter() >= next_frame) and pending:
                     yield self.columns
                     next_frame = time.perf_counter() + self.frame_s
             if self._stop_requested:
                 await self._cancel(tasks)
+                self._drain(pending)
                 now = time.perf_counter()
                 for column in self.columns:
                     if not column.final:
@@ -131,11 +159,38 @@ class Run:
         finally:
             await self._cancel(tasks)
 
-    @staticmethod
-    async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def _start(self) -> list[asyncio.Task[None]]:
+        return [asyncio.create_task(self._pump(i, job), name=f"target:{job.target.id}")
+                for i, job in enumerate(self.jobs)]
+
+    def _drain(self, pending: set[int]) -> bool:
+        """Apply what the measurement loop stamped; True if some column just showed its first text."""
+        first_text = False
+        while self._inbox:
+            index, item, at = self._inbox.popleft()
+            if item is _DONE:
+                pending.discard(index)
+                continue
+            column = self.columns[index]
+            first_text |= isinstance(item, TextDelta) and not column.text and bool(item.text)
+            self._apply(column, item, at)  # type: ignore[arg-type]
+        self._update_lag()
+        return first_text
+
+    def _update_lag(self) -> None:
+        assert self._clock is not None
+        stalls, self._lag_cursor = self._clock.monitor.late_since(self._lag_cursor)
+        for at, lag in stalls:
+            for column in self.columns:
+                ended = column.timeline.ended
+                if at >= column.timeline.started and (ended is None or at - lag <= ended):
+                    column.clock_lag_s = max(column.clock_lag_s, lag)
+
+    async def _cancel(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Cancel the tasks on the measurement loop and wait for them there, even if we are cancelled."""
+        assert self._clock is not None
+        done = asyncio.wrap_future(self._clock.submit(_cancel_all(tasks)))
+        await asyncio.shield(done)
 
     def _next_deadline(self) -> float:
         deadlines = [c.timeline.sent + c.target.timeout_s for c in self.columns
@@ -143,20 +198,23 @@ class Run:
         return min(deadlines, default=float("inf"))
 
     def _enforce_deadlines(self, tasks: list[asyncio.Task[None]], pending: set[int]) -> None:
+        assert self._clock is not None
         now = time.perf_counter()
         for i, column in enumerate(self.columns):
             sent = column.timeline.sent
             if not column.final and sent is not None and now - sent > column.target.timeout_s:
-                tasks[i].cancel()
+                self._clock.loop.call_soon_threadsafe(tasks[i].cancel)
                 pending.discard(i)
                 self._fail(column, ErrorKind.TIMEOUT, f"no complete answer within {column.target.timeout_s:g} s", now)
 
     async def _pump(self, index: int, job: Job) -> None:
-        queue = self._queue
-        assert queue is not None
+        """Runs on the measurement loop: every event is stamped here, the moment it arrives."""
+        post = self._post
         try:
-            backend = self._backends[index] if self._backends else make_backend(job.target)
-            available = backend.availability()
+            # importing a backend's SDK and checking availability (which may ask a server) block:
+            # in a thread, so that other columns' stamps never wait on them
+            backend = self._backends[index] if self._backends else await asyncio.to_thread(make_backend, job.target)
+            available = await asyncio.to_thread(backend.availability)
             if not available.runnable:
                 raise BackendError(ErrorKind.UNAVAILABLE, available.reason)
             request = job.request
@@ -165,18 +223,24 @@ class Run:
                 request, notes = await asyncio.to_thread(adapt_request, request, job.target, takes_images)
                 self.columns[index].images_sent = len(request.images)
                 for note in notes:
-                    queue.put_nowait((index, Notice(note), time.perf_counter()))
+                    post(index, Notice(note), time.perf_counter(), True)
+            seen_text = False
             async with aclosing(backend.stream(request)) as events:
                 async for event in events:
-                    queue.put_nowait((index, event, getattr(event, "at", None) or time.perf_counter()))
+                    at = time.perf_counter()
+                    if isinstance(event, TextDelta):
+                        post(index, event, event.at or at, not seen_text)
+                        seen_text = seen_text or bool(event.text)
+                    else:
+                        post(index, event, getattr(event, "at", None) or at, True)
         except BackendError as exc:
-            queue.put_nowait((index, Failed(exc.kind, exc.message, exc.retry_after), time.perf_counter()))
+            post(index, Failed(exc.kind, exc.message, exc.retry_after), time.perf_counter(), True)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - one broken target never breaks another
-            queue.put_nowait((index, Failed(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}"), time.perf_counter()))
+            post(index, Failed(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}"), time.perf_counter(), True)
         finally:
-            queue.put_nowait((index, _DONE, time.perf_counter()))
+            post(index, _DONE, time.perf_counter(), True)
 
     def _apply(self, column: Column, event: Event, at: float) -> None:
         if column.final:
@@ -187,17 +251,25 @@ class Run:
             column.detail = ""
             column.text += event.text
             column.timeline.deltas.append(metrics.Delta(at, len(event.text), event.tokens))
+            if event.at is None:
+                column.loop_stamped = True
             if event.tokens is None:
                 column.exact_counts = False
+                column.chunks += 1
+                if not chunks_match_usage.get(column.target.id, True):
+                    column.estimated_tokens += estimate_tokens(event.text)  # the new text only
             else:
                 column.counted_tokens += event.tokens
         elif isinstance(event, RequestSent):
             column.timeline.sent = at
+            column.loop_stamped |= event.at is None
             column.status, column.detail = "streaming", "waiting for the first token"
         elif isinstance(event, Progress):
             column.status, column.detail = "loading", event.message
         elif isinstance(event, Usage):
             column.usage = event
+            if event.source == "server" and column.chunks:
+                chunks_match_usage[column.target.id] = event.completion_tokens == column.chunks
         elif isinstance(event, ServerTimings):
             column.server = event
         elif isinstance(event, Notice):
@@ -211,16 +283,23 @@ class Run:
     def _fail(self, column: Column, kind: ErrorKind, message: str, at: float) -> None:
         if kind is ErrorKind.TRUNCATED:
             tokens, source = column.token_count()
-            count = f"{'~' if source == 'estimated' else ''}{tokens or 0}"
+            count = f"{'~' if source in ESTIMATES else ''}{tokens or 0}"
             message = f"stream cut after {count} tokens: {message}"
         column.error, column.error_kind = message, kind
         self._finish(column, "error", at)
 
-    @staticmethod
-    def _finish(column: Column, status: Status, at: float) -> None:
+    def _finish(self, column: Column, status: Status, at: float) -> None:
         column.status, column.detail = status, ""
         column.timeline.ended = at
         column.version += 1
+        if self._clock is not None:  # a stall still going on counts too
+            column.clock_lag_s = max(column.clock_lag_s, self._clock.monitor.worst_lag_s(column.timeline.started, at))
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def run_to_end(jobs: list[Job], frame_s: float = DEFAULT_FRAME_S) -> list[Column]:

@@ -10,8 +10,10 @@ from typing import Any, AsyncIterator
 
 import gradio as gr
 
+from playground import warmup
 from playground.backends import make_backend
 from playground.catalog import Catalog, load_catalog
+from playground.clock import monitor_this_loop
 from playground.images import ImageError, PreparedImage, from_multimodal
 from playground.report import results_frame, run_document, write_exports, TABLE_COLUMNS
 from playground.request import MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_CHARS, ChatRequest, InputError, Message, build_messages, make_params
@@ -151,6 +153,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
                       seed_value: str | None, columns: float, hist: list[list[Turn]],
                       t0: str, t1: str, t2: str, t3: str, t4: str, t5: str, request: gr.Request
                       ) -> AsyncIterator[list[Any]]:
+            monitor_this_loop("gradio")  # logs any stall of Gradio's own loop over 100 ms
             picked = [t0, t1, t2, t3, t4, t5]
             prompt_text, images = await _read_prompt(prompt_value)
             count = int(columns)
@@ -228,5 +231,6 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
 
 def launch(catalog: Catalog | None = None, host: str | None = None, port: int | None = None, **kwargs: Any) -> Any:
     settings = from_env()
+    warmup.start()  # imports, tokenizer, measurement loop: in a thread, before the first run
     demo = build_ui(catalog, settings)
     return demo.launch(server_name=host or settings.host, server_port=port or settings.port, css=CSS, **kwargs)

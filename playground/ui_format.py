@@ -31,9 +31,17 @@ def fmt_s(value: float | None) -> str:
 
 
 def tokens_text(count: int | None, source: str | None) -> str:
+    """A token count; an estimate (chunks, tokenizer) gets a "~"."""
     if count is None:
         return "–"
-    return f"~{count}" if source == "estimated" else str(count)
+    return f"~{count}" if source in ("chunks", "estimated") else str(count)
+
+
+def uncertainty_text(column: Column) -> str | None:
+    """The error bar, where the stamps may be off by more than the runner's threshold."""
+    if not column.timing_uncertain:
+        return None
+    return f"timing uncertain, ±{column.clock_lag_s * 1000:.0f} ms: the machine was busy"
 
 
 def status_markdown(column: Column, now: float | None = None) -> str:
@@ -51,6 +59,9 @@ def status_markdown(column: Column, now: float | None = None) -> str:
         f"TTFT {fmt_s(m.ttft_s)} · decode {speed} tok/s · tokens {tokens_text(m.output_tokens, m.tokens_source)}"
         f"{source} · E2E {fmt_s(m.e2e_s)}",
     ]
+    uncertain = uncertainty_text(column)
+    if uncertain:
+        parts.append(f"⚠ {uncertain}")
     if m.prep_s is not None and m.prep_s >= 0.5:
         parts.append(f"before the request: {fmt_s(m.prep_s)} (queueing, loading)")
     server = column.server

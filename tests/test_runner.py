@@ -15,6 +15,7 @@ from sse_server import Script, ScriptedServer, text_of
 from playground.catalog import Target
 from playground.events import ErrorKind
 from playground.request import ChatRequest, Message, make_params
+from playground.clock import measure_loop
 from playground.runner import Column, Job, Run
 
 SCRIPTS = {
@@ -65,8 +66,14 @@ async def drain(run: Run) -> tuple[list[Frame], float]:
 
 async def assert_no_task_left() -> None:
     """None of the runner's tasks survive it; anything else must finish at once."""
+    loop = measure_loop().loop  # the runner's tasks live on the measurement loop
+    for _ in range(100):
+        left = [t for t in asyncio.all_tasks(loop) if t.get_name().startswith("target:")]
+        if not left:
+            break
+        await asyncio.sleep(0.01)
+    assert not left, left
     others = asyncio.all_tasks() - {asyncio.current_task()}
-    assert not [t for t in others if t.get_name().startswith("target:")], others
     # the openai SDK leaves some of its async generators to the loop's finalizer, which
     # closes them in a task of its own: those end within a few loop turns
     for _ in range(20):
@@ -198,8 +205,19 @@ async def test_frames_are_paced_not_per_token(server: ScriptedServer) -> None:
     assert len(frames) <= wall / frame_s + 3, (len(frames), wall)
     assert len(frames) < 100  # 500 tokens, far fewer frames
     assert len(frames) >= 2  # live frames did come before the end
-    gaps = [b.at - a.at for a, b in zip(frames, frames[1:-1])]
+    # a column's first text is shown at once, not at the next paced frame; every other frame is paced
+    first_text = [any(t and not p for t, p in zip(b.texts, a.texts)) for a, b in zip(frames, frames[1:])]
+    gaps = [b.at - a.at for a, b, early in zip(frames, frames[1:-1], first_text) if not early]
     assert all(g >= frame_s * 0.5 for g in gaps), gaps
+    assert sum(first_text) <= 2
+
+
+async def test_first_text_is_shown_at_once_not_at_the_next_frame(server: ScriptedServer) -> None:
+    await warm(server)
+    frames, _ = await drain(Run(jobs(target(server.base_url, "half-second")), frame_s=10.0))
+    first = next(f for f in frames if f.texts[0])
+    delta_at = first.columns[0].timeline.deltas[0].at
+    assert first.at - delta_at < 0.05, (first.at - delta_at)
 
 
 async def test_final_frame_has_every_column_final(server: ScriptedServer) -> None:

@@ -1,0 +1,126 @@
+"""The measurement loop: one event loop in a thread of its own, where every backend's I/O runs
+and every network token is stamped; and a lag monitor for any event loop.
+
+Gradio's event loop also serves pages, compresses static files, runs the queue and builds
+frames; a chunk that arrives while it is busy would be stamped late. On the measurement loop
+nothing else runs, so a stamp is late only by what this loop cannot avoid: waiting for the
+GIL, or the machine being busy. Its ticker measures exactly that (how late each 5 ms tick
+fires), and the runner reports the worst lag seen while a column ran, as its error bar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+import weakref
+from concurrent.futures import Future
+from typing import Any, Coroutine, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger("playground.clock")
+TICK_S = 0.005
+HISTORY = 20_000  # late ticks kept
+LATE_S = 0.001  # lags below this are the timer's own resolution, not worth storing
+STALL_S = 0.100  # a loop blocked this long is a bug: logged as a warning
+
+
+class LagMonitor:
+    """How late a ticker on one event loop fires: the loop's lag, over time."""
+
+    def __init__(self, name: str, tick_s: float = TICK_S, stall_s: float = STALL_S):
+        self.name, self.tick_s, self.stall_s = name, tick_s, stall_s
+        self._late: collections.deque[tuple[float, float]] = collections.deque(maxlen=HISTORY)
+        self._count = 0  # late ticks ever recorded: a cursor for late_since()
+        self._next_tick = time.perf_counter() + tick_s
+        self.worst_s = 0.0  # since the monitor started
+
+    async def run(self) -> None:
+        while True:
+            self._next_tick = time.perf_counter() + self.tick_s
+            await asyncio.sleep(self.tick_s)
+            now = time.perf_counter()
+            lag = now - self._next_tick
+            if lag >= LATE_S:
+                self._late.append((now, lag))
+                self._count += 1
+                self.worst_s = max(self.worst_s, lag)
+                if lag >= self.stall_s:
+                    log.warning("%s event loop was blocked for %.0f ms", self.name, lag * 1000)
+
+    def start_on_running_loop(self) -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(self.run(), name=f"lag-monitor:{self.name}")
+
+    def worst_lag_s(self, since: float, until: float | None = None) -> float:
+        """The worst lag of any stall overlapping [since, until], including one still going on.
+
+        A tick that fires at ``t`` with lag ``l`` means the loop could not run from ``t - l`` to ``t``.
+        """
+        now = time.perf_counter()
+        until = now if until is None else until
+        worst = max((lag for at, lag in list(self._late) if at >= since and at - lag <= until), default=0.0)
+        overdue = now - self._next_tick
+        if overdue > 0 and self._next_tick <= until:
+            worst = max(worst, overdue)
+        return worst
+
+    def late_cursor(self) -> int:
+        return self._count
+
+    def late_since(self, cursor: int) -> tuple[list[tuple[float, float]], int]:
+        """Late ticks ``(fired_at, lag_s)`` recorded since ``cursor``, and the new cursor."""
+        count, late = self._count, self._late
+        new = min(count - cursor, len(late))
+        return [late[-i] for i in range(new, 0, -1)], count
+
+
+class MeasureLoop:
+    """An event loop in a daemon thread, with a lag monitor. Started once; lives with the process."""
+
+    def __init__(self, tick_s: float = TICK_S):
+        self.loop = asyncio.new_event_loop()
+        self.monitor = LagMonitor("measurement", tick_s)
+        self._thread = threading.Thread(target=self._run, name="playground-measure", daemon=True)
+        self._started = threading.Event()
+        self._thread.start()
+        if not self._started.wait(10.0):
+            raise RuntimeError("the measurement loop did not start")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._started.set)
+        self.loop.create_task(self.monitor.run(), name="lag-monitor:measurement")
+        self.loop.run_forever()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the measurement loop and await its result from another loop."""
+        return await asyncio.wrap_future(self.submit(coro))
+
+
+_instance: MeasureLoop | None = None
+_monitors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LagMonitor] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def measure_loop() -> MeasureLoop:
+    global _instance
+    with _lock:
+        if _instance is None:
+            _instance = MeasureLoop()
+        return _instance
+
+
+def monitor_this_loop(name: str) -> LagMonitor:
+    """A lag monitor on the running loop (one per loop), started on first use."""
+    loop = asyncio.get_running_loop()
+    with _lock:
+        monitor = _monitors.get(loop)
+        if monitor is None:
+            monitor = _monitors[loop] = LagMonitor(name)
+            monitor.start_on_running_loop()
+        return monitor
