@@ -59,8 +59,9 @@ class Column:
     estimated_tokens: int = 0  # tokenizer estimate, kept up to date only where chunks are not trusted
     images_sent: int = 0
     version: int = 0
-    clock_lag_s: float = 0.0  # worst lag of the measurement loop while this column ran
-    loop_stamped: bool = False  # some stamp was taken on the measurement loop (not where the token was made)
+    clock_lag_s: float = 0.0  # worst lag of the measurement loop from the request to the end
+    # stamps taken in this process wait on its loop and its GIL; a model process stamps on its own
+    shares_clock: bool = True
 
     @property
     def final(self) -> bool:
@@ -68,7 +69,7 @@ class Column:
 
     @property
     def timing_uncertain(self) -> bool:
-        return self.loop_stamped and self.clock_lag_s > UNCERTAIN_S
+        return self.shares_clock and self.clock_lag_s > UNCERTAIN_S
 
     def token_count(self) -> tuple[int | None, str | None]:
         server = self.usage.completion_tokens if self.usage and self.usage.source == "server" else None
@@ -181,9 +182,9 @@ class Run:
         assert self._clock is not None
         stalls, self._lag_cursor = self._clock.monitor.late_since(self._lag_cursor)
         for at, lag in stalls:
-            for column in self.columns:
-                ended = column.timeline.ended
-                if at >= column.timeline.started and (ended is None or at - lag <= ended):
+            for column in self.columns:  # stalls before the request cannot bend TTFT, decode or E2E
+                sent, ended = column.timeline.sent, column.timeline.ended
+                if sent is not None and at >= sent and (ended is None or at - lag <= ended):
                     column.clock_lag_s = max(column.clock_lag_s, lag)
 
     async def _cancel(self, tasks: list[asyncio.Task[None]]) -> None:
@@ -215,6 +216,7 @@ class Run:
             # in a thread, so that other columns' stamps never wait on them
             backend = self._backends[index] if self._backends else await asyncio.to_thread(make_backend, job.target)
             available = await asyncio.to_thread(backend.availability)
+            self.columns[index].shares_clock = not getattr(backend, "stamps_in_own_process", False)
             if not available.runnable:
                 raise BackendError(ErrorKind.UNAVAILABLE, available.reason)
             request = job.request
@@ -251,8 +253,6 @@ class Run:
             column.detail = ""
             column.text += event.text
             column.timeline.deltas.append(metrics.Delta(at, len(event.text), event.tokens))
-            if event.at is None:
-                column.loop_stamped = True
             if event.tokens is None:
                 column.exact_counts = False
                 column.chunks += 1
@@ -262,7 +262,6 @@ class Run:
                 column.counted_tokens += event.tokens
         elif isinstance(event, RequestSent):
             column.timeline.sent = at
-            column.loop_stamped |= event.at is None
             column.status, column.detail = "streaming", "waiting for the first token"
         elif isinstance(event, Progress):
             column.status, column.detail = "loading", event.message
@@ -292,8 +291,9 @@ class Run:
         column.status, column.detail = status, ""
         column.timeline.ended = at
         column.version += 1
-        if self._clock is not None:  # a stall still going on counts too
-            column.clock_lag_s = max(column.clock_lag_s, self._clock.monitor.worst_lag_s(column.timeline.started, at))
+        if self._clock is not None and column.timeline.sent is not None:  # a stall still going on counts too
+            lag = self._clock.monitor.worst_lag_s(column.timeline.sent, at)
+            column.clock_lag_s = max(column.clock_lag_s, lag)
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:

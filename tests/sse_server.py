@@ -59,6 +59,7 @@ class Script:
     fault_after: int = 3  # content chunks sent before the fault
     chunked: bool = True  # False: close-delimited body
     prompt_tokens: int = 11
+    usage_tokens: int | None = None  # completion_tokens to report, when chunks are not one token each
 
     def token(self, i: int) -> str:
         return f"t{i} "
@@ -324,8 +325,8 @@ async def _stream(writer: asyncio.StreamWriter, script: Script, request: Receive
         await conn.event(_chunk(cid, model, [_choice({}, finish)], usage))
         if usage:
             await conn.event(_chunk(cid, model, [], False, usage={
-                "prompt_tokens": script.prompt_tokens, "completion_tokens": count,
-                "total_tokens": script.prompt_tokens + count}))
+                "prompt_tokens": script.prompt_tokens, "completion_tokens": script.usage_tokens or count,
+                "total_tokens": script.prompt_tokens + (script.usage_tokens or count)}))
         await conn.event(b"[DONE]")
     await conn.end()
     return script.chunked

@@ -43,6 +43,9 @@ class Backend(Protocol):
     name: ClassVar[str]
     #: whether this backend can take images at all (the target says whether its model can)
     supports_vision: ClassVar[bool]
+    # optional, read with getattr: True where tokens are stamped in another process, so that
+    # this process's loop lag cannot bend them (the runner then flags no timing uncertainty)
+    # stamps_in_own_process: ClassVar[bool]
 
     def __init__(self, target: Target) -> None: ...
 

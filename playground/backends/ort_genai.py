@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 class OrtGenAIBackend:
     name: ClassVar[str] = "onnx"
     supports_vision: ClassVar[bool] = True  # for phi3v / phi4mm models; a text model refuses images
+    stamps_in_own_process: ClassVar[bool] = True  # the model process stamps each token itself
 
     def __init__(self, target: Target):
         self.target = target
