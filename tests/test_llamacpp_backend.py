@@ -14,7 +14,7 @@ import pytest
 
 from playground import models
 from playground.backends import local
-from playground.backends.llama_cpp import INSTALL_HINT, LlamaCppBackend
+from playground.backends.llama_cpp import INSTALL_HINT, LlamaCppBackend, fresh_context
 from playground.catalog import Target
 from playground.events import TextDelta
 from playground.request import ChatRequest, build_messages, make_params
@@ -78,9 +78,13 @@ async def test_real_generation_with_exact_tokens_and_engine_timings(target):
     assert server.output_tokens == len(deltas)
     assert server.prompt_tokens == column.usage.prompt_tokens > 10  # the chat template's system turn
 
-    # the GGUF's chat template, applied as llama-cpp-python's own chat handler applies it
+    # the GGUF's chat template, applied as llama-cpp-python's own chat handler applies it; from an
+    # empty context, as the column's run: else the library would reuse the column's prompt from the
+    # KV cache and evaluate only its last token, another evaluation order (other floats)
     engine = await local.load_shared(LlamaCppBackend(target).key, lambda: None)
-    reference = engine.llm.create_chat_completion(request.as_dicts(), temperature=0.0, max_tokens=24)
+    with engine.lock:
+        fresh_context(engine.llm)
+        reference = engine.llm.create_chat_completion(request.as_dicts(), temperature=0.0, max_tokens=24)
     assert column.text == reference["choices"][0]["message"]["content"]
 
 
@@ -144,4 +148,47 @@ async def test_two_sessions_share_one_loaded_model(target, monkeypatch):
     for [column] in (first, second):
         assert column.status == "done", column.error
         assert column.server is not None and column.server.load_s > 0  # both waited for that one load
-    assert first[0].text == second[0].text != ""  # taking turns on one KV cache, nothing mixed up
+    # taking turns on one KV cache, nothing mixed up; and each run starts from an empty context with
+    # the same threads, so both evaluate the prompt alike: the same floats, the same greedy text
+    assert first[0].text == second[0].text != ""
+
+
+async def test_each_request_evaluates_its_whole_prompt_afresh(target, monkeypatch):
+    """A, then B, then A again: no run reuses what the one before left in the KV cache.
+
+    llama-cpp-python's generate() would evaluate only what follows the longest prefix shared with
+    the previous request (here the chat template's system turn and "Name three"), so the prompt
+    counter and TTFT would depend on that history, and so could the greedy text (other batch shapes,
+    other floats)."""
+    import llama_cpp
+
+    engine = await engine_of(target)  # its "Hi" run is still in the context
+    memory = llama_cpp.llama_get_memory(engine.llm.ctx)
+    assert llama_cpp.llama_memory_seq_pos_max(memory, 0) >= 0
+    at_start: list[tuple[int, int]] = []  # (tokens the library keeps, last position in the KV cache)
+    evaluated: list[int] = []  # llama.cpp's own count of prompt tokens it evaluated (a batch of >1)
+    real_generate, real_perf = engine.llm.generate, llama_cpp.llama_perf_context
+
+    def watched_generate(*args, **kwargs):
+        at_start.append((engine.llm.n_tokens, llama_cpp.llama_memory_seq_pos_max(memory, 0)))
+        return real_generate(*args, **kwargs)
+
+    def watched_perf(ctx):
+        data = real_perf(ctx)
+        evaluated.append(data.n_p_eval)
+        return data
+
+    monkeypatch.setattr(engine.llm, "generate", watched_generate)
+    monkeypatch.setattr(llama_cpp, "llama_perf_context", watched_perf)
+    colours, animals = chat("Name three colours.", 12), chat("Name three animals.", 12)
+    columns = []
+    for request in (colours, animals, colours):
+        [column] = await run_to_end([Job(target, request)], frame_s=0.01)
+        assert column.status == "done", column.error
+        columns.append(column)
+
+    for column, count in zip(columns, evaluated, strict=True):
+        assert column.usage is not None and column.server is not None
+        assert count == column.usage.prompt_tokens == column.server.prompt_tokens > 10
+    assert at_start == [(0, -1)] * 3  # the token list and the KV cache both empty
+    assert columns[0].text == columns[2].text != ""  # evaluated alike, so the same greedy text
