@@ -12,13 +12,14 @@ for that load: llama.cpp's ``t_load_ms`` counts up to the first decode, not the 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import threading
 import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Iterator
 
 from playground import models
 from playground.backends import local
@@ -138,8 +139,9 @@ class LlamaCppBackend:
         started = time.perf_counter()
         try:
             threads = llama_threads()
-            llm = llama_cpp.Llama(model_path=str(path), n_ctx=self.target.context_length or DEFAULT_CONTEXT,
-                                  n_threads=threads, n_threads_batch=threads, verbose=False)
+            with _plain_weight_buffers():
+                llm = llama_cpp.Llama(model_path=str(path), n_ctx=self.target.context_length or DEFAULT_CONTEXT,
+                                      n_threads=threads, n_threads_batch=threads, verbose=False)
         except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
             raise BackendError(ErrorKind.UNAVAILABLE, f"llama.cpp could not load {path.name}: {exc}") from None
         load_s = time.perf_counter() - started
@@ -250,6 +252,39 @@ def engine_timings(perf: Any, tokens: int, prompt_tokens: int, load_s: float) ->
         output_tokens=tokens,
         prompt_tokens=prompt_tokens,
     )
+
+
+@contextlib.contextmanager
+def _plain_weight_buffers() -> Iterator[None]:
+    """Load weights into plain CPU buffers, not llama.cpp's "extra" ones (AMX, repacked).
+
+    A build compiled for the machine (pip builds llama.cpp with GGML_NATIVE) uses AMX wherever
+    CPUID reports it, and in some VMs CPUID reports AMX that faults on first use: the whole app
+    dies with SIGSEGV in ``ggml_backend_amx_mul_mat``. ``Llama()`` has no argument for this, so
+    its default model parameters are wrapped while it loads. PLAYGROUND_LLAMACPP_EXTRA_BUFFERS=1
+    keeps them on, for machines where AMX works.
+    """
+    import llama_cpp.llama_cpp as low
+
+    if os.environ.get("PLAYGROUND_LLAMACPP_EXTRA_BUFFERS") == "1":
+        yield
+        return
+    with _params_lock:
+        real = low.llama_model_default_params
+
+        def plain() -> Any:
+            params = real()
+            params.use_extra_bufts = False
+            return params
+
+        low.llama_model_default_params = plain
+        try:
+            yield
+        finally:
+            low.llama_model_default_params = real
+
+
+_params_lock = threading.Lock()
 
 
 def _close_at_exit(ref: weakref.ref[Any]) -> None:
