@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
+import sys
 import threading
 import time
+import traceback
 import weakref
 from concurrent.futures import Future
 from typing import Any, Coroutine, TypeVar
@@ -38,6 +41,8 @@ class LagMonitor:
         self.worst_s = 0.0  # since the monitor started
 
     async def run(self) -> None:
+        if os.environ.get("PLAYGROUND_STALL_TRACE"):
+            threading.Thread(target=self._trace_stalls, args=(threading.get_ident(),), daemon=True).start()
         while True:
             self._next_tick = time.perf_counter() + self.tick_s
             await asyncio.sleep(self.tick_s)
@@ -49,6 +54,20 @@ class LagMonitor:
                 self.worst_s = max(self.worst_s, lag)
                 if lag >= self.stall_s:
                     log.warning("%s event loop was blocked for %.0f ms", self.name, lag * 1000)
+
+    def _trace_stalls(self, loop_thread: int) -> None:
+        """Debugging aid (PLAYGROUND_STALL_TRACE=1): log every thread's stack during a stall."""
+        traced = 0.0
+        while True:
+            time.sleep(self.stall_s / 4)
+            overdue = time.perf_counter() - self._next_tick
+            if overdue > self.stall_s / 2 and traced != self._next_tick:
+                traced = self._next_tick
+                stacks = []
+                for ident, frame in sys._current_frames().items():
+                    mark = " (the loop)" if ident == loop_thread else ""
+                    stacks.append(f"thread {ident}{mark}:\n" + "".join(traceback.format_stack(frame)[-8:]))
+                log.warning("%s loop overdue by %.0f ms:\n%s", self.name, overdue * 1000, "\n".join(stacks))
 
     def start_on_running_loop(self) -> asyncio.Task[None]:
         return asyncio.get_running_loop().create_task(self.run(), name=f"lag-monitor:{self.name}")

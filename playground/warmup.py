@@ -1,19 +1,71 @@
-"""Start-up work that must never land on an event loop during a run: importing the backends and
-their SDKs (the openai SDK alone takes 0.3–0.9 s), loading the token-estimate tokenizer and
-starting the measurement loop. It runs in a thread, so the first page is not delayed."""
+"""Start-up work that must never land on an event loop during a run.
+
+The SDKs import much of themselves lazily on their first request (the openai SDK's streaming
+models take 0.2 s of pydantic schema building, holding the GIL), a new HTTP client loads the CA
+store, and the token-estimate tokenizer takes 0.2 s to load. All of it happens here, in a
+thread at start-up, so the first page is not delayed and the first run's stamps are not bent:
+each SDK streams one answer from an in-memory transport (no network), and real clients are
+built once. The measurement loop starts here too.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import importlib
+import json
 import logging
 import threading
+from typing import Any
 
 from playground import tokens
 from playground.backends import REGISTRY
 from playground.clock import measure_loop
 
 log = logging.getLogger(__name__)
-SDKS = ("ollama",)  # imported lazily inside their backend; import them now too
+LOOPBACK = "http://127.0.0.1:9"  # never contacted: the in-memory transports answer
+
+_SSE = b"".join(b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in [
+    {"id": "w", "object": "chat.completion.chunk", "created": 0, "model": "w",
+     "choices": [{"index": 0, "delta": {"role": "assistant", "content": "ok"}, "finish_reason": None}]},
+    {"id": "w", "object": "chat.completion.chunk", "created": 0, "model": "w",
+     "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    {"id": "w", "object": "chat.completion.chunk", "created": 0, "model": "w", "choices": [],
+     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}},
+]) + b"data: [DONE]\n\n"
+_NDJSON = (b'{"model":"w","created_at":"2024-01-01T00:00:00Z","message":{"role":"assistant","content":"ok"},"done":false}\n'
+           b'{"model":"w","created_at":"2024-01-01T00:00:00Z","message":{"role":"assistant","content":""},'
+           b'"done":true,"done_reason":"stop","eval_count":1,"eval_duration":1000}\n')
+
+
+async def _openai() -> None:
+    import httpx2
+    from openai import AsyncOpenAI
+
+    def answer(request: Any) -> Any:
+        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=_SSE)
+
+    client = AsyncOpenAI(base_url=LOOPBACK, api_key="warm-up", max_retries=0,
+                         http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(answer)))
+    async with client:
+        stream = await client.chat.completions.create(model="w", messages=[{"role": "user", "content": "hi"}],
+                                                      stream=True, stream_options={"include_usage": True})
+        async for _ in stream:
+            pass
+    await AsyncOpenAI(base_url=LOOPBACK, api_key="warm-up").close()  # a real transport: SSL context, pool
+
+
+async def _ollama() -> None:
+    import httpx
+    import ollama
+
+    def answer(request: Any) -> Any:
+        return httpx.Response(200, headers={"content-type": "application/x-ndjson"}, content=_NDJSON)
+
+    client = ollama.AsyncClient(host=LOOPBACK, transport=httpx.MockTransport(answer))
+    async for _ in await client.chat(model="w", messages=[{"role": "user", "content": "hi"}], stream=True):
+        pass
+    ollama.AsyncClient(host=LOOPBACK)  # a real transport: SSL context, pool
 
 
 def _warm() -> None:
@@ -23,12 +75,17 @@ def _warm() -> None:
             importlib.import_module(path.partition(":")[0])
         except Exception as exc:  # noqa: BLE001 - the run will say what is wrong in its column
             log.debug("warm-up could not import %s: %s", path, exc)
-    for name in SDKS:
+    for sdk in (_openai, _ollama):
         try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - optional
-            pass
+            asyncio.run(sdk())
+        except Exception as exc:  # noqa: BLE001 - warming is best effort
+            log.debug("warm-up of %s failed: %s", sdk.__name__, exc)
     tokens.preload(wait=True)
+    # A full garbage collection walks every object and holds the GIL throughout: with Gradio,
+    # pydantic and the SDKs loaded that is 0.1 s, during which no loop can stamp anything.
+    # What exists now lives as long as the app, so take it out of the collector's walks.
+    gc.collect()
+    gc.freeze()
 
 
 def start() -> threading.Thread:

@@ -182,8 +182,10 @@ class OllamaBackend:
         client = per_loop.get(self.host)
         if client is None:
             connect = self.target.connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S
-            client = ollama.AsyncClient(host=self.host, timeout=httpx.Timeout(self.target.timeout_s, connect=connect))
-            per_loop[self.host] = client
+            # in a thread: a new client builds an SSL context (loads the CA store, 0.1-0.2 s)
+            client = await asyncio.to_thread(ollama.AsyncClient, host=self.host,
+                                             timeout=httpx.Timeout(self.target.timeout_s, connect=connect))
+            client = per_loop.setdefault(self.host, client)
             try:  # best effort: open the TCP connection now
                 await client._client.get("/api/version", timeout=WARMUP_TIMEOUT_S)
             except Exception:  # noqa: BLE001 - the real request reports any problem

@@ -149,13 +149,15 @@ class OpenAICompatBackend:
         client = per_loop.get(cache_key)
         if client is None:
             connect = self.target.connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S
-            client = AsyncOpenAI(
+            # in a thread: a new client builds an SSL context (loads the CA store, 0.1-0.2 s)
+            client = await asyncio.to_thread(
+                AsyncOpenAI,
                 base_url=base_url,
                 api_key=key or "not-needed",
                 max_retries=0,  # a retry inside a measured request would corrupt its timing
                 timeout=httpx.Timeout(self.target.timeout_s, connect=connect),
             )
-            per_loop[cache_key] = client
+            client = per_loop.setdefault(cache_key, client)
         return client
 
     async def _warm(self, client: AsyncOpenAI) -> None:
