@@ -11,6 +11,7 @@ fires), and the runner reports the worst lag seen while a column ran, as its err
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import logging
 import os
@@ -106,6 +107,12 @@ class MeasureLoop:
         self._thread.start()
         if not self._started.wait(10.0):
             raise RuntimeError("the measurement loop did not start")
+        atexit.register(self.close)  # before the interpreter tears down: no stall reports from that
+
+    def close(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(2.0)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -132,6 +139,12 @@ def measure_loop() -> MeasureLoop:
         if _instance is None:
             _instance = MeasureLoop()
         return _instance
+
+
+def shutdown() -> None:
+    """Stop the measurement loop, if it runs (at exit; tests call it at the end of a session)."""
+    if _instance is not None:
+        _instance.close()
 
 
 def monitor_this_loop(name: str) -> LagMonitor:

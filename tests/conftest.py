@@ -61,3 +61,13 @@ def _clean_env(**extra: str) -> dict[str, str]:
 def clean_env() -> Callable[..., dict[str, str]]:
     """``clean_env(NAME=value, ...)``: a fresh environment for a subprocess, with these added."""
     return _clean_env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def measurement_loop_stops_with_the_session():
+    """pytest collects garbage at the end of a session, holding the GIL long enough for the
+    measurement loop's monitor to report a stall that no run saw: stop the loop first."""
+    yield
+    from playground import clock
+
+    clock.shutdown()

@@ -90,13 +90,16 @@ async def test_a_stall_on_the_measurement_loop_is_reported_as_the_error_bar(serv
     assert table_row(column)["clock ±ms"] >= 70
 
 
-async def test_a_quiet_run_reports_a_small_lag_and_no_warning(server: ScriptedServer) -> None:
+async def test_the_reported_lag_is_the_monitors_and_the_warning_follows_it(server: ScriptedServer) -> None:
     async for columns in Run([job(server, "steady", "quiet")]).frames():
         pass
     [column] = columns
-    assert column.status == "done" and column.clock_lag_s < 0.05
-    if not column.timing_uncertain:
-        assert "timing uncertain" not in status_markdown(column)
+    timeline = column.timeline
+    assert column.status == "done" and timeline.sent is not None and timeline.ended is not None
+    expected = measure_loop().monitor.worst_lag_s(timeline.sent, timeline.ended)
+    assert abs(column.clock_lag_s - expected) < 0.002, (column.clock_lag_s, expected)
+    assert column.timing_uncertain == (column.clock_lag_s > runner.UNCERTAIN_S)
+    assert ("timing uncertain" in status_markdown(column)) == column.timing_uncertain
 
 
 async def test_a_stall_before_the_request_does_not_count(server: ScriptedServer) -> None:
