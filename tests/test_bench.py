@@ -36,5 +36,30 @@ def test_local_backends_bench_measures_every_backend(bundled_gguf: Path) -> None
 
 
 def test_fanout_bench_prints_ratios() -> None:
-    out = run_bench("bench/fanout.py", "--repeats", "1", "--ns", "2", "--tokens", "10", "--ttft-ms", "50")
+    """A tiny pass of every mode (the UI one only where Chromium and Playwright are): the modes table has
+    a column per mode whose errors parse, and the cli table its ratios."""
+    import importlib.util
+
+    from tests.browser_flow import CHROMIUM
+
+    browser = Path(CHROMIUM).exists() and importlib.util.find_spec("playwright") is not None
+    modes = ["cli", "ui", "load"] if browser else ["cli", "load"]
+    out = run_bench("bench/fanout.py", "--modes", ",".join(modes), "--repeats", "1", "--ns", "2",
+                    "--ui-columns", "2", "--sessions", "2", "--load-targets", "2", "--load-runs", "1",
+                    "--tokens", "10", "--load-tokens", "10", "--ttft-ms", "50", timeout=240)
     assert re.search(r"\|\s*2\s*\|\s*wall ÷ ideal\s*\|\s*\d+\.\d+", out), out
+    first = out[out.index("| metric |"):].split("\n\n")[0].splitlines()
+    head = [cell.strip() for cell in first[0].strip("|").split("|")]
+    rows = {cells[0]: cells[1:-1] for cells in
+            ([cell.strip() for cell in line.strip("|").split("|")] for line in first[2:])}
+    wanted = ["cli: ours, N=2", "cli: warmed SDK, N=2"] + (["ui + Chromium, 2 cols"] if browser else []) + [
+        "load: 2 sessions × 2"]
+    assert head[1:-1] == wanted, out
+    assert rows["streams measured"] == ["2", "2"] + (["2"] if browser else []) + ["4"], out
+    assert rows["errors"] == ["0"] * len(wanted), out
+    for metric in ("TTFT error p50 (ms)", "TTFT error p95 (ms)", "TTFT error max (ms)",
+                   "decode error p50 (%)", "decode error p95 (%)", "decode error max (%)",
+                   "server late p95 (ms)"):
+        assert all(re.fullmatch(r"-?\d+\.\d+", cell) for cell in rows[metric]), (metric, out)
+    assert all(re.fullmatch(r"\d+\.\d+|not reported", c) for c in rows["app's worst clock_lag_ms"]), out
+    assert all(c.startswith("JSON download") for c in rows["app figures from"][2:]), out
