@@ -40,6 +40,13 @@ class LagMonitor:
         self._count = 0  # late ticks ever recorded: a cursor for late_since()
         self._next_tick = time.perf_counter() + tick_s
         self.worst_s = 0.0  # since the monitor started
+        self.active = 0  # runs in progress (counted by the runner)
+        self.always = True
+
+    @property
+    def watching(self) -> bool:
+        """Whether a stall now would matter (and is logged): always, or while a run is in progress."""
+        return self.always or self.active > 0
 
     async def run(self) -> None:
         if os.environ.get("PLAYGROUND_STALL_TRACE"):
@@ -53,7 +60,7 @@ class LagMonitor:
                 self._late.append((now, lag))
                 self._count += 1
                 self.worst_s = max(self.worst_s, lag)
-                if lag >= self.stall_s:
+                if lag >= self.stall_s and self.watching:
                     log.warning("%s event loop was blocked for %.0f ms", self.name, lag * 1000)
 
     def _trace_stalls(self, loop_thread: int) -> None:
@@ -62,7 +69,7 @@ class LagMonitor:
         while True:
             time.sleep(self.stall_s / 4)
             overdue = time.perf_counter() - self._next_tick
-            if overdue > self.stall_s / 2 and traced != self._next_tick:
+            if overdue > self.stall_s / 2 and traced != self._next_tick and self.watching:
                 traced = self._next_tick
                 stacks = []
                 for ident, frame in sys._current_frames().items():
@@ -102,6 +109,7 @@ class MeasureLoop:
     def __init__(self, tick_s: float = TICK_S):
         self.loop = asyncio.new_event_loop()
         self.monitor = LagMonitor("measurement", tick_s)
+        self.monitor.always = False  # its stalls matter only while a run streams (the runner counts them)
         self._thread = threading.Thread(target=self._run, name="playground-measure", daemon=True)
         self._started = threading.Event()
         self._thread.start()

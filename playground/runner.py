@@ -132,7 +132,12 @@ class Run:
         self._wake = asyncio.Event()
         self._clock = clock = measure_loop()
         self._lag_cursor = clock.monitor.late_cursor()
-        tasks = await clock.call(self._start())
+        clock.monitor.active += 1
+        try:
+            tasks = await clock.call(self._start())
+        except BaseException:
+            clock.monitor.active -= 1
+            raise
         pending = set(range(len(tasks)))
         next_frame = time.perf_counter() + self.frame_s
         try:
@@ -158,6 +163,7 @@ class Run:
                         self._finish(column, "stopped", now)
             yield self.columns
         finally:
+            clock.monitor.active -= 1
             await self._cancel(tasks)
 
     async def _start(self) -> list[asyncio.Task[None]]:
