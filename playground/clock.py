@@ -119,8 +119,15 @@ class MeasureLoop:
 
     def close(self) -> None:
         if self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
+            asyncio.run_coroutine_threadsafe(self._wind_down(), self.loop)
             self._thread.join(2.0)
+
+    async def _wind_down(self) -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.loop.stop()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)

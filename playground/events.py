@@ -73,6 +73,13 @@ class ServerTimings:
 
 
 @dataclass(frozen=True)
+class ClockReport:
+    """From a process that stamped this column's events: the worst lag of its loop meanwhile."""
+
+    worst_lag_s: float
+
+
+@dataclass(frozen=True)
 class Notice:
     """Something the user must be told about this column (e.g. a retry, an image not sent)."""
 
@@ -92,4 +99,4 @@ class Failed:
     retry_after: float | None = None
 
 
-Event = Union[Progress, RequestSent, TextDelta, Usage, ServerTimings, Notice, Finished, Failed]
+Event = Union[Progress, RequestSent, TextDelta, Usage, ServerTimings, ClockReport, Notice, Finished, Failed]

@@ -16,12 +16,12 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AsyncIterator, Literal
 
-from playground import metrics
+from playground import measure_process, metrics
 from playground.backends import make_backend
 from playground.backends.base import Backend, BackendError
 from playground.clock import MeasureLoop, measure_loop
 from playground.events import (
-    ErrorKind, Event, Failed, Finished, Notice, Progress, RequestSent, ServerTimings, TextDelta, Usage,
+    ClockReport, ErrorKind, Event, Failed, Finished, Notice, Progress, RequestSent, ServerTimings, TextDelta, Usage,
 )
 from playground.tokens import estimate_tokens
 from playground.vision import adapt_request
@@ -69,7 +69,7 @@ class Column:
 
     @property
     def timing_uncertain(self) -> bool:
-        return self.shares_clock and self.clock_lag_s > UNCERTAIN_S
+        return self.clock_lag_s > UNCERTAIN_S
 
     def token_count(self) -> tuple[int | None, str | None]:
         server = self.usage.completion_tokens if self.usage and self.usage.source == "server" else None
@@ -190,7 +190,7 @@ class Run:
         for at, lag in stalls:
             for column in self.columns:  # stalls before the request cannot bend TTFT, decode or E2E
                 sent, ended = column.timeline.sent, column.timeline.ended
-                if sent is not None and at >= sent and (ended is None or at - lag <= ended):
+                if column.shares_clock and sent is not None and at >= sent and (ended is None or at - lag <= ended):
                     column.clock_lag_s = max(column.clock_lag_s, lag)
 
     async def _cancel(self, tasks: list[asyncio.Task[None]]) -> None:
@@ -232,6 +232,9 @@ class Run:
                 self.columns[index].images_sent = len(request.images)
                 for note in notes:
                     post(index, Notice(note), time.perf_counter(), True)
+            if not self._backends and measure_process.takes(job.target):
+                backend = measure_process.RemoteStream(job.target)  # read and stamped in its own process
+                self.columns[index].shares_clock = False
             seen_text = False
             async with aclosing(backend.stream(request)) as events:
                 async for event in events:
@@ -277,6 +280,8 @@ class Run:
                 chunks_match_usage[column.target.id] = event.completion_tokens == column.chunks
         elif isinstance(event, ServerTimings):
             column.server = event
+        elif isinstance(event, ClockReport):  # from the process that stamped this column
+            column.clock_lag_s = max(column.clock_lag_s, event.worst_lag_s)
         elif isinstance(event, Notice):
             column.notices.append(event.message)
         elif isinstance(event, Finished):
@@ -297,7 +302,7 @@ class Run:
         column.status, column.detail = status, ""
         column.timeline.ended = at
         column.version += 1
-        if self._clock is not None and column.timeline.sent is not None:  # a stall still going on counts too
+        if self._clock is not None and column.shares_clock and column.timeline.sent is not None:  # one going on counts too
             lag = self._clock.monitor.worst_lag_s(column.timeline.sent, at)
             column.clock_lag_s = max(column.clock_lag_s, lag)
 

@@ -18,7 +18,7 @@ import logging
 import threading
 from typing import Any
 
-from playground import tokens
+from playground import measure_process, tokens
 from playground.backends import REGISTRY
 from playground.clock import measure_loop
 
@@ -68,8 +68,8 @@ async def _ollama() -> None:
     ollama.AsyncClient(host=LOOPBACK)  # a real transport: SSL context, pool
 
 
-def _warm() -> None:
-    measure_loop()
+def warm_sdks() -> None:
+    """Import every backend and stream once through each SDK (no network). Blocking."""
     for path in REGISTRY.values():
         try:
             importlib.import_module(path.partition(":")[0])
@@ -80,7 +80,17 @@ def _warm() -> None:
             asyncio.run(sdk())
         except Exception as exc:  # noqa: BLE001 - warming is best effort
             log.debug("warm-up of %s failed: %s", sdk.__name__, exc)
+
+
+def _warm() -> None:
+    measure_loop()
+    warm_sdks()
     tokens.preload(wait=True)
+    if measure_process.enabled():
+        try:
+            measure_process.worker()
+        except Exception as exc:  # noqa: BLE001 - the first run will try again and say why
+            log.warning("the measurement process did not start: %s", exc)
     # A full garbage collection walks every object and holds the GIL throughout: with Gradio,
     # pydantic and the SDKs loaded that is 0.1 s, during which no loop can stamp anything.
     # What exists now lives as long as the app, so take it out of the collector's walks.

@@ -1,0 +1,147 @@
+"""HTTP streams read and stamped in a process of their own: the measurement process.
+
+The measurement loop (``playground.clock``) keeps stamps off Gradio's event loop, but a thread
+still shares the app's GIL: with 30 sessions streaming, Gradio's frames and the SDKs' chunk
+parsing (about 0.13 ms of Python per chunk) need more than one core of Python, and a stamp
+waits its turn. Here the OpenAI-compatible and Ollama streams run on a measurement loop in a
+child process with its own GIL; each event is stamped there as it arrives (``perf_counter`` is
+one clock across processes) and crosses to the app with its stamp, so the app's own load can
+delay the frames but not the numbers. At the end of each stream the child reports the worst lag
+of its loop meanwhile (a ``ClockReport``): the column's error bar.
+
+The child is ``worker_process``'s, shared by every session; the UI turns this on (the command
+line keeps the in-process thread: nothing else competes there). PLAYGROUND_MEASURE_PROCESS=0
+or 1 overrides either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, AsyncIterator, ClassVar
+
+from playground.backends import local, make_backend
+from playground.backends.base import READY, Availability, BackendError
+from playground.events import ClockReport, ErrorKind, Event, RequestSent
+
+if TYPE_CHECKING:
+    from playground.backends.local import Emit
+    from playground.backends.worker_process import Generate, WorkerProcess
+    from playground.catalog import Target
+    from playground.request import ChatRequest
+
+BACKENDS = frozenset({"openai", "ollama"})  # network streams; local models stamp where tokens are made
+START_TIMEOUT_S = 60.0
+
+_enabled: bool | None = None
+_worker: WorkerProcess | None = None
+_lock = threading.Lock()
+
+
+def use(default: bool) -> None:
+    """Turn the measurement process on or off for this app (PLAYGROUND_MEASURE_PROCESS wins)."""
+    global _enabled
+    raw = os.environ.get("PLAYGROUND_MEASURE_PROCESS", "").strip()
+    _enabled = raw == "1" if raw in ("0", "1") else default
+
+
+def enabled() -> bool:
+    if _enabled is None:
+        use(False)
+    return bool(_enabled)
+
+
+def takes(target: Target) -> bool:
+    return enabled() and target.backend in BACKENDS
+
+
+def worker() -> WorkerProcess:
+    """The shared child, started on first use (blocking: call it from a thread)."""
+    from playground.backends.worker_process import WorkerProcess
+
+    global _worker
+    with _lock:
+        if _worker is None or not _worker.alive:
+            if _worker is not None:
+                _worker.close()
+            _worker = WorkerProcess("measurement process", "playground.measure_process:child_streams", ())
+            try:
+                _worker.start(timeout_s=START_TIMEOUT_S)
+            except BaseException:
+                _worker = None
+                raise
+        return _worker
+
+
+class RemoteStream:
+    """A network target whose stream runs in the measurement process; its events keep the child's stamps."""
+
+    name: ClassVar[str] = "measured"
+    supports_vision: ClassVar[bool] = True  # the real backend in the child decides
+    stamps_in_own_process: ClassVar[bool] = True
+
+    def __init__(self, target: Target):
+        self.target = target
+
+    def availability(self) -> Availability:
+        return READY
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
+        child = await asyncio.to_thread(worker)
+
+        def work(emit: Emit, stop: threading.Event) -> None:
+            child.generate(self.target, request, emit, stop)
+
+        async for event in local.stream_from_thread(work):
+            yield event
+
+
+# --- the child -----------------------------------------------------------------------------
+def child_streams() -> Generate:
+    """In the child: warm the SDKs, start a measurement loop, and return the ``generate`` that
+    ``worker_process`` runs per request (in a thread of its own, which only waits)."""
+    from playground import warmup
+    from playground.clock import measure_loop
+
+    warmup.warm_sdks()
+    loop = measure_loop()
+
+    def generate(target: Target, request: ChatRequest, emit: Emit, stop: threading.Event) -> None:
+        future = loop.submit(_pump(target, request, emit))
+        while not future.done():
+            if stop.wait(0.005):
+                future.cancel()
+                break
+        try:
+            future.result(timeout=10)
+        except BackendError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - cancelled by stop, or a bug: both end the column
+            if not stop.is_set():
+                raise BackendError(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}") from None
+
+    return generate
+
+
+async def _pump(target: Target, request: ChatRequest, emit: Emit) -> None:
+    from playground.clock import measure_loop
+
+    monitor = measure_loop().monitor
+    backend = make_backend(target)
+    sent: float | None = None
+    monitor.active += 1
+    try:
+        async for event in backend.stream(request):
+            now = time.perf_counter()
+            if hasattr(event, "at") and getattr(event, "at") is None:
+                event = dataclasses.replace(event, at=now)  # type: ignore[type-var]
+            if isinstance(event, RequestSent):
+                sent = now
+            emit(event)
+    finally:
+        monitor.active -= 1
+        if sent is not None:
+            emit(ClockReport(monitor.worst_lag_s(sent)))

@@ -1,0 +1,99 @@
+"""HTTP streams read and stamped in the measurement process (the UI's mode): real events, the
+child's stamps checked against the scripted server's own, one broken target alone, Stop, and a
+killed process that fails only its columns and is restarted by the next run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+from sse_server import Script, ScriptedServer
+
+from playground import measure_process
+from playground.catalog import Target
+from playground.request import ChatRequest, Message, make_params
+from playground.runner import Job, Run
+
+SCRIPTS = {
+    "steady": Script(tokens=30, ttft_s=0.15, interval_s=0.02),
+    "long": Script(tokens=300, ttft_s=0.02, interval_s=0.02),
+    "http-500": Script(status=500),
+    "cut": Script(tokens=20, fault="drop", fault_after=4),
+}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ScriptedServer]:
+    with ScriptedServer(SCRIPTS) as srv:
+        yield srv
+
+
+@pytest.fixture(autouse=True)
+def process_mode() -> Iterator[None]:
+    measure_process.use(True)
+    try:
+        yield
+    finally:
+        measure_process.use(False)
+
+
+def job(server: ScriptedServer, model: str, name: str) -> Job:
+    target = Target(id=name, label=name, backend="openai", model=model, base_url=server.base_url, timeout_s=30)
+    return Job(target, ChatRequest((Message("user", f"hello {name}"),), make_params(max_tokens=1000)))
+
+
+async def run(*jobs: Job) -> list:
+    columns: list = []
+    async for columns in Run(list(jobs)).frames():
+        pass
+    return columns
+
+
+async def test_streams_are_stamped_in_the_child_and_match_the_server(server: ScriptedServer) -> None:
+    await run(job(server, "steady", "warm"))  # starts the child (about a second)
+    columns = await run(*[job(server, "steady", f"p{i}") for i in range(3)], job(server, "http-500", "broken"),
+                        job(server, "cut", "cut"))
+    *good, broken, cut = columns
+    received = {r.body["messages"][-1]["content"]: r for r in server.chat_requests("steady")}
+    for column in good:
+        assert column.status == "done" and not column.shares_clock, column.error
+        r = received[f"hello {column.target.id}"]
+        assert r.first_token_at is not None
+        m = column.metrics()
+        bound = 0.03 + column.clock_lag_s
+        assert m.ttft_s is not None and abs(m.ttft_s - (r.first_token_at - r.at)) < bound
+        assert m.output_tokens == 30 and m.tokens_source == "server"
+    assert broken.status == "error" and broken.error.startswith("500 server error")
+    assert cut.status == "error" and "stream cut after ~4 tokens" in cut.error
+    assert measure_process.worker().pid != os.getpid()
+
+
+async def test_stop_reaches_the_child_fast(server: ScriptedServer) -> None:
+    r = Run([job(server, "long", "a"), job(server, "long", "b")])
+    pressed = None
+    async for columns in r.frames():
+        if pressed is None and all(c.chunks >= 3 for c in columns):
+            pressed = time.perf_counter()
+            r.stop()
+    assert pressed is not None and time.perf_counter() - pressed < 1.0
+    assert [c.status for c in columns] == ["stopped", "stopped"]
+    assert all(3 <= c.chunks < 300 for c in columns)
+
+
+async def test_a_killed_process_fails_its_columns_and_the_next_run_restarts_it(server: ScriptedServer) -> None:
+    await run(job(server, "steady", "before"))
+    old = measure_process.worker()
+    r = Run([job(server, "long", "victim")])
+    killed = False
+    async for columns in r.frames():
+        if not killed and columns[0].chunks >= 3:
+            killed = True
+            assert old.pid is not None
+            os.kill(old.pid, signal.SIGKILL)
+    assert columns[0].status == "error" and "exited" in columns[0].error
+    [again] = await run(job(server, "steady", "after"))
+    assert again.status == "done", again.error
+    assert measure_process.worker().pid != old.pid
