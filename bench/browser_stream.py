@@ -61,9 +61,9 @@ PROBE_JS = """([app, count]) => {
     bare: (i) => { const el = document.querySelector(`#bare-${i} textarea`); return el ? el.value : ""; },
     playground: (i) => {
       const live = document.querySelector(`#col-${i}-live`);
-      if (live && live.offsetParent !== null) return live.innerText || live.value || "";
+      if (live && live.offsetParent !== null) return live.value !== undefined ? live.value : live.textContent;
       const bots = document.querySelectorAll(`#col-${i}-chat [data-testid="bot"]`);
-      return bots.length > window.__bs.bots[i] ? bots[bots.length - 1].innerText : "";
+      return bots.length > window.__bs.bots[i] ? bots[bots.length - 1].textContent : "";
     },
   };
   const read = readers[app];

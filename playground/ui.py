@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator
 
 import gradio as gr
 
-from playground import warmup
+from playground import measure_process, warmup
 from playground.backends import make_backend
 from playground.catalog import Catalog, load_catalog
 from playground.clock import monitor_this_loop
@@ -19,7 +19,7 @@ from playground.report import results_frame, run_document, write_exports, TABLE_
 from playground.request import MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_CHARS, ChatRequest, InputError, Message, build_messages, make_params
 from playground.runner import Job, Run
 from playground.settings import MAX_COLUMNS, Settings, from_env
-from playground.ui_format import Turn, finished_turn, ordered_choices, status_markdown, transcript
+from playground.ui_format import Turn, finished_turn, live_answer, ordered_choices, status_markdown, transcript
 
 EXAMPLES = [
     "Explain in three sentences why the sky is blue.",
@@ -36,6 +36,23 @@ CSS = """
 #results th:first-child { min-width: 11em; }
 """
 _active_runs: dict[str, Run] = {}
+
+
+def wire_message(role: str, text: str) -> dict[str, Any]:
+    """A text chat message as ``gr.Chatbot.postprocess`` leaves it: the shape the page receives."""
+    return {"role": role, "metadata": None, "content": [{"text": text, "type": "text"}], "options": None}
+
+
+def wire_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [wire_message(m["role"], m["content"]) for m in messages]
+
+
+def _results(table: gr.Dataframe, download: gr.DownloadButton, document: dict[str, Any],
+             columns: list[Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The results table and the two downloads, as the page receives them (file writes: in a thread)."""
+    csv_path, json_path = write_exports(document, Path(tempfile.mkdtemp(prefix="phi-playground-")))
+    return (table.postprocess(results_frame(columns)).model_dump(),
+            download.postprocess(str(csv_path)).model_dump(), download.postprocess(str(json_path)).model_dump())
 
 
 def _choices(catalog: Catalog) -> list[tuple[str, str]]:
@@ -148,6 +165,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
         with gr.Row():
             csv_btn = gr.DownloadButton("Download CSV", visible=False, elem_id="download-csv")
             json_btn = gr.DownloadButton("Download JSON", visible=False, elem_id="download-json")
+        empty_table = table.postprocess(None).model_dump()
 
         async def run(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
                       seed_value: str | None, columns: float, hist: list[list[Turn]],
@@ -169,21 +187,27 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
             if previous is not None:
                 previous.stop()
             _active_runs[session] = run_
-            seen = [-1] * count
             shown_prompt = prompt_text + (f"\n\n🖼 {', '.join(i.name for i in images)}" if images else "")
+            # Every frame carries a value for every output, never gr.skip(): a skipped output costs Gradio a
+            # new component and its JSON schema each frame. The event skips Gradio's postprocess, so the
+            # values are what the page gets: chat messages in their wire shape, plain strings.
+            earlier = [wire_messages(transcript(h)) for h in hist]  # unused columns keep showing their history
+            asked = wire_message("user", shown_prompt)
+            chats_now, statuses_now = list(earlier), [""] * MAX_COLUMNS
+            seen = [-1] * count
+            downloads: Any = gr.update(visible=False)  # the last run's files go with its table
             try:
                 async for frame in run_.frames():
                     now = time.perf_counter()
-                    values: list[Any] = []
-                    for i in range(MAX_COLUMNS):
-                        changed = i < count and frame[i].version != seen[i]
-                        values.append(transcript(hist[i], shown_prompt, frame[i]) if changed else gr.skip())
-                    for i in range(MAX_COLUMNS):
-                        changed = i < count and (frame[i].version != seen[i] or frame[i].status == "streaming")
-                        values.append(status_markdown(frame[i], now) if changed else gr.skip())
                     for i in range(count):
-                        seen[i] = frame[i].version
-                    yield values + [gr.skip()] * 4
+                        column = frame[i]
+                        if column.version != seen[i]:
+                            chats_now[i] = earlier[i] + [asked, wire_message("assistant", live_answer(column))]
+                        if column.version != seen[i] or column.status == "streaming":
+                            statuses_now[i] = status_markdown(column, now)
+                        seen[i] = column.version
+                    yield chats_now + statuses_now + [empty_table, downloads, downloads, hist]
+                    downloads = None
             finally:
                 if _active_runs.get(session) is run_:
                     del _active_runs[session]
@@ -192,12 +216,12 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
             for i, column in enumerate(columns_done):
                 new_hist[i].append(finished_turn(shown_prompt, column))
                 new_hist[i][-1].sent_user = prompt_text
-            csv_path, json_path = write_exports(run_document(prompt_text, system_text, params, columns_done, images),
-                                                Path(tempfile.mkdtemp(prefix="phi-playground-")))
-            final = [transcript(new_hist[i]) if i < count else gr.skip() for i in range(MAX_COLUMNS)]
-            final += [status_markdown(c) for c in columns_done] + [gr.skip()] * (MAX_COLUMNS - count)
-            yield final + [results_frame(columns_done), gr.DownloadButton(value=str(csv_path), visible=True),
-                           gr.DownloadButton(value=str(json_path), visible=True), new_hist]
+            document = run_document(prompt_text, system_text, params, columns_done, images)
+            results, csv_file, json_file = await asyncio.to_thread(_results, table, csv_btn, document, columns_done)
+            final = [wire_messages(transcript(new_hist[i])) if i < count else earlier[i] for i in range(MAX_COLUMNS)]
+            final += [status_markdown(c) for c in columns_done] + statuses_now[count:]
+            yield final + [results, gr.update(value=csv_file, visible=True), gr.update(value=json_file, visible=True),
+                           new_hist]
 
         def stop(request: gr.Request) -> None:
             active = _active_runs.get(getattr(request, "session_hash", None) or "anonymous")
@@ -219,8 +243,9 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
         run_inputs = [prompt, system, temperature, top_p, max_tokens, seed, n_cols, histories, *pickers]
         run_outputs = [*chats, *statuses, table, csv_btn, json_btn, histories]
         gr.on([prompt.submit, run_btn.click], run, inputs=run_inputs, outputs=run_outputs,
-              api_name="run", trigger_mode="once", show_progress="hidden",
-              preprocess=False)  # our own validation names the bad field; Gradio's does not
+              api_name="run", trigger_mode="once", show_progress="hidden", show_progress_on=[run_btn],
+              preprocess=False,  # our own validation names the bad field; Gradio's does not
+              postprocess=False)  # the run sends wire values itself, a frame at a time (see run)
         stop_btn.click(stop, None, None, api_name="stop", concurrency_limit=None, queue=False)
         clear_btn.click(clear, None, [*chats, *statuses, table, csv_btn, json_btn, histories], api_name="clear")
         n_cols.change(show_columns, n_cols, slots, api_name=False, show_progress="hidden")
@@ -231,6 +256,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
 
 def launch(catalog: Catalog | None = None, host: str | None = None, port: int | None = None, **kwargs: Any) -> Any:
     settings = from_env()
-    warmup.start()  # imports, tokenizer, measurement loop: in a thread, before the first run
+    measure_process.use(True)  # many sessions share this process: HTTP streams are stamped in their own
+    warmup.start()  # imports, tokenizer, measurement loop and process: in a thread, before the first run
     demo = build_ui(catalog, settings)
     return demo.launch(server_name=host or settings.host, server_port=port or settings.port, css=CSS, **kwargs)

@@ -96,13 +96,16 @@ def transcript(history: list[Turn], prompt: str | None = None, live: Column | No
         messages.append({"role": "assistant", "content": answer})
     if prompt is not None and live is not None:
         messages.append({"role": "user", "content": prompt})
-        answer = live.text
-        if live.status == "error":
-            answer = f"{answer}\n\n*✗ {live.error}*" if answer else f"*✗ {live.error}*"
-        elif not answer:
-            answer = f"*{live.detail or live.status}…*"
-        messages.append({"role": "assistant", "content": answer})
+        messages.append({"role": "assistant", "content": live_answer(live)})
     return messages
+
+
+def live_answer(live: Column) -> str:
+    """The answer in progress: its text, its error, or its state in italics while it has no text."""
+    answer = live.text
+    if live.status == "error":
+        return f"{answer}\n\n*✗ {live.error}*" if answer else f"*✗ {live.error}*"
+    return answer or f"*{live.detail or live.status}…*"
 
 
 def finished_turn(prompt: str, column: Column) -> Turn:

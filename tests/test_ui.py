@@ -95,3 +95,15 @@ def test_unknown_target_is_refused(client: Client) -> None:
     job = client.submit(*run_args("hi", ["no-such-target"], columns=1), api_name="/run")
     with pytest.raises(Exception, match="no-such-target"):
         job.result(timeout=60)
+
+
+def test_run_frames_carry_chat_messages_in_the_shape_gradio_sends() -> None:
+    """The run event skips Gradio's postprocess (see ``playground.ui.run``), so it must build the very
+    values ``gr.Chatbot.postprocess`` would have sent; a Gradio upgrade that changes them fails here."""
+    import gradio as gr
+
+    from playground.ui import wire_messages
+    from playground.ui_format import Turn, transcript
+
+    messages = transcript([Turn("q1", "**a1**", ok=True), Turn("q2", "", ok=False, note="✗ boom")], "q3 🖼", None)
+    assert wire_messages(messages) == gr.Chatbot().postprocess(messages).model_dump()
