@@ -16,7 +16,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AsyncIterator, Literal
 
-from playground import measure_process, metrics
+from playground import measure_process, metrics, warmup
 from playground.backends import make_backend
 from playground.backends.base import Backend, BackendError
 from playground.clock import MeasureLoop, measure_loop
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 Status = Literal["queued", "loading", "streaming", "done", "stopped", "error"]
 FINAL: frozenset[str] = frozenset({"done", "stopped", "error"})
 DEFAULT_FRAME_S = 1 / 15
+WARMUP_WAIT_S = 60.0
 UNCERTAIN_S = 0.010  # a column whose stamps may be off by more than this says so
 _DONE = object()
 ESTIMATES: frozenset[str] = frozenset({"chunks", "estimated"})  # token sources shown with "~"
@@ -218,6 +219,9 @@ class Run:
         """Runs on the measurement loop: every event is stamped here, the moment it arrives."""
         post = self._post
         try:
+            if warmup.pending():  # the app has just started: its imports would stall this loop
+                post(index, Progress("the app is starting up…"), time.perf_counter(), True)
+                await asyncio.to_thread(warmup.wait, WARMUP_WAIT_S)
             # importing a backend's SDK and checking availability (which may ask a server) block:
             # in a thread, so that other columns' stamps never wait on them
             backend = self._backends[index] if self._backends else await asyncio.to_thread(make_backend, job.target)

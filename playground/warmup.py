@@ -93,12 +93,32 @@ def _warm() -> None:
             log.warning("the measurement process did not start: %s", exc)
     # A full garbage collection walks every object and holds the GIL throughout: with Gradio,
     # pydantic and the SDKs loaded that is 0.1 s, during which no loop can stamp anything.
-    # What exists now lives as long as the app, so take it out of the collector's walks.
-    gc.collect()
+    # What exists now lives as long as the app, so take it out of the collector's walks
+    # (freezing is cheap; collecting first would itself be such a pause).
     gc.freeze()
 
 
+_started = threading.Event()
+_done = threading.Event()
+
+
 def start() -> threading.Thread:
-    thread = threading.Thread(target=_warm, name="playground-warmup", daemon=True)
+    def run() -> None:
+        try:
+            _warm()
+        finally:
+            _done.set()
+
+    _started.set()
+    thread = threading.Thread(target=run, name="playground-warmup", daemon=True)
     thread.start()
     return thread
+
+
+def pending() -> bool:
+    """True while start-up work is still going on (a run then waits: its stamps would bend)."""
+    return _started.is_set() and not _done.is_set()
+
+
+def wait(timeout_s: float) -> None:
+    _done.wait(timeout_s)
