@@ -258,6 +258,10 @@ class Run:
             post(index, _DONE, time.perf_counter(), True)
 
     def _apply(self, column: Column, event: Event, at: float) -> None:
+        if isinstance(event, ClockReport):  # comes after the end, from the process that stamped the column
+            column.clock_lag_s = max(column.clock_lag_s, event.worst_lag_s)
+            column.version += 1
+            return
         if column.final:
             return
         column.version += 1
@@ -284,8 +288,6 @@ class Run:
                 chunks_match_usage[column.target.id] = event.completion_tokens == column.chunks
         elif isinstance(event, ServerTimings):
             column.server = event
-        elif isinstance(event, ClockReport):  # from the process that stamped this column
-            column.clock_lag_s = max(column.clock_lag_s, event.worst_lag_s)
         elif isinstance(event, Notice):
             column.notices.append(event.message)
         elif isinstance(event, Finished):

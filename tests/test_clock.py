@@ -150,3 +150,38 @@ async def test_chunks_that_disagree_with_usage_fall_back_to_the_tokenizer(server
             break_source = columns[0].token_count()[1]
     assert break_source == "estimated"  # live, this target's chunks are known not to be tokens
     assert columns[0].token_count()[1] == "estimated"
+
+
+class ReportingBackend:
+    """Stands in for a stream stamped in another process: its clock report comes after the end."""
+
+    name = "fake"
+    supports_vision = False
+    stamps_in_own_process = True
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    def availability(self):
+        from playground.backends.base import READY
+
+        return READY
+
+    async def stream(self, request):
+        from playground.events import ClockReport, Finished, RequestSent, TextDelta
+
+        now = time.perf_counter()
+        yield RequestSent(at=now)
+        yield TextDelta("hi", at=now + 0.1)
+        yield Finished("stop", at=now + 0.2)
+        yield ClockReport(0.042)
+
+
+async def test_a_clock_report_after_the_end_sets_the_error_bar(server: ScriptedServer) -> None:
+    j = job(server, "steady", "reported")
+    async for columns in Run([j], backends=[ReportingBackend(j.target)]).frames():
+        pass
+    [column] = columns
+    assert column.status == "done" and not column.shares_clock
+    assert column.clock_lag_s == pytest.approx(0.042) and column.timing_uncertain
+    assert "±42 ms" in status_markdown(column)
