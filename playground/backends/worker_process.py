@@ -12,7 +12,8 @@ processes. The child leaves when its socket closes, so it never outlives the app
 Parent -> child: ``("load", "module:function", args)``, then ``("gen", id, target, request)``
 and ``("stop", id)``. Child -> parent: ``("ready",)`` or ``("failed", kind, message)``, then
 ``("event", id, event)`` and ``("done", id, error | None)``, where an error is
-``(kind, message, retry_after)``.
+``(kind, message, retry_after)``; several waiting at once go as one ``("batch", [...])``. The
+child never blocks on a send: a sender thread writes what its token (or stamping) loops queue.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 
 Generate = Callable[["Target", "ChatRequest", Emit, threading.Event], None]
 LOAD_TIMEOUT_S = 15 * 60  # a multi-GB model from a slow disk; the child's death ends the wait sooner
+MAX_BATCH = 256  # messages sent as one
 STOP_POLL_S = 0.005  # how often a waiting request looks at its stop flag: under one token
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -167,19 +170,23 @@ class WorkerProcess:
         with self._send_lock:
             self._conn.send(message)
 
+    def _deliver(self, message: tuple[Any, ...]) -> None:
+        pending = self._pending.get(message[1])
+        if pending is None:
+            return  # a request that gave up (its sender is gone)
+        if message[0] == "event":
+            pending.emit(message[2])
+        elif message[0] == "done":
+            pending.error = message[2]
+            pending.done.set()
+
     def _read(self) -> None:
         assert self._conn is not None and self._proc is not None
         try:
             while True:
                 message = self._conn.recv()
-                pending = self._pending.get(message[1])
-                if pending is None:
-                    continue  # a request that gave up (its sender is gone)
-                if message[0] == "event":
-                    pending.emit(message[2])
-                elif message[0] == "done":
-                    pending.error = message[2]
-                    pending.done.set()
+                for one in message[1] if message[0] == "batch" else (message,):
+                    self._deliver(one)
         except (EOFError, OSError):
             pass
         code = self._proc.poll()
@@ -196,23 +203,24 @@ class WorkerProcess:
 
 # --- the child ---------------------------------------------------------------------------
 def _serve(conn: Connection) -> None:
-    send_lock = threading.Lock()
+    outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
 
     def send(message: tuple[Any, ...]) -> None:
-        with send_lock:
-            conn.send(message)
+        """Never blocks: a stamping loop must not wait while the parent is busy reading."""
+        outbox.put(message)
 
     _, factory, args = conn.recv()
     try:
         module, attr = factory.split(":")
         generate: Generate = getattr(importlib.import_module(module), attr)(*args)
     except BackendError as exc:
-        send(("failed", exc.kind.value, exc.message))
+        conn.send(("failed", exc.kind.value, exc.message))
         return
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which shows it in the column
-        send(("failed", ErrorKind.INTERNAL.value, f"{type(exc).__name__}: {exc}"))
+        conn.send(("failed", ErrorKind.INTERNAL.value, f"{type(exc).__name__}: {exc}"))
         return
-    send(("ready",))
+    conn.send(("ready",))
+    threading.Thread(target=_send_batches, args=(conn, outbox), name="worker-sender", daemon=True).start()
     stops: dict[int, threading.Event] = {}
     threads: list[threading.Thread] = []
 
@@ -247,6 +255,18 @@ def _serve(conn: Connection) -> None:
             stop.set()
         for thread in threads:
             thread.join(timeout=5)
+
+
+def _send_batches(conn: Connection, outbox: queue.SimpleQueue[tuple[Any, ...] | None]) -> None:
+    """Send what is queued, everything waiting at once in one message (one write, one wake-up)."""
+    try:
+        while True:
+            batch = [outbox.get()]
+            while not outbox.empty() and len(batch) < MAX_BATCH:
+                batch.append(outbox.get_nowait())
+            conn.send(batch[0] if len(batch) == 1 else ("batch", batch))
+    except (OSError, ValueError):
+        pass  # the parent is gone
 
 
 if __name__ == "__main__":
