@@ -17,14 +17,16 @@ error is at most half that round trip, printed as ``clock ±``.
 
 Cases, each on both apps:
 
-- 6 × 50 tok/s × 100 tokens (TTFT 0.2 s): first and last token on screen, and the app process's
-  CPU time (user + system, from the key press or click until the run has finished), on the first
+- 6 × 50 tok/s × 100 tokens (TTFT 0.2 s): first and last token on screen, and the CPU time of the
+  app's processes (user + system of the app and every process under it, from the key press or
+  click until the run has finished), on the first
   run after a page load in a new app process, on the first run after a page load in an app
   that has run before, and on later runs in the same page;
 - 6 × 500 tok/s × 500 tokens: distinct frames the page showed per second while text streamed;
 - two browser sessions streaming the 50 tok/s case at once.
 
-Each cell is the median over columns and runs, with the range in brackets.
+The two apps take turns, run by run, so that both meet the same moments of a busy machine. Each
+cell is the median over columns and runs, with the range in brackets.
 
     .venv/bin/python bench/browser_stream.py [--quick] [--columns 6] [--later-runs 2]
 """
@@ -147,10 +149,19 @@ class App:
     bare_log: Path | None = None
 
     def cpu_s(self) -> float:
+        """User + system time of the app's process and every process under it (the playground reads
+        HTTP streams in a measurement process of its own), and of children that have exited."""
         import psutil
 
-        t = psutil.Process(self.proc.pid).cpu_times()
-        return t.user + t.system + t.children_user + t.children_system
+        root = psutil.Process(self.proc.pid)
+        total = 0.0
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system + t.children_user + t.children_system
+        return total
 
     def bare_runs(self) -> dict[str, dict[str, Any]]:
         assert self.bare_log is not None
@@ -382,29 +393,43 @@ def prompt_of(body: Any) -> str:
     return str(content)
 
 
-def drive(browser: Any, app: App, bench: Bench) -> None:
-    """Every case, on one app."""
+def drive(browser: Any, app: App, bench: Bench) -> Iterator[None]:
+    """Every case, on one app, pausing after each run (so that two apps can take turns)."""
     plan = bench.plan
     first = Page(browser, app, plan.columns)  # the app's first page: its process has not run yet
     try:
         bench.run([first], "first run after a page load, new app process", "slow")
+        yield
         for _ in range(plan.later_runs):
             bench.run([first], "later runs in the same page", "slow")
+            yield
     finally:
         first.close()
     second = Page(browser, app, plan.columns)
     try:
         bench.run([second], "first run after a page load, app warm", "slow")
+        yield
         bench.run([second], "fast", "fast")
+        yield
     finally:
         second.close()
     pair = [Page(browser, app, plan.columns) for _ in range(2)]
     try:
         bench.run(pair, "two sessions at once, first run after a page load", "slow")
+        yield
         bench.run(pair, "two sessions at once, later run", "slow")
+        yield
     finally:
         for page in pair:
             page.close()
+
+
+def take_turns(runs: list[Iterator[None]]) -> None:
+    """One run of each app in turn, so that both see the same moments of a busy machine."""
+    while runs:
+        for run in list(runs):
+            if next(run, StopIteration) is StopIteration:
+                runs.remove(run)
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -483,8 +508,7 @@ def main() -> None:
         apps = {name: stack.enter_context(start_app(name, server.base_url, plan.columns, Path(tmp)))
                 for name in names}
         with flow.chromium() as browser:
-            for name in names:
-                drive(browser, apps[name], bench)
+            take_turns([drive(browser, apps[name], bench) for name in names])
         bare_runs = apps["bare"].bare_runs() if "bare" in apps else {}
         stack.close()  # the server hands over what it received once it stops
         results = bench.measure(server, bare_runs)

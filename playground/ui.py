@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import sys
 import tempfile
 import time
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -36,6 +39,25 @@ CSS = """
 #results th:first-child { min-width: 11em; }
 """
 _active_runs: dict[str, Run] = {}
+# A streaming column's live figures are re-rendered this often, not on every frame: six status lines of
+# Markdown re-rendered 15 times a second cost the page more than the answers, and nobody reads a
+# number that changes 15 times a second. State changes (first token, done, error) show at once.
+STATUS_REFRESH_S = 0.25
+
+
+def _status_state(column: Any) -> tuple[Any, ...]:
+    """What makes a status line change at once: its state, its first text, an error or a notice. The
+    running figures (E2E, decode tok/s, tokens) only tick: every STATUS_REFRESH_S."""
+    return column.status, column.detail, bool(column.text), column.error, len(column.notices), column.timing_uncertain
+
+
+def _remember_matplotlib_is_absent() -> None:
+    """Gradio wraps every call, so every frame of a stream, in ``import matplotlib`` (twice) to pick a
+    plotting backend. Where matplotlib is not installed, each attempt searches the whole of sys.path
+    again: a fifth of Gradio's loop time while a run streams. Record its absence once: the import then
+    fails at once, as it would have anyway."""
+    if "matplotlib" not in sys.modules and importlib.util.find_spec("matplotlib") is None:
+        sys.modules["matplotlib"] = None  # type: ignore[assignment]
 
 
 def wire_message(role: str, text: str) -> dict[str, Any]:
@@ -123,6 +145,7 @@ async def _read_prompt(value: Any) -> tuple[str, tuple[PreparedImage, ...]]:
 
 def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -> gr.Blocks:
     settings = settings or from_env()
+    _remember_matplotlib_is_absent()
     catalog = catalog or load_catalog(settings.catalog)
     choices = _choices(catalog)
     initial = _initial_targets(catalog, settings, choices)
@@ -168,14 +191,12 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
         empty_table = table.postprocess(None).model_dump()
 
         async def run(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
-                      seed_value: str | None, columns: float, hist: list[list[Turn]],
-                      t0: str, t1: str, t2: str, t3: str, t4: str, t5: str, request: gr.Request
-                      ) -> AsyncIterator[list[Any]]:
+                      seed_value: str | None, columns: float, hist: list[list[Turn]], chosen: list[str | None],
+                      request: gr.Request) -> AsyncIterator[list[Any]]:
             monitor_this_loop("gradio")  # logs any stall of Gradio's own loop over 100 ms
-            picked = [t0, t1, t2, t3, t4, t5]
             prompt_text, images = await _read_prompt(prompt_value)
             count = int(columns)
-            target_ids = list(picked[:count])
+            target_ids = list(chosen[:count])
             _, params = _validate(catalog, prompt_text, system_text, temp, p, max_new, seed_value, target_ids)
             jobs = []
             for i, target_id in enumerate(target_ids):
@@ -195,6 +216,8 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
             asked = wire_message("user", shown_prompt)
             chats_now, statuses_now = list(earlier), [""] * MAX_COLUMNS
             seen = [-1] * count
+            shown_state: list[tuple[Any, ...] | None] = [None] * count
+            status_due = [0.0] * count
             downloads: Any = gr.update(visible=False)  # the last run's files go with its table
             try:
                 async for frame in run_.frames():
@@ -203,8 +226,10 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
                         column = frame[i]
                         if column.version != seen[i]:
                             chats_now[i] = earlier[i] + [asked, wire_message("assistant", live_answer(column))]
-                        if column.version != seen[i] or column.status == "streaming":
+                        state = _status_state(column)
+                        if state != shown_state[i] or (column.status == "streaming" and now >= status_due[i]):
                             statuses_now[i] = status_markdown(column, now)
+                            shown_state[i], status_due[i] = state, now + STATUS_REFRESH_S
                         seen[i] = column.version
                     yield chats_now + statuses_now + [empty_table, downloads, downloads, hist]
                     downloads = None
@@ -240,16 +265,48 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
             fresh = _choices(catalog)
             return [gr.Dropdown(choices=fresh) for _ in range(MAX_COLUMNS)]
 
-        run_inputs = [prompt, system, temperature, top_p, max_tokens, seed, n_cols, histories, *pickers]
+        async def run_from_page(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
+                                seed_value: str | None, columns: float, hist: list[list[Turn]], targets: str,
+                                request: gr.Request) -> AsyncIterator[list[Any]]:
+            async with aclosing(run(prompt_value, system_text, temp, p, max_new, seed_value, columns, hist,
+                                    (targets or "").split("\n"), request)) as frames:
+                async for values in frames:
+                    yield values
+
+        async def run_from_api(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
+                               seed_value: str | None, columns: float, hist: list[list[Turn]],
+                               t0: str, t1: str, t2: str, t3: str, t4: str, t5: str, request: gr.Request
+                               ) -> AsyncIterator[list[Any]]:
+            async with aclosing(run(prompt_value, system_text, temp, p, max_new, seed_value, columns, hist,
+                                    [t0, t1, t2, t3, t4, t5], request)) as frames:
+                async for values in frames:
+                    yield values
+
+        # The page keeps, for each event's inputs and progress targets, a loading status, and on every
+        # message of any run it snapshots all their props: six dropdowns of ~45 choices were 35,000
+        # structuredClone calls a run, six chat transcripts more. So the page's run event takes the
+        # targets from a hidden text the dropdowns fill (in the browser, no server round trip), shows
+        # progress on the Run button only, and the other events show theirs on a small component too.
+        # The API's /run keeps its arguments: one target per column slot.
+        picked = gr.Textbox("\n".join(t or "" for t in [*initial, *[""] * MAX_COLUMNS][:MAX_COLUMNS]),
+                            visible=False, elem_id="picked")
+        for picker in pickers:
+            picker.change(None, pickers, picked, js="(...ids) => ids.map((id) => id ?? '').join('\\n')",
+                          queue=False, api_name=False, show_progress="hidden")
         run_outputs = [*chats, *statuses, table, csv_btn, json_btn, histories]
-        gr.on([prompt.submit, run_btn.click], run, inputs=run_inputs, outputs=run_outputs,
-              api_name="run", trigger_mode="once", show_progress="hidden", show_progress_on=[run_btn],
-              preprocess=False,  # our own validation names the bad field; Gradio's does not
-              postprocess=False)  # the run sends wire values itself, a frame at a time (see run)
+        settings_in = [prompt, system, temperature, top_p, max_tokens, seed, n_cols, histories]
+        streaming = dict(outputs=run_outputs, trigger_mode="once", show_progress="hidden",
+                         preprocess=False,  # our own validation names the bad field; Gradio's does not
+                         postprocess=False)  # the run sends wire values itself, a frame at a time (see run)
+        gr.on([prompt.submit, run_btn.click], run_from_page, inputs=[*settings_in, picked], api_name=False,
+              show_progress_on=[run_btn], **streaming)
+        api_run = gr.Button(visible=False)
+        api_run.click(run_from_api, inputs=[*settings_in, *pickers], api_name="run", **streaming)
         stop_btn.click(stop, None, None, api_name="stop", concurrency_limit=None, queue=False)
-        clear_btn.click(clear, None, [*chats, *statuses, table, csv_btn, json_btn, histories], api_name="clear")
-        n_cols.change(show_columns, n_cols, slots, api_name=False, show_progress="hidden")
-        demo.load(refresh_choices, None, pickers, api_name=False, show_progress="hidden")
+        clear_btn.click(clear, None, [*chats, *statuses, table, csv_btn, json_btn, histories], api_name="clear",
+                        show_progress_on=[clear_btn])
+        n_cols.change(show_columns, n_cols, slots, api_name=False, show_progress="hidden", show_progress_on=[n_cols])
+        demo.load(refresh_choices, None, pickers, api_name=False, show_progress="hidden", show_progress_on=[picked])
     demo.queue(default_concurrency_limit=settings.concurrency)
     return demo
 
