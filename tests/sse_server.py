@@ -358,6 +358,10 @@ class ServerProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def __enter__(self) -> ServerProcess:
         ctx = multiprocessing.get_context("spawn")
         self._pipe, child = ctx.Pipe()
