@@ -113,8 +113,13 @@ def child_streams() -> Generate:
 
     def generate(target: Target, request: ChatRequest, emit: Emit, stop: threading.Event) -> None:
         future = loop.submit(_pump(target, request, emit))
+        woken = threading.Event()  # the stream ended, or Stop: no polling (120 streams would mean 24,000 wake-ups a second)
+        future.add_done_callback(lambda _: woken.set())
+        if isinstance(stop, local.StopFlag):
+            stop.wake_on_set(woken)
         while not future.done():
-            if stop.wait(0.005):
+            woken.wait(0.25)
+            if stop.is_set():
                 future.cancel()
                 break
         try:

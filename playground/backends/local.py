@@ -25,6 +25,25 @@ _slots: dict[str, threading.BoundedSemaphore] = {}
 _lock = threading.Lock()
 
 
+class StopFlag(threading.Event):
+    """A stop flag that also wakes other events when set, so a waiter blocks on one event
+    instead of polling the flag (120 streams polling every 5 ms were 24,000 GIL grabs a second)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._wakes: list[threading.Event] = []
+
+    def wake_on_set(self, event: threading.Event) -> None:
+        self._wakes.append(event)
+        if self.is_set():
+            event.set()
+
+    def set(self) -> None:
+        super().set()
+        for event in list(self._wakes):
+            event.set()
+
+
 def local_slots() -> int:
     """How many generations may share one loaded model at once (PLAYGROUND_LOCAL_SLOTS)."""
     try:
@@ -139,7 +158,7 @@ async def stream_from_thread(
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Event | None] = asyncio.Queue()
-    stop = threading.Event()
+    stop = StopFlag()
 
     def emit(event: Event) -> None:
         if not loop.is_closed():

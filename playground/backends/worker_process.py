@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from playground.backends.base import BackendError
-from playground.backends.local import Emit
+from playground.backends.local import Emit, StopFlag
 from playground.events import ErrorKind
 
 if TYPE_CHECKING:
@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 Generate = Callable[["Target", "ChatRequest", Emit, threading.Event], None]
 LOAD_TIMEOUT_S = 15 * 60  # a multi-GB model from a slow disk; the child's death ends the wait sooner
 MAX_BATCH = 256  # messages sent as one
-STOP_POLL_S = 0.005  # how often a waiting request looks at its stop flag: under one token
+STOP_POLL_S = 0.005  # how often a waiting request looks at a plain stop flag: under one token
+DEAD_POLL_S = 0.25  # with a StopFlag that wakes it, a request only looks now and then for a dead child
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -52,7 +53,12 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 class _Pending:
     emit: Emit
     done: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event = field(default_factory=threading.Event)  # done, or the stop flag was set
     error: tuple[str, str, float | None] | None = None
+
+    def finish(self) -> None:
+        self.done.set()
+        self.wake.set()
 
 
 class WorkerProcess:
@@ -130,10 +136,17 @@ class WorkerProcess:
             raise BackendError(ErrorKind.INTERNAL, f"{self.name}: {self._dead or 'the model process is not running'}")
         request_id = next(self._ids)
         pending = self._pending[request_id] = _Pending(emit)
+        wakes = isinstance(stop, StopFlag)
+        if wakes:
+            stop.wake_on_set(pending.wake)  # so this thread sleeps until something happens
         try:
             self._send(("gen", request_id, target, request))
             stop_sent = False
-            while not pending.done.wait(STOP_POLL_S):
+            while not pending.done.is_set():
+                pending.wake.wait(DEAD_POLL_S if wakes else STOP_POLL_S)
+                pending.wake.clear()
+                if pending.done.is_set():
+                    break
                 if self._dead is not None:  # it died before this request was registered with the reader
                     pending.error = pending.error or (ErrorKind.INTERNAL.value, f"{self.name}: {self._dead}", None)
                     break
@@ -178,7 +191,7 @@ class WorkerProcess:
             pending.emit(message[2])
         elif message[0] == "done":
             pending.error = message[2]
-            pending.done.set()
+            pending.finish()
 
     def _read(self) -> None:
         assert self._conn is not None and self._proc is not None
@@ -198,7 +211,7 @@ class WorkerProcess:
         self._dead = self._dead or f"the model process exited (code {code}); the next run starts it again"
         for pending in list(self._pending.values()):
             pending.error = (ErrorKind.INTERNAL.value, f"{self.name}: {self._dead}", None)
-            pending.done.set()
+            pending.finish()
 
 
 # --- the child ---------------------------------------------------------------------------
@@ -244,7 +257,7 @@ def _serve(conn: Connection) -> None:
             message = conn.recv()
             if message[0] == "gen":
                 _, request_id, target, request = message
-                stop = stops[request_id] = threading.Event()
+                stop = stops[request_id] = StopFlag()
                 thread = threading.Thread(target=run, args=(request_id, target, request, stop), daemon=True)
                 thread.start()
                 threads = [t for t in threads if t.is_alive()] + [thread]
