@@ -5,24 +5,22 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import sys
-import tempfile
-import time
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import gradio as gr
 
-from playground import measure_process, warmup
+from playground import measure_process, ui_stream, warmup
 from playground.backends import make_backend
 from playground.catalog import Catalog, load_catalog
 from playground.clock import monitor_this_loop
 from playground.images import ImageError, PreparedImage, from_multimodal
-from playground.report import results_frame, run_document, write_exports, TABLE_COLUMNS
+from playground.report import TABLE_COLUMNS
 from playground.request import MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_CHARS, ChatRequest, InputError, Message, build_messages, make_params
-from playground.runner import Job, Run
+from playground.runner import Job
 from playground.settings import MAX_COLUMNS, Settings, from_env
-from playground.ui_format import Turn, finished_turn, live_answer, ordered_choices, status_markdown, transcript
+from playground.ui_format import Turn, ordered_choices
 
 EXAMPLES = [
     "Explain in three sentences why the sky is blue.",
@@ -38,19 +36,6 @@ CSS = """
 #results th { min-width: 6em; }
 #results th:first-child { min-width: 11em; }
 """
-_active_runs: dict[str, Run] = {}
-# A streaming column's live figures are re-rendered this often, not on every frame: six status lines of
-# Markdown re-rendered 15 times a second cost the page more than the answers, and nobody reads a
-# number that changes 15 times a second. State changes (first token, done, error) show at once.
-STATUS_REFRESH_S = 0.25
-
-
-def _status_state(column: Any) -> tuple[Any, ...]:
-    """What makes a status line change at once: its state, its first text, an error or a notice. The
-    running figures (E2E, decode tok/s, tokens) only tick: every STATUS_REFRESH_S."""
-    return column.status, column.detail, bool(column.text), column.error, len(column.notices), column.timing_uncertain
-
-
 def _remember_matplotlib_is_absent() -> None:
     """Gradio wraps every call, so every frame of a stream, in ``import matplotlib`` (twice) to pick a
     plotting backend. Where matplotlib is not installed, each attempt searches the whole of sys.path
@@ -60,21 +45,8 @@ def _remember_matplotlib_is_absent() -> None:
         sys.modules["matplotlib"] = None  # type: ignore[assignment]
 
 
-def wire_message(role: str, text: str) -> dict[str, Any]:
-    """A text chat message as ``gr.Chatbot.postprocess`` leaves it: the shape the page receives."""
-    return {"role": role, "metadata": None, "content": [{"text": text, "type": "text"}], "options": None}
-
-
-def wire_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [wire_message(m["role"], m["content"]) for m in messages]
-
-
-def _results(table: gr.Dataframe, download: gr.DownloadButton, document: dict[str, Any],
-             columns: list[Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The results table and the two downloads, as the page receives them (file writes: in a thread)."""
-    csv_path, json_path = write_exports(document, Path(tempfile.mkdtemp(prefix="phi-playground-")))
-    return (table.postprocess(results_frame(columns)).model_dump(),
-            download.postprocess(str(csv_path)).model_dump(), download.postprocess(str(json_path)).model_dump())
+def _session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "anonymous"
 
 
 def _choices(catalog: Catalog) -> list[tuple[str, str]]:
@@ -156,7 +128,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
                     "with honest numbers. Offline by default: the bundled SmolLM2-135M runs on two backends.")
         histories = gr.State([[] for _ in range(MAX_COLUMNS)])
         n_cols = gr.Slider(1, MAX_COLUMNS, value=n_initial, step=1, label="Columns", elem_id="n-columns")
-        slots, pickers, chats, statuses = [], [], [], []
+        slots, pickers, chats, lives, statuses = [], [], [], [], []
         with gr.Row(equal_height=False, elem_id="columns"):
             for i in range(MAX_COLUMNS):
                 with gr.Column(visible=i < n_initial, min_width=300, elem_id=f"col-{i}",
@@ -165,6 +137,9 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
                                                label=f"Target {i + 1}", elem_id=f"col-{i}-target"))
                     chats.append(gr.Chatbot(height=380, elem_id=f"col-{i}-chat", show_label=False,
                                             feedback_options=None, buttons=["copy"]))
+                    # the answer streams here as plain text, and moves into the chat, rendered, when done
+                    lives.append(gr.Textbox(visible=False, interactive=False, show_label=False, lines=2, max_lines=10,
+                                            autoscroll=True, elem_id=f"col-{i}-live", elem_classes=["pp-live"]))
                     statuses.append(gr.Markdown("", elem_id=f"col-{i}-status", elem_classes=["pp-status"]))
                 slots.append(slot)
         prompt = gr.MultimodalTextbox(
@@ -190,68 +165,22 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
             json_btn = gr.DownloadButton("Download JSON", visible=False, elem_id="download-json")
         empty_table = table.postprocess(None).model_dump()
 
-        async def run(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
-                      seed_value: str | None, columns: float, hist: list[list[Turn]], chosen: list[str | None],
-                      request: gr.Request) -> AsyncIterator[list[Any]]:
+        async def plan_run(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
+                           seed_value: str | None, columns: float, hist: list[list[Turn]], chosen: list[str | None],
+                           request: gr.Request) -> ui_stream.Plan:
             monitor_this_loop("gradio")  # logs any stall of Gradio's own loop over 100 ms
             prompt_text, images = await _read_prompt(prompt_value)
-            count = int(columns)
-            target_ids = list(chosen[:count])
+            target_ids = list(chosen[:int(columns)])
             _, params = _validate(catalog, prompt_text, system_text, temp, p, max_new, seed_value, target_ids)
             jobs = []
             for i, target_id in enumerate(target_ids):
                 past = [(t.sent_user or t.user, t.assistant) for t in hist[i] if t.ok]
                 jobs.append(Job(catalog.get(target_id), ChatRequest(build_messages(prompt_text, system_text, past, images), params)))
-            session = getattr(request, "session_hash", None) or "anonymous"
-            run_ = Run(jobs)
-            previous = _active_runs.pop(session, None)
-            if previous is not None:
-                previous.stop()
-            _active_runs[session] = run_
             shown_prompt = prompt_text + (f"\n\n🖼 {', '.join(i.name for i in images)}" if images else "")
-            # Every frame carries a value for every output, never gr.skip(): a skipped output costs Gradio a
-            # new component and its JSON schema each frame. The event skips Gradio's postprocess, so the
-            # values are what the page gets: chat messages in their wire shape, plain strings.
-            earlier = [wire_messages(transcript(h)) for h in hist]  # unused columns keep showing their history
-            asked = wire_message("user", shown_prompt)
-            chats_now, statuses_now = list(earlier), [""] * MAX_COLUMNS
-            seen = [-1] * count
-            shown_state: list[tuple[Any, ...] | None] = [None] * count
-            status_due = [0.0] * count
-            downloads: Any = gr.update(visible=False)  # the last run's files go with its table
-            try:
-                async for frame in run_.frames():
-                    now = time.perf_counter()
-                    for i in range(count):
-                        column = frame[i]
-                        if column.version != seen[i]:
-                            chats_now[i] = earlier[i] + [asked, wire_message("assistant", live_answer(column))]
-                        state = _status_state(column)
-                        if state != shown_state[i] or (column.status == "streaming" and now >= status_due[i]):
-                            statuses_now[i] = status_markdown(column, now)
-                            shown_state[i], status_due[i] = state, now + STATUS_REFRESH_S
-                        seen[i] = column.version
-                    yield chats_now + statuses_now + [empty_table, downloads, downloads, hist]
-                    downloads = None
-            finally:
-                if _active_runs.get(session) is run_:
-                    del _active_runs[session]
-            columns_done = run_.columns
-            new_hist = [list(h) for h in hist]
-            for i, column in enumerate(columns_done):
-                new_hist[i].append(finished_turn(shown_prompt, column))
-                new_hist[i][-1].sent_user = prompt_text
-            document = run_document(prompt_text, system_text, params, columns_done, images)
-            results, csv_file, json_file = await asyncio.to_thread(_results, table, csv_btn, document, columns_done)
-            final = [wire_messages(transcript(new_hist[i])) if i < count else earlier[i] for i in range(MAX_COLUMNS)]
-            final += [status_markdown(c) for c in columns_done] + statuses_now[count:]
-            yield final + [results, gr.update(value=csv_file, visible=True), gr.update(value=json_file, visible=True),
-                           new_hist]
+            return ui_stream.Plan(_session(request), prompt_text, shown_prompt, system_text, params, images, jobs, hist)
 
         def stop(request: gr.Request) -> None:
-            active = _active_runs.get(getattr(request, "session_hash", None) or "anonymous")
-            if active is not None:
-                active.stop()
+            ui_stream.stop(_session(request))
 
         def clear() -> list[Any]:
             empty = [[] for _ in range(MAX_COLUMNS)]
@@ -268,18 +197,20 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
         async def run_from_page(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
                                 seed_value: str | None, columns: float, hist: list[list[Turn]], targets: str,
                                 request: gr.Request) -> AsyncIterator[list[Any]]:
-            async with aclosing(run(prompt_value, system_text, temp, p, max_new, seed_value, columns, hist,
-                                    (targets or "").split("\n"), request)) as frames:
-                async for values in frames:
+            plan = await plan_run(prompt_value, system_text, temp, p, max_new, seed_value, columns, hist,
+                                  (targets or "").split("\n"), request)
+            async with aclosing(ui_stream.frames(plan, table, csv_btn)) as stream:
+                async for values in ui_stream.page_values(plan, stream):
                     yield values
 
         async def run_from_api(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
                                seed_value: str | None, columns: float, hist: list[list[Turn]],
                                t0: str, t1: str, t2: str, t3: str, t4: str, t5: str, request: gr.Request
                                ) -> AsyncIterator[list[Any]]:
-            async with aclosing(run(prompt_value, system_text, temp, p, max_new, seed_value, columns, hist,
-                                    [t0, t1, t2, t3, t4, t5], request)) as frames:
-                async for values in frames:
+            plan = await plan_run(prompt_value, system_text, temp, p, max_new, seed_value, columns, hist,
+                                  [t0, t1, t2, t3, t4, t5], request)
+            async with aclosing(ui_stream.frames(plan, table, csv_btn)) as stream:
+                async for values in ui_stream.api_values(plan, stream, empty_table):
                     yield values
 
         # The page keeps, for each event's inputs and progress targets, a loading status, and on every
@@ -295,13 +226,16 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
                           queue=False, api_name=False, show_progress="hidden")
         run_outputs = [*chats, *statuses, table, csv_btn, json_btn, histories]
         settings_in = [prompt, system, temperature, top_p, max_tokens, seed, n_cols, histories]
-        streaming = dict(outputs=run_outputs, trigger_mode="once", show_progress="hidden",
+        streaming = dict(trigger_mode="once", show_progress="hidden",
                          preprocess=False,  # our own validation names the bad field; Gradio's does not
-                         postprocess=False)  # the run sends wire values itself, a frame at a time (see run)
-        gr.on([prompt.submit, run_btn.click], run_from_page, inputs=[*settings_in, picked], api_name=False,
-              show_progress_on=[run_btn], **streaming)
+                         postprocess=False)  # ui_stream sends wire values itself, a frame at a time
+        results = gr.State(None)
+        gr.on([prompt.submit, run_btn.click], run_from_page, inputs=[*settings_in, picked],
+              outputs=[*chats, *statuses, histories, results, *lives], api_name=False, show_progress_on=[run_btn],
+              **streaming).success(ui_stream.results_values, results, [table, csv_btn, json_btn], api_name=False,
+                                   show_progress="hidden", show_progress_on=[run_btn], postprocess=False)
         api_run = gr.Button(visible=False)
-        api_run.click(run_from_api, inputs=[*settings_in, *pickers], api_name="run", **streaming)
+        api_run.click(run_from_api, inputs=[*settings_in, *pickers], outputs=run_outputs, api_name="run", **streaming)
         stop_btn.click(stop, None, None, api_name="stop", concurrency_limit=None, queue=False)
         clear_btn.click(clear, None, [*chats, *statuses, table, csv_btn, json_btn, histories], api_name="clear",
                         show_progress_on=[clear_btn])

@@ -41,7 +41,7 @@ def uncertainty_text(column: Column) -> str | None:
     """The error bar, where the stamps may be off by more than the runner's threshold."""
     if not column.timing_uncertain:
         return None
-    return f"timing uncertain, ±{column.clock_lag_s * 1000:.0f} ms: the machine was busy"
+    return f"timing uncertain, ±{column.timing_bound_s * 1000:.0f} ms: the machine was busy"
 
 
 def status_markdown(column: Column, now: float | None = None) -> str:
@@ -100,12 +100,13 @@ def transcript(history: list[Turn], prompt: str | None = None, live: Column | No
     return messages
 
 
-def live_answer(live: Column) -> str:
-    """The answer in progress: its text, its error, or its state in italics while it has no text."""
+def live_answer(live: Column, plain: bool = False) -> str:
+    """The answer in progress: its text, its error, or its state (in Markdown italics unless ``plain``)."""
+    mark = "" if plain else "*"
     answer = live.text
     if live.status == "error":
-        return f"{answer}\n\n*✗ {live.error}*" if answer else f"*✗ {live.error}*"
-    return answer or f"*{live.detail or live.status}…*"
+        return f"{answer}\n\n{mark}✗ {live.error}{mark}" if answer else f"{mark}✗ {live.error}{mark}"
+    return answer or f"{mark}{live.detail or live.status}…{mark}"
 
 
 def finished_turn(prompt: str, column: Column) -> Turn:

@@ -50,11 +50,19 @@ SAMPLER_JS = """(count) => {
   const read = (i) => {
     const status = document.querySelector(`#col-${i}-status [data-testid="markdown"]`);
     const bots = document.querySelectorAll(`#col-${i}-chat [data-testid="bot"]`);
-    const bot = bots.length ? bots[bots.length - 1] : null;
-    const text = bot ? bot.textContent.trim() : "";
-    const em = bot ? bot.querySelector("em") : null;
-    // a column with no text yet shows its state in italics ("*loading: …*"): that is not an answer
-    const placeholder = !!em && em.textContent.trim() === text && text.endsWith("…");
+    const live = document.querySelector(`#col-${i}-live textarea`);
+    const state = status ? status.textContent : "";
+    let text, placeholder;
+    if (live && !live.closest(".hidden")) {  // while a run streams, the answer grows here as plain text
+      text = live.value.trim();
+      placeholder = state.includes("TTFT –");  // no first token yet: the box shows the column's state
+    } else {
+      const bot = bots.length ? bots[bots.length - 1] : null;
+      text = bot ? bot.textContent.trim() : "";
+      const em = bot ? bot.querySelector("em") : null;
+      // a column with no text yet shows its state in italics ("*loading: …*"): that is not an answer
+      placeholder = !!em && em.textContent.trim() === text && text.endsWith("…");
+    }
     return {status: status ? status.textContent.trim() : "", len: placeholder ? 0 : text.length,
             bots: bots.length};
   };
@@ -76,9 +84,14 @@ STATUS_JS = """([count, words]) => Array.from({length: count}, (_, i) => {
   return words.some((w) => text.includes(w));
 }).every(Boolean)"""
 
+# Each column's latest answer as written (Markdown source): the live box while the run streams, else the
+# last chat message, whose accessible name is "bot's message: " and its text
 ANSWER_TEXTS_JS = """(count) => Array.from({length: count}, (_, i) => {
+  const live = document.querySelector(`#col-${i}-live textarea`);
+  if (live && !live.closest(".hidden")) return live.value.trim();
   const bots = document.querySelectorAll(`#col-${i}-chat [data-testid="bot"]`);
-  return bots.length ? bots[bots.length - 1].innerText.trim() : "";
+  const label = bots.length ? bots[bots.length - 1].getAttribute("aria-label") || "" : "";
+  return label.replace(/^bot's message: /, "").trim();
 })"""
 
 TABLE_JS = """() => {
@@ -289,7 +302,7 @@ def statuses(page: Any, count: int) -> list[str]:
 
 
 def answer_texts(page: Any, count: int) -> list[str]:
-    """Each column's latest answer as shown (rendered markdown's text)."""
+    """Each column's latest answer as written (its Markdown source)."""
     return page.evaluate(ANSWER_TEXTS_JS, count)
 
 

@@ -121,7 +121,7 @@ def test_compare_two_targets_stream_download_and_stop(app_url: str, page_at: Any
         at_stop, at_end, later = stop.texts_at_stop[column], stop.texts_at_end[column], stop.texts_later[column]
         assert at_stop, f"column {column} lost its partial answer"
         # the run's end only appends the "■ stopped" note: no token arrived after the stop
-        assert at_end.startswith(at_stop) and at_end[len(at_stop):].strip() in ("", "■ stopped"), (at_stop, at_end)
+        assert at_end.startswith(at_stop) and at_end[len(at_stop):].strip() in ("", "*■ stopped*"), (at_stop, at_end)
         assert later == at_end, f"column {column} changed after it stopped"
         assert "stopped" in stop.statuses_later[column]
     assert [row[-1] for row in stop.table] == ["stopped", "stopped"], stop.table

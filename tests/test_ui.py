@@ -102,7 +102,7 @@ def test_run_frames_carry_chat_messages_in_the_shape_gradio_sends() -> None:
     values ``gr.Chatbot.postprocess`` would have sent; a Gradio upgrade that changes them fails here."""
     import gradio as gr
 
-    from playground.ui import wire_messages
+    from playground.ui_stream import wire_messages
     from playground.ui_format import Turn, transcript
 
     messages = transcript([Turn("q1", "**a1**", ok=True), Turn("q2", "", ok=False, note="✗ boom")], "q3 🖼", None)

@@ -1,0 +1,194 @@
+"""One run, frame by frame, as the values Gradio sends: the streaming half of the UI.
+
+What a frame costs decides the shape of this module (measured with ``bench/browser_stream.py``):
+
+- The run events skip Gradio's postprocess (a pydantic pass over every column's whole transcript
+  and a thread hop per output, each frame), so the values are built here in their wire shape.
+- Every frame carries a value for every output, never ``gr.skip()``: Gradio turns a skip into a new
+  component and its JSON schema, each frame.
+- The page streams each answer as plain text into a light textbox and renders it as Markdown once,
+  in the chat, when the run ends: a chat re-renders its Markdown, and measures itself, on every
+  change. The API's ``/run`` streams into the chat, as it always has.
+- Status lines tick every ``STATUS_REFRESH_S`` while a column streams; state changes show at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+import gradio as gr
+
+from playground.report import results_frame, run_document, write_exports
+from playground.runner import Job, Run
+from playground.settings import MAX_COLUMNS
+from playground.ui_format import Turn, finished_turn, live_answer, status_markdown, transcript
+
+if TYPE_CHECKING:
+    from playground.images import PreparedImage
+    from playground.runner import Column
+
+STATUS_REFRESH_S = 0.25
+# The outcome (six answers rendered as Markdown, the results table) costs the page tens of ms; sent on
+# the heels of the last text, the page would paint both at once, so the last tokens would wait for it.
+OUTCOME_AFTER_S = 0.05
+_active_runs: dict[str, Run] = {}
+
+
+def wire_message(role: str, text: str) -> dict[str, Any]:
+    """A text chat message as ``gr.Chatbot.postprocess`` leaves it: the shape the page receives."""
+    return {"role": role, "metadata": None, "content": [{"text": text, "type": "text"}], "options": None}
+
+
+def wire_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [wire_message(m["role"], m["content"]) for m in messages]
+
+
+@dataclass
+class Plan:
+    """One validated run."""
+
+    session: str
+    prompt_text: str
+    shown_prompt: str  # what the transcript shows: the prompt, and the images' names
+    system_text: str
+    params: Any
+    images: tuple[PreparedImage, ...]
+    jobs: list[Job]
+    histories: list[list[Turn]]
+
+    @property
+    def count(self) -> int:
+        return len(self.jobs)
+
+
+@dataclass
+class Outcome:
+    histories: list[list[Turn]]
+    table: dict[str, Any]
+    csv_file: dict[str, Any]
+    json_file: dict[str, Any]
+
+
+@dataclass
+class Frame:
+    columns: list[Column]
+    statuses: list[str]  # one per column slot
+    outcome: Outcome | None = None  # the last frame only
+
+
+def stop(session: str) -> None:
+    active = _active_runs.get(session)
+    if active is not None:
+        active.stop()
+
+
+def _status_state(column: Column) -> tuple[Any, ...]:
+    """What changes a status line at once. The running figures (E2E, tok/s, tokens) only tick."""
+    return column.status, column.detail, bool(column.text), column.error, len(column.notices), column.timing_uncertain
+
+
+async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -> AsyncIterator[Frame]:
+    """The run's frames, with status lines; then one more with its outcome (history, results, files)."""
+    run = Run(plan.jobs)
+    previous = _active_runs.pop(plan.session, None)
+    if previous is not None:
+        previous.stop()
+    _active_runs[plan.session] = run
+    statuses = [""] * MAX_COLUMNS
+    shown: list[tuple[Any, ...] | None] = [None] * plan.count
+    due = [0.0] * plan.count
+    try:
+        async for columns in run.frames():
+            now = time.perf_counter()
+            for i, column in enumerate(columns):
+                state = _status_state(column)
+                if state != shown[i] or (column.status == "streaming" and now >= due[i]):
+                    statuses[i] = status_markdown(column, now)
+                    shown[i], due[i] = state, now + STATUS_REFRESH_S
+            yield Frame(columns, statuses)
+    finally:
+        if _active_runs.get(plan.session) is run:
+            del _active_runs[plan.session]
+    histories = [list(h) for h in plan.histories]
+    for i, column in enumerate(run.columns):
+        histories[i].append(finished_turn(plan.shown_prompt, column))
+        histories[i][-1].sent_user = plan.prompt_text
+    document = run_document(plan.prompt_text, plan.system_text, plan.params, run.columns, plan.images)
+    results, _ = await asyncio.gather(asyncio.to_thread(_results, table, download, document, run.columns),
+                                      asyncio.sleep(OUTCOME_AFTER_S))
+    final = [status_markdown(c) for c in run.columns] + statuses[plan.count:]
+    yield Frame(run.columns, final, Outcome(histories, *results))
+
+
+def _results(table: gr.Dataframe, download: gr.DownloadButton, document: dict[str, Any],
+             columns: list[Column]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The results table and the two downloads, as the page receives them (file writes: in a thread)."""
+    csv_path, json_path = write_exports(document, Path(tempfile.mkdtemp(prefix="phi-playground-")))
+    return (table.postprocess(results_frame(columns)).model_dump(),
+            download.postprocess(str(csv_path)).model_dump(), download.postprocess(str(json_path)).model_dump())
+
+
+def _tail(frame: Frame, plan: Plan, empty_table: dict[str, Any], first: bool) -> list[Any]:
+    """Results table, the two downloads and the histories state."""
+    if frame.outcome is None:  # the last run's files go with its table
+        hidden = gr.update(visible=False) if first else None
+        return [empty_table, hidden, hidden, plan.histories]
+    out = frame.outcome
+    return [out.table, gr.update(value=out.csv_file, visible=True), gr.update(value=out.json_file, visible=True),
+            out.histories]
+
+
+async def api_values(plan: Plan, stream: AsyncIterator[Frame], empty_table: dict[str, Any]
+                     ) -> AsyncIterator[list[Any]]:
+    """``/run``'s outputs (chats, statuses, table, downloads, histories): each answer streams in its chat."""
+    earlier = [wire_messages(transcript(h)) for h in plan.histories]  # unused columns keep their history
+    asked = wire_message("user", plan.shown_prompt)
+    chats = list(earlier)
+    seen = [-1] * plan.count
+    first = True
+    async for frame in stream:
+        for i, column in enumerate(frame.columns):
+            if frame.outcome is not None:
+                chats[i] = wire_messages(transcript(frame.outcome.histories[i]))
+            elif column.version != seen[i]:
+                chats[i] = earlier[i] + [asked, wire_message("assistant", live_answer(column))]
+                seen[i] = column.version
+        yield chats + frame.statuses + _tail(frame, plan, empty_table, first)
+        first = False
+
+
+async def page_values(plan: Plan, stream: AsyncIterator[Frame]) -> AsyncIterator[list[Any]]:
+    """The page's outputs: chats, statuses, the histories and the results states, a live textbox per
+    column. While the run streams, a chat shows its history and the prompt, and the answer grows as
+    plain text in the column's live box; at the end the box hides and the chat gets the answer,
+    rendered once. The results table and the downloads are not outputs: a follow-up event shows
+    them from the results state (see ``results_values``), so no frame carries them."""
+    asked = wire_message("user", plan.shown_prompt)
+    chats = [wire_messages(transcript(h)) + ([asked] if i < plan.count else [])
+             for i, h in enumerate(plan.histories)]
+    first = True
+    async for frame in stream:
+        if frame.outcome is not None:
+            for i in range(plan.count):
+                chats[i] = wire_messages(transcript(frame.outcome.histories[i]))
+            lives: list[Any] = [gr.update(visible=False, value="") for _ in range(MAX_COLUMNS)]
+        else:
+            texts = [live_answer(c, plain=True) for c in frame.columns] + [""] * (MAX_COLUMNS - plan.count)
+            lives = ([gr.update(visible=i < plan.count, value=t) for i, t in enumerate(texts)] if first else texts)
+        out = frame.outcome
+        states = [plan.histories, None] if out is None else [out.histories, (out.table, out.csv_file, out.json_file)]
+        yield chats + frame.statuses + states + lives
+        first = False
+
+
+def results_values(results: tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None) -> list[Any]:
+    """The results table and the two downloads of the run that just ended (the page's follow-up event)."""
+    if results is None:  # the run failed before it began
+        return [gr.skip()] * 3
+    table, csv_file, json_file = results
+    return [table, gr.update(value=csv_file, visible=True), gr.update(value=json_file, visible=True)]
