@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Literal
 from playground import measure_process, metrics, warmup
 from playground.backends import make_backend
 from playground.backends.base import Backend, BackendError
-from playground.clock import MeasureLoop, measure_loop
+from playground.clock import TICK_S, MeasureLoop, measure_loop
 from playground.events import (
     ClockReport, ErrorKind, Event, Failed, Finished, Notice, Progress, RequestSent, ServerTimings, TextDelta, Usage,
 )
@@ -69,8 +69,14 @@ class Column:
         return self.status in FINAL
 
     @property
+    def timing_bound_s(self) -> float:
+        """How late a stamp may be: the worst lag seen, plus one tick of the ticker that saw it
+        (a stall shorter than a tick can fall between two)."""
+        return self.clock_lag_s + TICK_S
+
+    @property
     def timing_uncertain(self) -> bool:
-        return self.clock_lag_s > UNCERTAIN_S
+        return self.timing_bound_s > UNCERTAIN_S
 
     def token_count(self) -> tuple[int | None, str | None]:
         server = self.usage.completion_tokens if self.usage and self.usage.source == "server" else None

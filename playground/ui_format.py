@@ -41,7 +41,7 @@ def uncertainty_text(column: Column) -> str | None:
     """The error bar, where the stamps may be off by more than the runner's threshold."""
     if not column.timing_uncertain:
         return None
-    return f"timing uncertain, ±{column.clock_lag_s * 1000:.0f} ms: the machine was busy"
+    return f"timing uncertain, ±{column.timing_bound_s * 1000:.0f} ms: the machine was busy"
 
 
 def status_markdown(column: Column, now: float | None = None) -> str:

@@ -68,7 +68,7 @@ async def test_a_busy_consumer_loop_does_not_bend_the_stamps(server: ScriptedSer
         assert column.status == "done", column.error
         m = column.metrics()
         # within 15 ms, or the error bar the column itself reports when the machine was busy
-        bound = 0.015 + column.clock_lag_s
+        bound = 0.015 + column.timing_bound_s
         assert m.ttft_s is not None and abs(m.ttft_s - server_ttft(received)) < bound, (m.ttft_s, server_ttft(received), bound)
         rate = (len(received.events) - 1) / (received.events[-1] - received.events[0])
         assert m.decode_tokens_per_s is not None and abs(m.decode_tokens_per_s - rate) / rate < 0.03
@@ -98,7 +98,7 @@ async def test_the_reported_lag_is_the_monitors_and_the_warning_follows_it(serve
     assert column.status == "done" and timeline.sent is not None and timeline.ended is not None
     expected = measure_loop().monitor.worst_lag_s(timeline.sent, timeline.ended)
     assert abs(column.clock_lag_s - expected) < 0.002, (column.clock_lag_s, expected)
-    assert column.timing_uncertain == (column.clock_lag_s > runner.UNCERTAIN_S)
+    assert column.timing_uncertain == (column.clock_lag_s + 0.005 > runner.UNCERTAIN_S)
     assert ("timing uncertain" in status_markdown(column)) == column.timing_uncertain
 
 
@@ -184,4 +184,4 @@ async def test_a_clock_report_after_the_end_sets_the_error_bar(server: ScriptedS
     [column] = columns
     assert column.status == "done" and not column.shares_clock
     assert column.clock_lag_s == pytest.approx(0.042) and column.timing_uncertain
-    assert "±42 ms" in status_markdown(column)
+    assert "±47 ms" in status_markdown(column)  # the lag and one 5 ms tick
