@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator
@@ -36,6 +37,7 @@ STATUS_REFRESH_S = 0.25
 # The outcome (six answers rendered as Markdown, the results table) costs the page tens of ms; sent on
 # the heels of the last text, the page would paint both at once, so the last tokens would wait for it.
 OUTCOME_AFTER_S = 0.05
+MIN_GAP_S = 0.03  # between two frames sent to the page (see _paced)
 _active_runs: dict[str, Run] = {}
 
 
@@ -103,7 +105,7 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
     shown: list[tuple[Any, ...] | None] = [None] * plan.count
     due = [0.0] * plan.count
     try:
-        async for columns in run.frames():
+        async for columns in _paced(run.frames(), MIN_GAP_S):
             now = time.perf_counter()
             for i, column in enumerate(columns):
                 state = _status_state(column)
@@ -123,6 +125,53 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
                                       asyncio.sleep(OUTCOME_AFTER_S))
     final = [status_markdown(c) for c in run.columns] + statuses[plan.count:]
     yield Frame(run.columns, final, Outcome(histories, *results))
+
+
+async def _paced(source: AsyncIterator[list[Column]], min_gap_s: float) -> AsyncIterator[list[Column]]:
+    """The runner's frames, at most one per ``min_gap_s``, each the newest state.
+
+    The runner sends a frame at once when a column shows its first text or changes state, so six
+    columns whose first tokens land within a few ms make six frames, and the page, which spends
+    10-25 ms on each, shows the sixth column's first token last of all. Here a frame that follows
+    another by less than ``min_gap_s`` waits out the gap and carries everything that came meanwhile.
+    """
+    newest: list[Column] | None = None
+    fresh = asyncio.Event()
+    ended = False
+    failure: BaseException | None = None
+
+    async def pump() -> None:
+        nonlocal newest, ended, failure
+        try:
+            async with aclosing(source) as frames_:
+                async for columns in frames_:
+                    newest = columns
+                    fresh.set()
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer
+            failure = exc
+        finally:
+            ended = True
+            fresh.set()
+
+    task = asyncio.create_task(pump())
+    last = -float("inf")
+    try:
+        while True:
+            await fresh.wait()
+            wait = last + min_gap_s - time.perf_counter()
+            if wait > 0 and not ended:
+                await asyncio.sleep(wait)
+            fresh.clear()
+            if failure is not None:
+                raise failure
+            if newest is not None:
+                yield newest
+                last = time.perf_counter()
+            if ended and not fresh.is_set():
+                return
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def _results(table: gr.Dataframe, download: gr.DownloadButton, document: dict[str, Any],

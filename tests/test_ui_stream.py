@@ -1,0 +1,115 @@
+"""The streaming half of the UI without a browser: pacing of frames to the page, and the page's values."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, AsyncIterator
+
+import pytest
+
+from playground.ui_stream import _paced
+
+
+async def scripted(gaps_s: list[float], fail: bool = False) -> AsyncIterator[list[Any]]:
+    """Frames after the given gaps; each frame is the list [n] of frames made so far."""
+    state: list[Any] = [0]
+    for gap in gaps_s:
+        await asyncio.sleep(gap)
+        state[0] += 1
+        yield state
+    if fail:
+        raise RuntimeError("runner broke")
+
+
+async def collect(source: AsyncIterator[list[Any]], gap_s: float) -> list[tuple[float, int]]:
+    start = time.perf_counter()
+    return [(time.perf_counter() - start, frame[0]) async for frame in _paced(source, gap_s)]
+
+
+def test_a_burst_of_frames_becomes_one_and_the_last_state_always_arrives() -> None:
+    # five frames 2 ms apart (a burst of first tokens), then one 100 ms later
+    seen = asyncio.run(collect(scripted([0.0, 0.002, 0.002, 0.002, 0.002, 0.1]), gap_s=0.03))
+    counts = [count for _, count in seen]
+    assert counts[0] == 1, "the first frame goes out at once"
+    assert len(seen) <= 4, f"the burst was not merged: {seen}"
+    assert counts[-1] == 6, "the newest state is always sent last"
+    assert all(b - a >= 0.025 for (a, _), (b, _) in zip(seen, seen[1:])), seen
+
+
+def test_frames_far_apart_pass_untouched() -> None:
+    seen = asyncio.run(collect(scripted([0.0, 0.05, 0.05, 0.05]), gap_s=0.03))
+    assert [count for _, count in seen] == [1, 2, 3, 4]
+
+
+def test_a_failure_of_the_runner_reaches_the_page() -> None:
+    with pytest.raises(RuntimeError, match="runner broke"):
+        asyncio.run(collect(scripted([0.0, 0.01], fail=True), gap_s=0.03))
+
+
+def test_closing_the_page_side_closes_the_runner() -> None:
+    closed = asyncio.Event()
+
+    async def endless() -> AsyncIterator[list[Any]]:
+        try:
+            while True:
+                await asyncio.sleep(0.005)
+                yield [0]
+        finally:
+            closed.set()
+
+    async def main() -> None:
+        paced = _paced(endless(), 0.01)
+        await paced.__anext__()
+        await paced.aclose()
+        await asyncio.wait_for(closed.wait(), 1.0)
+
+    asyncio.run(main())
+
+
+def page_frames(plan: Any, frames: list[Any]) -> list[list[Any]]:
+    from playground.ui_stream import page_values
+
+    async def source() -> AsyncIterator[Any]:
+        for frame in frames:
+            yield frame
+
+    async def run() -> list[list[Any]]:
+        return [values async for values in page_values(plan, source())]
+
+    return asyncio.run(run())
+
+
+def test_the_page_streams_into_the_live_box_and_renders_the_chat_once_at_the_end() -> None:
+    from playground.catalog import Target
+    from playground.metrics import Timeline
+    from playground.runner import Column, Job
+    from playground.settings import MAX_COLUMNS
+    from playground.ui_format import Turn
+    from playground.ui_stream import Frame, Outcome, Plan, results_values, wire_messages
+
+    target = Target(id="t", label="t", backend="openai", model="m", base_url="http://127.0.0.1:1/v1")
+    column = Column(target, Timeline(started=0.0), status="streaming", detail="waiting for the first token")
+    histories = [[Turn("q0", "a0", ok=True)]] + [[] for _ in range(MAX_COLUMNS - 1)]
+    plan = Plan("s", "q1", "q1", "", None, (), [Job(target, None)], histories)  # type: ignore[arg-type]
+    done = [[Turn("q0", "a0", ok=True), Turn("q1", "**t0 t1**", ok=True)]] + histories[1:]
+    outcome = Outcome(done, {"data": []}, {"path": "a.csv"}, {"path": "a.json"})
+    waiting = Frame([column], ["s"] * MAX_COLUMNS)
+    values = page_frames(plan, [waiting, waiting, Frame([column], ["s"] * MAX_COLUMNS, outcome)])
+    chats = slice(0, MAX_COLUMNS)
+    lives = slice(2 * MAX_COLUMNS + 2, 3 * MAX_COLUMNS + 2)
+    first, second, last = values
+    # the chat shows the history and the prompt; the live box appears, showing the column's state
+    assert [m["role"] for m in first[chats][0]] == ["user", "assistant", "user"]
+    assert first[lives][0] == {"__type__": "update", "visible": True, "value": "waiting for the first token…"}
+    assert first[lives][1]["visible"] is False
+    # later frames send the box's text alone, and the very same chat value (nothing for the page to redo)
+    assert second[lives][0] == "waiting for the first token…" and second[chats][0] is first[chats][0]
+    # at the end the box hides and the chat gets the answer, as Markdown
+    assert last[lives][0] == {"__type__": "update", "visible": False, "value": ""}
+    assert last[chats][0] == wire_messages([{"role": "user", "content": "q0"}, {"role": "assistant", "content": "a0"},
+                                            {"role": "user", "content": "q1"},
+                                            {"role": "assistant", "content": "**t0 t1**"}])
+    assert last[2 * MAX_COLUMNS] == done and last[2 * MAX_COLUMNS + 1][0] == {"data": []}
+    table, csv_file, _ = results_values(last[2 * MAX_COLUMNS + 1])
+    assert table == {"data": []} and csv_file["visible"] is True and csv_file["value"] == {"path": "a.csv"}
