@@ -138,7 +138,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
                     chats.append(gr.Chatbot(height=380, elem_id=f"col-{i}-chat", show_label=False,
                                             feedback_options=None, buttons=["copy"]))
                     # the answer streams here as plain text, and moves into the chat, rendered, when done
-                    lives.append(gr.Textbox(visible=False, interactive=False, show_label=False, lines=2, max_lines=10,
+                    lives.append(gr.Textbox(visible="hidden", interactive=False, show_label=False, lines=2, max_lines=10,
                                             autoscroll=True, elem_id=f"col-{i}-live", elem_classes=["pp-live"]))
                     statuses.append(gr.Markdown("", elem_id=f"col-{i}-status", elem_classes=["pp-status"]))
                 slots.append(slot)
@@ -161,8 +161,9 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
         gr.Examples([{"text": e, "files": []} for e in EXAMPLES], inputs=[prompt], label="Examples")
         table = gr.Dataframe(headers=TABLE_COLUMNS, label="Results", interactive=False, elem_id="results", wrap=True)
         with gr.Row():
-            csv_btn = gr.DownloadButton("Download CSV", visible=False, elem_id="download-csv")
-            json_btn = gr.DownloadButton("Download JSON", visible=False, elem_id="download-json")
+            # "hidden": in the page, out of sight, so their code is fetched with the page, not when a run ends
+            csv_btn = gr.DownloadButton("Download CSV", visible="hidden", elem_id="download-csv")
+            json_btn = gr.DownloadButton("Download JSON", visible="hidden", elem_id="download-json")
         empty_table = table.postprocess(None).model_dump()
 
         async def plan_run(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
@@ -185,7 +186,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
         def clear() -> list[Any]:
             empty = [[] for _ in range(MAX_COLUMNS)]
             return [[] for _ in range(MAX_COLUMNS)] + [""] * MAX_COLUMNS + [
-                None, gr.DownloadButton(visible=False), gr.DownloadButton(visible=False), empty]
+                None, gr.DownloadButton(visible="hidden"), gr.DownloadButton(visible="hidden"), empty]
 
         def show_columns(count: float) -> list[Any]:
             return [gr.Column(visible=i < int(count)) for i in range(MAX_COLUMNS)]

@@ -185,7 +185,7 @@ def _results(table: gr.Dataframe, download: gr.DownloadButton, document: dict[st
 def _tail(frame: Frame, plan: Plan, empty_table: dict[str, Any], first: bool) -> list[Any]:
     """Results table, the two downloads and the histories state."""
     if frame.outcome is None:  # the last run's files go with its table
-        hidden = gr.update(visible=False) if first else None
+        hidden = gr.update(visible="hidden") if first else None
         return [empty_table, hidden, hidden, plan.histories]
     out = frame.outcome
     return [out.table, gr.update(value=out.csv_file, visible=True), gr.update(value=out.json_file, visible=True),
@@ -225,10 +225,11 @@ async def page_values(plan: Plan, stream: AsyncIterator[Frame]) -> AsyncIterator
         if frame.outcome is not None:
             for i in range(plan.count):
                 chats[i] = wire_messages(transcript(frame.outcome.histories[i]))
-            lives: list[Any] = [gr.update(visible=False, value="") for _ in range(MAX_COLUMNS)]
+            lives: list[Any] = [gr.update(visible="hidden", value="") for _ in range(MAX_COLUMNS)]
         else:
             texts = [live_answer(c, plain=True) for c in frame.columns] + [""] * (MAX_COLUMNS - plan.count)
-            lives = ([gr.update(visible=i < plan.count, value=t) for i, t in enumerate(texts)] if first else texts)
+            lives = ([gr.update(visible=True if i < plan.count else "hidden", value=t) for i, t in enumerate(texts)]
+                     if first else texts)
         out = frame.outcome
         states = [plan.histories, None] if out is None else [out.histories, (out.table, out.csv_file, out.json_file)]
         yield chats + frame.statuses + states + lives
