@@ -137,8 +137,10 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
                                                label=f"Target {i + 1}", elem_id=f"col-{i}-target"))
                     chats.append(gr.Chatbot(height=380, elem_id=f"col-{i}-chat", show_label=False,
                                             feedback_options=None, buttons=["copy"]))
-                    # the answer streams here as plain text, and moves into the chat, rendered, when done
-                    lives.append(gr.Textbox(visible="hidden", interactive=False, show_label=False, lines=2, max_lines=10,
+                    # The answer streams here as plain text, and moves into the chat, rendered, when done.
+                    # A fixed height (lines == max_lines): a growing textbox measures itself on every change
+                    # (two forced layouts per box per frame), and moves the chat and the page with it.
+                    lives.append(gr.Textbox(visible="hidden", interactive=False, show_label=False, lines=8, max_lines=8,
                                             autoscroll=True, elem_id=f"col-{i}-live", elem_classes=["pp-live"]))
                     statuses.append(gr.Markdown("", elem_id=f"col-{i}-status", elem_classes=["pp-status"]))
                 slots.append(slot)
