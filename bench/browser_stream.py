@@ -9,8 +9,9 @@ generator that makes the same tokens ("t0 t1 ...") on the same schedule and yiel
 
 Delays are measured from the moment a token was made (the scripted server wrote it; the bare
 generator's schedule reached it) to the first animation frame in which the page shows it: a
-``requestAnimationFrame`` loop in the page reads every column's latest answer each frame and
-keeps the frames whose text changed. The page's clock (``performance.timeOrigin + now()``) is
+``requestAnimationFrame`` loop in the page reads every column's latest answer each frame (the
+playground's live box while a run streams, its chat after; the bare app's textbox) and keeps the
+frames whose text changed. The page's clock (``performance.timeOrigin + now()``) is
 mapped onto ``time.perf_counter()`` (one clock across processes on Linux) by reading it from
 Python between two perf_counter stamps, keeping the tightest of several tries: the mapping's
 error is at most half that round trip, printed as ``clock ±``.
@@ -19,9 +20,10 @@ Cases, each on both apps:
 
 - 6 × 50 tok/s × 100 tokens (TTFT 0.2 s): first and last token on screen, and the CPU time of the
   app's processes (user + system of the app and every process under it, from the key press or
-  click until the run has finished), on the first
-  run after a page load in a new app process, on the first run after a page load in an app
-  that has run before, and on later runs in the same page;
+  click until the run has finished; the share of its child processes on a line of its own: the
+  playground reads HTTP streams in a measurement process), on the first run after a page load
+  in a new app process, on the first run after a page load in an app that has run before, and
+  on later runs in the same page;
 - 6 × 500 tok/s × 500 tokens: distinct frames the page showed per second while text streamed;
 - two browser sessions streaming the 50 tok/s case at once.
 
@@ -148,20 +150,23 @@ class App:
     proc: subprocess.Popen
     bare_log: Path | None = None
 
-    def cpu_s(self) -> float:
+    def cpu_s(self) -> tuple[float, float]:
         """User + system time of the app's process and every process under it (the playground reads
-        HTTP streams in a measurement process of its own), and of children that have exited."""
+        HTTP streams in a measurement process of its own), and of children that have exited: the
+        total, and the part spent in child processes."""
         import psutil
 
         root = psutil.Process(self.proc.pid)
-        total = 0.0
+        total = children = 0.0
         for proc in [root, *root.children(recursive=True)]:
             try:
                 t = proc.cpu_times()
             except psutil.NoSuchProcess:
                 continue
-            total += t.user + t.system + t.children_user + t.children_system
-        return total
+            spent = t.user + t.system + t.children_user + t.children_system
+            total += spent
+            children += (spent if proc is not root else t.children_user + t.children_system)
+        return total, children
 
     def bare_runs(self) -> dict[str, dict[str, Any]]:
         assert self.bare_log is not None
@@ -304,6 +309,7 @@ class Measured:
     first_s: list[float] = field(default_factory=list)
     last_s: list[float] = field(default_factory=list)
     cpu_s: list[float] = field(default_factory=list)
+    cpu_children_s: list[float] = field(default_factory=list)
     frame_rates: list[float] = field(default_factory=list)
     frames_note: list[str] = field(default_factory=list)
     clock_err_s: float = 0.0
@@ -324,6 +330,7 @@ class Bench:
         self.plan = plan
         self.pending: list[tuple[str, str, str, Shown]] = []  # (app, case, speed, what it showed)
         self.cpu: dict[tuple[str, str], list[float]] = {}
+        self.cpu_children: dict[tuple[str, str], list[float]] = {}
         self.counter = 0
 
     def run(self, pages: list[Page], case: str, speed: str) -> None:
@@ -344,7 +351,9 @@ class Bench:
         for page in pages:
             page.wait_finished()
         time.sleep(SETTLE_S)
-        self.cpu.setdefault((app.name, case), []).append(app.cpu_s() - cpu_before)
+        cpu_after = app.cpu_s()
+        self.cpu.setdefault((app.name, case), []).append(cpu_after[0] - cpu_before[0])
+        self.cpu_children.setdefault((app.name, case), []).append(cpu_after[1] - cpu_before[1])
         for page, run_id, at in zip(pages, ids, pressed):
             self.pending.append((app.name, case, speed, page.collect(run_id, at)))
 
@@ -383,6 +392,7 @@ class Bench:
                 m.frames_note.append(f"{len(streaming)} in {span:.2f} s")
         for key, values in self.cpu.items():
             out.setdefault(key, Measured()).cpu_s = values
+            out[key].cpu_children_s = self.cpu_children.get(key, [])
         return out
 
 
@@ -470,6 +480,9 @@ def table(results: dict[tuple[str, str], Measured], cases: list[tuple[str, str]]
             diff, ratio = compare(a, b, scale, digits)
             lines.append(f"| {label} | {metric} | {cell(a, scale, digits)} | {cell(b, scale, digits)} | "
                          f"{diff} | {ratio} | {GOALS[metric]} |")
+        if any(ours.cpu_children_s) or any(bare.cpu_children_s):
+            lines.append(f"| {label} | of which in child processes (s) | {cell(ours.cpu_children_s, 1, 2)} | "
+                         f"{cell(bare.cpu_children_s, 1, 2)} | | | |")
         if case == "fast":
             lines.append(f"| {label} | frames (count in streaming time) | {', '.join(ours.frames_note) or '–'} | "
                          f"{', '.join(bare.frames_note) or '–'} | | | |")
