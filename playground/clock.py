@@ -14,6 +14,7 @@ import asyncio
 import atexit
 import collections
 import logging
+import math
 import os
 import sys
 import threading
@@ -26,6 +27,7 @@ from typing import Any, Coroutine, TypeVar
 T = TypeVar("T")
 log = logging.getLogger("playground.clock")
 TICK_S = 0.005
+UI_TICK_S = 0.02
 HISTORY = 20_000  # late ticks kept
 LATE_S = 0.001  # lags below this are the timer's own resolution, not worth storing
 STALL_S = 0.100  # a loop blocked this long is a bug: logged as a warning
@@ -40,8 +42,32 @@ class LagMonitor:
         self._count = 0  # late ticks ever recorded: a cursor for late_since()
         self._next_tick = time.perf_counter() + tick_s
         self.worst_s = 0.0  # since the monitor started
-        self.active = 0  # runs in progress (counted by the runner)
-        self.always = True
+        self.active = 0  # runs in progress: enter() / leave()
+        self.always = True  # False: tick only while a run is in progress (no idle wake-ups)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._busy: asyncio.Event | None = None
+
+    def enter(self) -> None:
+        """A run starts (from any thread): tick, and report stalls."""
+        self.active += 1
+        self._call(self._wake)
+
+    def leave(self) -> None:
+        self.active -= 1
+        self._call(self._rest)
+
+    def _call(self, callback: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(callback)
+
+    def _wake(self) -> None:
+        if self._busy is not None:
+            self._busy.set()
+
+    def _rest(self) -> None:
+        if self._busy is not None and self.active <= 0:
+            self._busy.clear()
 
     @property
     def watching(self) -> bool:
@@ -51,7 +77,13 @@ class LagMonitor:
     async def run(self) -> None:
         if os.environ.get("PLAYGROUND_STALL_TRACE"):
             threading.Thread(target=self._trace_stalls, args=(threading.get_ident(),), daemon=True).start()
+        self._loop, self._busy = asyncio.get_running_loop(), asyncio.Event()
+        if self.active > 0:
+            self._busy.set()
         while True:
+            if not self.watching:
+                self._next_tick = math.inf  # nothing to measure: sleep until a run starts
+                await self._busy.wait()
             self._next_tick = time.perf_counter() + self.tick_s
             await asyncio.sleep(self.tick_s)
             now = time.perf_counter()
@@ -167,7 +199,7 @@ def monitor_this_loop(name: str) -> LagMonitor:
     loop = asyncio.get_running_loop()
     with _lock:
         monitor = _monitors.get(loop)
-        if monitor is None:
-            monitor = _monitors[loop] = LagMonitor(name)
+        if monitor is None:  # it only reports stalls of 100 ms and more: a coarser tick will do
+            monitor = _monitors[loop] = LagMonitor(name, tick_s=UI_TICK_S)
             monitor.start_on_running_loop()
         return monitor

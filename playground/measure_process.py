@@ -150,7 +150,7 @@ async def _pump(target: Target, request: ChatRequest, emit: Emit) -> None:
     monitor = measure_loop().monitor
     backend = make_backend(target)
     sent: float | None = None
-    monitor.active += 1
+    monitor.enter()
     try:
         async for event in backend.stream(request):
             now = time.perf_counter()
@@ -160,6 +160,6 @@ async def _pump(target: Target, request: ChatRequest, emit: Emit) -> None:
                 sent = now
             emit(event)
     finally:
-        monitor.active -= 1
+        monitor.leave()
         if sent is not None:
             emit(ClockReport(monitor.worst_lag_s(sent)))

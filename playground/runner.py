@@ -139,11 +139,11 @@ class Run:
         self._wake = asyncio.Event()
         self._clock = clock = measure_loop()
         self._lag_cursor = clock.monitor.late_cursor()
-        clock.monitor.active += 1
+        clock.monitor.enter()
         try:
             tasks = await clock.call(self._start())
         except BaseException:
-            clock.monitor.active -= 1
+            clock.monitor.leave()
             raise
         pending = set(range(len(tasks)))
         next_frame = time.perf_counter() + self.frame_s
@@ -170,7 +170,7 @@ class Run:
                         self._finish(column, "stopped", now)
             yield self.columns
         finally:
-            clock.monitor.active -= 1
+            clock.monitor.leave()
             await self._cancel(tasks)
 
     async def _start(self) -> list[asyncio.Task[None]]:
