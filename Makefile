@@ -16,6 +16,7 @@ test: setup-dev
 
 bench: setup-dev
 	$(PY) bench/fanout.py
+	$(PY) bench/browser_stream.py
 	$(PY) bench/local_backends.py
 
 setup: $(VENV)/.runtime-ok
