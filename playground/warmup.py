@@ -68,14 +68,14 @@ async def _ollama() -> None:
     ollama.AsyncClient(host=LOOPBACK)  # a real transport: SSL context, pool
 
 
-def warm_sdks() -> None:
-    """Import every backend and stream once through each SDK (no network). Blocking."""
+def warm_sdks(stream: bool = True) -> None:
+    """Import every backend and (``stream``) stream once through each SDK (no network). Blocking."""
     for path in REGISTRY.values():
         try:
             importlib.import_module(path.partition(":")[0])
         except Exception as exc:  # noqa: BLE001 - the run will say what is wrong in its column
             log.debug("warm-up could not import %s: %s", path, exc)
-    for sdk in (_openai, _ollama):
+    for sdk in (_openai, _ollama) if stream else ():
         try:
             asyncio.run(sdk())
         except Exception as exc:  # noqa: BLE001 - warming is best effort
@@ -84,7 +84,7 @@ def warm_sdks() -> None:
 
 def _warm() -> None:
     measure_loop()
-    warm_sdks()
+    warm_sdks(stream=not measure_process.enabled())  # with the process on, HTTP streams run there
     tokens.preload(wait=True)
     if measure_process.enabled():
         try:
