@@ -130,6 +130,7 @@ def child_streams() -> Generate:
             if not stop.is_set():
                 raise BackendError(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}") from None
 
+    generate.sends_in_background = True  # type: ignore[attr-defined]  # see worker_process._serve
     return generate
 
 

@@ -12,8 +12,9 @@ processes. The child leaves when its socket closes, so it never outlives the app
 Parent -> child: ``("load", "module:function", args)``, then ``("gen", id, target, request)``
 and ``("stop", id)``. Child -> parent: ``("ready",)`` or ``("failed", kind, message)``, then
 ``("event", id, event)`` and ``("done", id, error | None)``, where an error is
-``(kind, message, retry_after)``; several waiting at once go as one ``("batch", [...])``. The
-child never blocks on a send: a sender thread writes what its token (or stamping) loops queue.
+``(kind, message, retry_after)``. A ``generate`` marked ``sends_in_background`` (the measurement
+process's) never blocks on a send: a sender thread writes what it queues, several messages at
+once as one ``("batch", [...])``.
 """
 
 from __future__ import annotations
@@ -217,9 +218,13 @@ class WorkerProcess:
 # --- the child ---------------------------------------------------------------------------
 def _serve(conn: Connection) -> None:
     outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+    send_lock = threading.Lock()
 
-    def send(message: tuple[Any, ...]) -> None:
-        """Never blocks: a stamping loop must not wait while the parent is busy reading."""
+    def send_now(message: tuple[Any, ...]) -> None:
+        with send_lock:
+            conn.send(message)
+
+    def queue_it(message: tuple[Any, ...]) -> None:
         outbox.put(message)
 
     _, factory, args = conn.recv()
@@ -233,7 +238,13 @@ def _serve(conn: Connection) -> None:
         conn.send(("failed", ErrorKind.INTERNAL.value, f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready",))
-    threading.Thread(target=_send_batches, args=(conn, outbox), name="worker-sender", daemon=True).start()
+    send = send_now
+    if getattr(generate, "sends_in_background", False):
+        # a stamping event loop must never wait on a parent too busy to read: a thread sends for it.
+        # A model's token loop sends itself: a sender thread would compete with the thread that
+        # takes a stop message for the gap between two tokens (one token more after Stop)
+        send = queue_it
+        threading.Thread(target=_send_batches, args=(conn, outbox), name="worker-sender", daemon=True).start()
     stops: dict[int, threading.Event] = {}
     threads: list[threading.Thread] = []
 
