@@ -117,13 +117,25 @@ class LagMonitor:
 
         A tick that fires at ``t`` with lag ``l`` means the loop could not run from ``t - l`` to ``t``.
         """
-        now = time.perf_counter()
-        until = now if until is None else until
-        worst = max((lag for at, lag in list(self._late) if at >= since and at - lag <= until), default=0.0)
-        overdue = now - self._next_tick
-        if overdue > 0 and self._next_tick <= until:
-            worst = max(worst, overdue)
-        return worst
+        until = time.perf_counter() if until is None else until
+        worst, late = 0.0, self._late
+        # newest first, stopping at the window's start: the ticks are in time order, and a copy of the
+        # whole history per stream would cost the stamping loop milliseconds on a busy machine
+        for i in range(1, len(late) + 1):
+            try:
+                at, lag = late[-i]
+            except IndexError:  # the ticker's thread dropped the oldest meanwhile
+                break
+            if at < since:
+                break
+            if at - lag <= until:
+                worst = max(worst, lag)
+        return max(worst, self.stalled_s(until))
+
+    def stalled_s(self, until: float) -> float:
+        """How long the loop has been stalled now, if that stall began by ``until`` (not yet ticked)."""
+        overdue = time.perf_counter() - self._next_tick
+        return overdue if overdue > 0 and self._next_tick <= until else 0.0
 
     def late_cursor(self) -> int:
         return self._count

@@ -314,9 +314,9 @@ class Run:
         column.status, column.detail = status, ""
         column.timeline.ended = at
         column.version += 1
-        if self._clock is not None and column.shares_clock and column.timeline.sent is not None:  # one going on counts too
-            lag = self._clock.monitor.worst_lag_s(column.timeline.sent, at)
-            column.clock_lag_s = max(column.clock_lag_s, lag)
+        if self._clock is not None and column.shares_clock and column.timeline.sent is not None:
+            # stalls already ticked reach the column through _update_lag; add one still going on
+            column.clock_lag_s = max(column.clock_lag_s, self._clock.monitor.stalled_s(at))
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
