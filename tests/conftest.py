@@ -71,3 +71,12 @@ def measurement_loop_stops_with_the_session():
     from playground import clock
 
     clock.shutdown()
+
+
+@pytest.fixture
+async def close_clients():
+    """Close the HTTP clients a test's own event loop made (aiohttp warns about ones left open)."""
+    yield
+    from playground.backends import clients
+
+    await clients.aclose_here()

@@ -19,6 +19,8 @@ from playground.request import ChatRequest, Message, make_params
 from playground.runner import Job, Run
 from playground.ui_format import status_markdown
 
+pytestmark = pytest.mark.usefixtures("close_clients")  # the HTTP clients a test's loop made
+
 SCRIPTS = {
     "steady": Script(tokens=30, ttft_s=0.15, interval_s=0.02),
     "long": Script(tokens=200, ttft_s=0.05, interval_s=0.02),

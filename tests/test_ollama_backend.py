@@ -21,6 +21,8 @@ from playground.request import ChatRequest, build_messages, make_params
 from playground.runner import Job, Run, run_to_end
 from ollama_server import OllamaStub
 
+pytestmark = pytest.mark.usefixtures("close_clients")  # the HTTP clients a test's loop made
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

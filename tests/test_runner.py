@@ -18,6 +18,8 @@ from playground.request import ChatRequest, Message, make_params
 from playground.clock import measure_loop
 from playground.runner import Column, Job, Run
 
+pytestmark = pytest.mark.usefixtures("close_clients")  # the HTTP clients a test's loop made
+
 SCRIPTS = {
     "half-second": Script(tokens=7, ttft_s=0.2, interval_s=0.05),  # ~0.5 s each
     "fast": Script(tokens=5, ttft_s=0.02, interval_s=0.01),

@@ -27,6 +27,8 @@ from playground.catalog import Target
 from playground.request import ChatRequest, build_messages, make_params
 from playground.runner import Job, run_to_end
 
+pytestmark = pytest.mark.usefixtures("close_clients")  # the HTTP clients a test's loop made
+
 START_BOUND_S = 180.0
 STOP_BOUND_S = 10.0
 

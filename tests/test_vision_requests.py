@@ -22,6 +22,8 @@ from playground.report import run_document
 from playground.request import ChatRequest, build_messages, make_params
 from playground.runner import Job, run_to_end
 
+pytestmark = pytest.mark.usefixtures("close_clients")  # the HTTP clients a test's loop made
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV, KEY = "PLAYGROUND_TEST_KEY", "sk-test-VISION123456"
 NIM_MODEL = "microsoft/phi-3.5-vision-instruct"

@@ -13,13 +13,13 @@ import asyncio
 import os
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Iterable
 
 import httpx
 
 from playground.backends.base import READY, Availability, BackendError
+from playground.backends.clients import LoopClients
 from playground.events import ErrorKind, Event, Finished, RequestSent, ServerTimings, TextDelta, Usage
 
 if TYPE_CHECKING:
@@ -36,9 +36,7 @@ TAGS_TTL_S = 10.0  # a good answer is kept this long
 TAGS_FAIL_TTL_S = 2.0  # a bad one is rechecked sooner: the user may have just started Ollama
 START_HINT = "start it with: ollama serve"
 
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, ollama.AsyncClient]] = (
-    weakref.WeakKeyDictionary()
-)
+_clients: LoopClients["ollama.AsyncClient"] = LoopClients(lambda client: client._client.aclose())
 
 
 @dataclass(frozen=True)
@@ -178,14 +176,10 @@ class OllamaBackend:
         """One client per host and event loop, its connection opened before any clock starts."""
         import ollama
 
-        per_loop = _clients.setdefault(asyncio.get_running_loop(), {})
-        client = per_loop.get(self.host)
-        if client is None:
-            connect = self.target.connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S
-            # in a thread: a new client builds an SSL context (loads the CA store, 0.1-0.2 s)
-            client = await asyncio.to_thread(ollama.AsyncClient, host=self.host,
-                                             timeout=httpx.Timeout(self.target.timeout_s, connect=connect))
-            client = per_loop.setdefault(self.host, client)
+        connect = self.target.connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S
+        client, new = await _clients.get(self.host, lambda: ollama.AsyncClient(
+            host=self.host, timeout=httpx.Timeout(self.target.timeout_s, connect=connect)))
+        if new:
             try:  # best effort: open the TCP connection now
                 await client._client.get("/api/version", timeout=WARMUP_TIMEOUT_S)
             except Exception:  # noqa: BLE001 - the real request reports any problem
