@@ -1,11 +1,11 @@
 """Start-up work that must never land on an event loop during a run.
 
-The SDKs import much of themselves lazily on their first request (the openai SDK's streaming
-models take 0.2 s of pydantic schema building, holding the GIL), a new HTTP client loads the CA
-store, and the token-estimate tokenizer takes 0.2 s to load. All of it happens here, in a
-thread at start-up, so the first page is not delayed and the first run's stamps are not bent:
-each SDK streams one answer from an in-memory transport (no network), and real clients are
-built once. The measurement loop starts here too.
+The HTTP libraries import much of themselves lazily on their first request (aiohttp's
+connector and SSL contexts, 0.15 s; the ollama SDK's models), and the token-estimate tokenizer
+takes 0.2 s to load. All of it happens here, in a thread at start-up, so the first page is not
+delayed and the first run's stamps are not bent: the OpenAI-compatible backend streams one
+answer from a loopback server of its own, and the ollama SDK one from an in-memory transport
+(nothing leaves the machine). The measurement loop starts here too.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from playground.backends import REGISTRY
 from playground.clock import measure_loop
 
 log = logging.getLogger(__name__)
-LOOPBACK = "http://127.0.0.1:9"  # never contacted: the in-memory transports answer
+LOOPBACK = "http://127.0.0.1:9"  # never contacted: the ollama SDK's in-memory transport answers
+WARM_TIMEOUT_S = 5.0
 
 _SSE = b"".join(b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in [
     {"id": "w", "object": "chat.completion.chunk", "created": 0, "model": "w",
@@ -39,20 +40,40 @@ _NDJSON = (b'{"model":"w","created_at":"2024-01-01T00:00:00Z","message":{"role":
 
 
 async def _openai() -> None:
-    import httpx2
-    from openai import AsyncOpenAI
+    """One real stream through the backend, from a loopback server that answers with ``_SSE``."""
+    from playground.backends.openai_compat import OpenAICompatBackend
+    from playground.catalog import Target
+    from playground.request import ChatRequest, Message
 
-    def answer(request: Any) -> Any:
-        return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=_SSE)
-
-    client = AsyncOpenAI(base_url=LOOPBACK, api_key="warm-up", max_retries=0,
-                         http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(answer)))
-    async with client:
-        stream = await client.chat.completions.create(model="w", messages=[{"role": "user", "content": "hi"}],
-                                                      stream=True, stream_options={"include_usage": True})
-        async for _ in stream:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:  # a GET /models (the connection's warm-up), then the POST
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                body = _SSE if head.startswith(b"POST") else b"{}"
+                kind = b"text/event-stream" if head.startswith(b"POST") else b"application/json"
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: " + kind + b"\r\ncontent-length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
             pass
-    await AsyncOpenAI(base_url=LOOPBACK, api_key="warm-up").close()  # a real transport: SSL context, pool
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        backend = OpenAICompatBackend(Target(id="warm-up", label="warm-up", backend="openai", model="w",
+                                             base_url=f"http://127.0.0.1:{port}/v1", timeout_s=WARM_TIMEOUT_S))
+        async for _ in backend.stream(ChatRequest((Message("user", "hi"),))):
+            pass
+    finally:
+        from playground.backends import clients
+
+        await clients.aclose_here()
+        server.close()
 
 
 async def _ollama() -> None:

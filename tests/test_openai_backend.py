@@ -18,6 +18,8 @@ from playground.report import run_document
 from playground.request import ChatRequest, Message, make_params
 from playground.runner import Column, Job, run_to_end
 
+pytestmark = pytest.mark.usefixtures("close_clients")  # the HTTP clients a test's loop made
+
 KEY_ENV, KEY = "PLAYGROUND_TEST_KEY", "sk-test-SECRET123456"
 TTFT_S = 0.25
 SCRIPTS = {
@@ -31,6 +33,8 @@ SCRIPTS = {
     "no-finish": Script(tokens=10, fault="no_finish", fault_after=4),
     "malformed": Script(tokens=10, fault="malformed", fault_after=2),
     "error-event": Script(tokens=10, fault="error_event", fault_after=2),
+    "hang": Script(fault="hang"),
+    "stall": Script(tokens=3, interval_s=2.0),
     **{f"http-{code}": Script(status=code, retry_after="7" if code == 429 else None)
        for code in (401, 403, 404, 429, 500, 503)},
 }
@@ -96,7 +100,7 @@ async def test_the_request_on_the_wire(server: ScriptedServer) -> None:
     assert body["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
     assert (body["max_tokens"], body["temperature"], body["seed"]) == (64, 0.0, 42)
     assert sent.headers["authorization"] == f"Bearer {KEY}"
-    assert sent.headers["x-stainless-retry-count"] == "0"
+    assert sent.headers["content-type"] == "application/json"
 
 
 async def test_connection_is_warmed_before_the_clock_starts(server: ScriptedServer) -> None:
@@ -106,6 +110,19 @@ async def test_connection_is_warmed_before_the_clock_starts(server: ScriptedServ
     assert (warm.method, warm.path) == ("GET", "/v1/models")
     assert (chat.method, chat.path) == ("POST", "/v1/chat/completions")
     assert chat.peer == warm.peer and chat.nth > warm.nth  # the measured request reused it
+
+
+async def test_the_clock_starts_when_the_request_reaches_the_socket(server: ScriptedServer) -> None:
+    events, error = await collect(target(server.base_url, "slow-start"))
+    assert error is None
+    sent = [e for _, e in events if isinstance(e, RequestSent)]
+    first_text = next(i for i, (_, e) in enumerate(events) if isinstance(e, TextDelta))
+    last_sent = max(i for i, (_, e) in enumerate(events) if isinstance(e, RequestSent))
+    assert isinstance(events[0][1], RequestSent) and last_sent < first_text
+    # the backend restamps the start with when aiohttp wrote the request: before the server read it
+    assert len(sent) == 2 and sent[0].at is None and sent[1].at is not None
+    received = server.chat_requests("slow-start")[-1]
+    assert sent[1].at <= received.at, (sent[1].at, received.at)
 
 
 async def test_targets_sharing_an_endpoint_each_get_a_warm_connection(server: ScriptedServer) -> None:
@@ -203,6 +220,25 @@ async def test_keys_go_only_where_they_belong(server: ScriptedServer, monkeypatc
     assert sent == {"five": "Bearer not-needed", "ten": f"Bearer {KEY}",
                     "close-delimited": "Bearer sk-other-KEY987654"}
     assert not any("NOT-FOR-THIS" in (r.headers.get("authorization") or "") for r in server.received)
+
+
+async def test_a_key_pasted_with_a_newline_is_sent_without_it(server: ScriptedServer,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY + "\n")  # secrets pasted from a file often end in one
+    events, error = await collect(target(server.base_url, "five"))
+    assert error is None, error
+    assert server.chat_requests("five")[-1].headers["authorization"] == f"Bearer {KEY}"
+
+
+@pytest.mark.parametrize(("model", "pattern"), [("hang", r"^hang at .* did not answer \(no data for 0.5 s\)$"),
+                                                ("stall", r"^read timed out from stall at .* \(no data for 0.5 s\)$")])
+async def test_a_server_that_goes_quiet_times_out_with_its_wait(server: ScriptedServer, model: str, pattern: str) -> None:
+    started = time.perf_counter()
+    events, error = await collect(target(server.base_url, model, timeout_s=0.5))
+    assert error is not None and error.kind is ErrorKind.TIMEOUT
+    assert re.search(pattern, error.message), error.message
+    assert time.perf_counter() - started < 5  # the read timeout, not the server's own limit
+    assert not [e for _, e in events if isinstance(e, Finished)]
 
 
 async def test_unknown_model_is_not_found(server: ScriptedServer) -> None:
