@@ -164,6 +164,16 @@ async def stream_from_thread(
         if not loop.is_closed():
             loop.call_soon_threadsafe(queue.put_nowait, event)
 
+    def put_all(events: list[Event]) -> None:
+        for event in events:
+            queue.put_nowait(event)
+
+    def emit_many(events: list[Event]) -> None:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(put_all, events)
+
+    emit.many = emit_many  # type: ignore[attr-defined]  # see WorkerProcess._deliver_batch
+
     def run() -> None:
         try:
             work(emit, stop)
