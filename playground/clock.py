@@ -171,6 +171,11 @@ class MeasureLoop:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if "playground.backends.clients" in sys.modules:  # only if a backend ever made a client
+            try:
+                await asyncio.wait_for(sys.modules["playground.backends.clients"].aclose_here(), 1.0)
+            except Exception:  # noqa: BLE001 - the process is leaving anyway
+                pass
         self.loop.stop()
 
     def _run(self) -> None:
@@ -178,6 +183,12 @@ class MeasureLoop:
         self.loop.call_soon(self._started.set)
         self.loop.create_task(self.monitor.run(), name="lag-monitor:measurement")
         self.loop.run_forever()
+
+    @property
+    def native_id(self) -> int:
+        """The loop thread's id for the OS (for its scheduling)."""
+        assert self._thread.native_id is not None
+        return self._thread.native_id
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)

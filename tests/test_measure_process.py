@@ -17,6 +17,8 @@ from playground.catalog import Target
 from playground.request import ChatRequest, Message, make_params
 from playground.runner import Job, Run
 
+pytestmark = pytest.mark.usefixtures("close_clients")  # the HTTP clients a test's loop made
+
 SCRIPTS = {
     "steady": Script(tokens=30, ttft_s=0.15, interval_s=0.02),
     "long": Script(tokens=300, ttft_s=0.02, interval_s=0.02),
@@ -97,3 +99,41 @@ async def test_a_killed_process_fails_its_columns_and_the_next_run_restarts_it(s
     [again] = await run(job(server, "steady", "after"))
     assert again.status == "done", again.error
     assert measure_process.worker().pid != old.pid
+
+
+def _realtime_allowed() -> bool:
+    """Whether this process may give a thread real-time scheduling (root, CAP_SYS_NICE or RLIMIT_RTPRIO)."""
+    import threading
+
+    allowed = threading.Event()
+
+    def probe() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(os.sched_get_priority_min(os.SCHED_RR)))
+            allowed.set()
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe)  # a throwaway thread: its policy dies with it
+    thread.start()
+    thread.join()
+    return allowed.is_set()
+
+
+async def test_only_the_stamping_thread_of_the_child_runs_at_realtime_priority(server: ScriptedServer) -> None:
+    if not _realtime_allowed():
+        pytest.skip("this process may not use real-time scheduling (the child falls back to nice -10)")
+    # a host name: aiohttp resolves it in a thread that the stamping thread starts
+    by_name = server.base_url.replace("127.0.0.1", "localhost")
+    target = Target(id="by-name", label="by-name", backend="openai", model="steady", base_url=by_name)
+    [column] = await run(Job(target, ChatRequest((Message("user", "hi"),), make_params(max_tokens=64))))
+    assert column.status == "done", column.error
+    child = measure_process.worker()
+    assert child.pid is not None
+    policies = {int(tid): os.sched_getscheduler(int(tid)) & ~os.SCHED_RESET_ON_FORK
+                for tid in os.listdir(f"/proc/{child.pid}/task")}
+    assert len(policies) > 3  # the loop, its sender, the reader, the resolver's
+    realtime = [tid for tid, policy in policies.items() if policy == os.SCHED_RR]
+    assert len(realtime) == 1, policies  # the measurement loop's thread; its sender and waiters stay normal
+    assert os.sched_getparam(realtime[0]).sched_priority == os.sched_get_priority_min(os.SCHED_RR)
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the app itself is untouched
