@@ -593,6 +593,7 @@ def main() -> None:
     ui: tuple[list[Sample], str] | None = None
     loaded: tuple[list[Sample], str, str] | None = None
     loads: dict[str, float] = {}
+    stalls: list[str] = []
     server = ServerProcess(scripts) if args.server == "process" else ScriptedServer(scripts)
     with server:
         if "cli" in args.modes:
@@ -612,6 +613,8 @@ def main() -> None:
                     loaded = measure_load(url, args.sessions, args.load_targets, args.load_runs,
                                           args.load_tokens)
                     loaded = (*loaded[:2], f"{loaded[2]}; load generator at the lowest priority; {favoured}")
+                stalls = [line for line in (Path(tmp) / "app.log").read_text(errors="replace").splitlines()
+                          if "blocked for" in line or "overdue by" in line]
     index = server_index(server.received)
     late = [(r.first_token_at - r.at - scripts[model].ttft_s) * 1000 for (model, _), found in index.items()
             for r in found if model in scripts and r.first_token_at is not None and len(r.events) > 2]
@@ -639,6 +642,8 @@ def main() -> None:
             load_ideal, loaded[1], f"{args.sessions} gradio_client sessions × {args.load_runs} runs, "
                                    f"{loaded[2]}; load {loads['load']:.1f}"))
     print(modes_table(results))
+    if stalls:  # the app's own reports of a loop blocked for 100 ms or more (PLAYGROUND_STALL_TRACE=1: stacks)
+        print(f"\nthe app logged {len(stalls)} stalls:\n" + "\n".join(stalls[:20]))
     if tallies:
         print("\ncli mode, every N (errors against the server's stamps):\n")
         print(cli_table(tallies, index, scripts, ideal))
