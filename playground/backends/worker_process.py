@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 Generate = Callable[["Target", "ChatRequest", Emit, threading.Event], None]
 LOAD_TIMEOUT_S = 15 * 60  # a multi-GB model from a slow disk; the child's death ends the wait sooner
 MAX_BATCH = 256  # messages sent as one
-LINGER_S = 0.002  # the measurement process's sender gathers messages this long before a write
+LINGER_S = 0.01  # the measurement process's sender writes at most this often while streams flow
 STOP_POLL_S = 0.005  # how often a waiting request looks at a plain stop flag: under one token
 DEAD_POLL_S = 0.25  # with a StopFlag that wakes it, a request only looks now and then for a dead child
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -310,17 +310,24 @@ def _serve(conn: Connection) -> None:
 
 
 def _send_batches(conn: Connection, outbox: queue.SimpleQueue[tuple[Any, ...] | None]) -> None:
-    """Send what is queued, everything waiting at once in one message (one write, one wake-up)."""
+    """Send what is queued, everything waiting at once in one message (one write, one wake-up).
+
+    A message after a quiet spell (a first token) goes at once; while streams flow, sends are
+    spaced ``LINGER_S`` apart and carry everything that came meanwhile: one wake-up of this thread
+    per event (6,000 a second under a workshop's load) would compete with the stamping loop for
+    the GIL and the CPU. The stamps are already taken; only the frame waits, by at most that long.
+    """
+    last_send = -1.0
     try:
         while True:
             batch = [outbox.get()]
-            # linger a moment so that what arrives meanwhile goes in the same write: one wake-up of
-            # this thread per event (6,000 a second under a workshop's load) would compete with
-            # the stamping loop for the GIL. The stamps are already taken; only the frame waits.
-            time.sleep(LINGER_S)
+            wait = last_send + LINGER_S - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
             while not outbox.empty() and len(batch) < MAX_BATCH:
                 batch.append(outbox.get_nowait())
             conn.send(batch[0] if len(batch) == 1 else ("batch", batch))
+            last_send = time.perf_counter()
     except (OSError, ValueError):
         pass  # the parent is gone
 
