@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from playground import secrets
 from playground.backends import REGISTRY
 
 BUILTIN_CATALOG = Path(__file__).with_name("catalog.yaml")
@@ -84,6 +85,8 @@ class Target(BaseModel):
         for name in ("max_image_bytes", "max_image_side", "max_images"):
             if getattr(self, name) is not None and not self.vision:
                 raise ValueError(f"{name}: only used by vision targets (vision: true)")
+        if self.api_key_env:
+            secrets.watch(self.api_key_env)  # its value is redacted wherever text reaches a user
         if self.backend == "openai" and not (self.base_url or self.base_url_env):
             raise ValueError("base_url: required for backend 'openai' (or give base_url_env)")
         if self.base_url and not re.match(r"^https?://", self.base_url):

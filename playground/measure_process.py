@@ -70,7 +70,8 @@ def worker() -> WorkerProcess:
         if _worker is None or not _worker.alive:
             if _worker is not None:
                 _worker.close()
-            _worker = WorkerProcess("measurement process", "playground.measure_process:child_streams", ())
+            _worker = WorkerProcess("measurement process", "playground.measure_process:child_streams", (),
+                                    keeps_keys=True)
             try:
                 _worker.start(timeout_s=START_TIMEOUT_S)
             except BaseException:

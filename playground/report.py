@@ -129,5 +129,13 @@ def write_exports(document: dict[str, Any], folder: Path) -> tuple[Path, Path]:
         row.update(prompt=document["prompt"], system=document["system"], images=len(document.get("images", [])),
                    **document["parameters"])
         rows.append(row)
-    pd.DataFrame(rows).to_csv(csv_path, index=False)
+    pd.DataFrame([{k: csv_safe(v) for k, v in row.items()} for row in rows]).to_csv(csv_path, index=False)
     return csv_path, json_path
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula, quoted as text (OWASP's advice)."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value

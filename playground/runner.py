@@ -16,7 +16,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AsyncIterator, Literal
 
-from playground import measure_process, metrics, warmup
+from playground import measure_process, metrics, secrets, warmup
 from playground.backends import make_backend
 from playground.backends.base import Backend, BackendError
 from playground.clock import TICK_S, MeasureLoop, measure_loop
@@ -98,6 +98,7 @@ class Column:
 class Job:
     target: Target
     request: ChatRequest
+    notices: tuple[str, ...] = ()  # shown in the column from the start (earlier turns left out, ...)
 
 
 class Run:
@@ -224,6 +225,8 @@ class Run:
     async def _pump(self, index: int, job: Job) -> None:
         """Runs on the measurement loop: every event is stamped here, the moment it arrives."""
         post = self._post
+        for note in job.notices:
+            post(index, Notice(note), time.perf_counter(), True)
         try:
             if warmup.pending():  # the app has just started: its imports would stall this loop
                 post(index, Progress("the app is starting up…"), time.perf_counter(), True)
@@ -287,7 +290,7 @@ class Run:
             column.timeline.sent = at
             column.status, column.detail = "streaming", "waiting for the first token"
         elif isinstance(event, Progress):
-            column.status, column.detail = "loading", event.message
+            column.status, column.detail = "loading", secrets.redact(event.message)
         elif isinstance(event, Usage):
             column.usage = event
             if event.source == "server" and column.chunks:
@@ -295,7 +298,7 @@ class Run:
         elif isinstance(event, ServerTimings):
             column.server = event
         elif isinstance(event, Notice):
-            column.notices.append(event.message)
+            column.notices.append(secrets.redact(event.message))
         elif isinstance(event, Finished):
             column.finish_reason = event.reason
             self._finish(column, "stopped" if event.reason == "stopped" else "done", at)
@@ -307,7 +310,8 @@ class Run:
             tokens, source = column.token_count()
             count = f"{'~' if source in ESTIMATES else ''}{tokens or 0}"
             message = f"stream cut after {count} tokens: {message}"
-        column.error, column.error_kind = message, kind
+        # every backend's errors pass here: none may carry a key to the page, a table or an export
+        column.error, column.error_kind = secrets.redact(message), kind
         self._finish(column, "error", at)
 
     def _finish(self, column: Column, status: Status, at: float) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from playground import secrets
+
 if TYPE_CHECKING:
     from playground.backends.base import Availability
     from playground.catalog import Target
@@ -121,7 +123,7 @@ def choice_label(target: Target, available: Availability) -> str:
     if available.state == "ready":
         return target.label
     mark = "✗ " if available.state == "unavailable" else ""
-    return f"{target.label} — {mark}{available.reason}"
+    return f"{target.label} — {mark}{secrets.redact(available.reason)}"  # every page load receives it
 
 
 def ordered_choices(items: list[tuple[Target, Availability]]) -> list[tuple[str, str]]:

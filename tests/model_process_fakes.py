@@ -38,3 +38,37 @@ def missing_model(path: str) -> Any:
 
 def dies_while_loading() -> Any:
     os._exit(3)
+
+
+def secret_names() -> Any:
+    """A "model" whose answer is the names of the secret-looking variables in its environment."""
+    from playground import secrets
+
+    def generate(target: Any, request: Any, emit: Any, stop: threading.Event) -> None:
+        emit(RequestSent(at=time.perf_counter()))
+        names = sorted(name for name in os.environ if secrets.is_secret_name(name))
+        emit(TextDelta(",".join(names) or "none", tokens=1, at=time.perf_counter()))
+        emit(Finished("stop"))
+
+    return generate
+
+
+def _explode() -> Any:
+    raise RuntimeError("this message cannot be read here")
+
+
+class Unreadable:
+    """Pickles in the child; unpickling it in the parent raises."""
+
+    def __reduce__(self) -> Any:
+        return (_explode, ())
+
+
+def unreadable() -> Any:
+    def generate(target: Any, request: Any, emit: Any, stop: threading.Event) -> None:
+        emit(RequestSent(at=time.perf_counter()))
+        emit(Unreadable())
+        time.sleep(5)  # the parent must not wait for this
+        emit(Finished("stop"))
+
+    return generate

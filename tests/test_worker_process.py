@@ -176,3 +176,38 @@ def _running(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"  # a zombie has exited; its reaper (the dead parent's init) collects it
+
+
+def test_an_unreadable_message_fails_the_request_and_the_process_loudly(child_path: None,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    worker = WorkerProcess("unreadable", f"{FAKES}:unreadable", ()).start(timeout_s=60)
+    try:
+        started = time.monotonic()
+        with pytest.raises(BackendError, match="its messages could not be read \\(RuntimeError: this message cannot"):
+            worker.generate(TARGET, ChatRequest(build_messages("hi"), make_params()), lambda e: None, threading.Event())
+        assert time.monotonic() - started < 4  # not after the child's 5 s
+        assert not worker.alive
+        assert "its messages could not be read" in caplog.text
+    finally:
+        worker.close()
+
+
+def test_a_wait_for_a_busy_model_shows_its_seconds_and_gives_up_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from playground.backends import local
+    from playground.events import Progress
+
+    monkeypatch.setenv("PLAYGROUND_QUEUE_TIMEOUT_S", "3")
+    busy = threading.Lock()
+    busy.acquire()
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 0.25
+        return now[0]
+
+    shown: list[str] = []
+    with pytest.raises(BackendError, match=r"^waiting: busy: gave up after 3 s \(PLAYGROUND_QUEUE_TIMEOUT_S\)$") as info:
+        local.wait_to_acquire(busy, threading.Event(), lambda e: shown.append(e.message) if isinstance(e, Progress) else None,
+                              "waiting: busy", clock=clock)
+    assert info.value.kind is ErrorKind.TIMEOUT
+    assert shown[:3] == ["waiting: busy", "waiting: busy (1 s)", "waiting: busy (2 s)"]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Iterable
 
 import httpx
 
+from playground import secrets
 from playground.backends.base import READY, Availability, BackendError
 from playground.backends.clients import LoopClients
 from playground.events import ErrorKind, Event, Finished, RequestSent, ServerTimings, TextDelta, Usage
@@ -57,6 +58,20 @@ _tags_lock = threading.Lock()
 
 def host_for(target: Target) -> str:
     return target.base_url or os.environ.get("OLLAMA_HOST") or DEFAULT_HOST
+
+
+def new_client(host: str, timeout: httpx.Timeout) -> ollama.AsyncClient:
+    """The ollama client sends OLLAMA_API_KEY to any host it is given: here only to OLLAMA_HOST's
+    (or the default's), and stripped of surrounding whitespace."""
+    import ollama
+
+    client = ollama.AsyncClient(host=host, timeout=timeout)
+    key = secrets.env_key("OLLAMA_API_KEY")
+    ours = (os.environ.get("OLLAMA_HOST") or DEFAULT_HOST).rstrip("/") == host.rstrip("/")
+    client._client.headers.pop("authorization", None)
+    if key and ours:
+        client._client.headers["authorization"] = f"Bearer {key}"
+    return client
 
 
 def full_tag(model: str) -> str:
@@ -177,8 +192,8 @@ class OllamaBackend:
         import ollama
 
         connect = self.target.connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S
-        client, new = await _clients.get(self.host, lambda: ollama.AsyncClient(
-            host=self.host, timeout=httpx.Timeout(self.target.timeout_s, connect=connect)))
+        client, new = await _clients.get(self.host, lambda: new_client(
+            self.host, httpx.Timeout(self.target.timeout_s, connect=connect)))
         if new:
             try:  # best effort: open the TCP connection now
                 await client._client.get("/api/version", timeout=WARMUP_TIMEOUT_S)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Mapping
 import aiohttp
 from openai._streaming import SSEDecoder  # the SDK's spec-compliant decoder, on aiohttp's bytes
 
+from playground import secrets
 from playground.backends.base import READY, Availability, BackendError
 from playground.backends.clients import LoopClients
 from playground.events import ErrorKind, Event, Finished, RequestSent, TextDelta, Usage
@@ -58,7 +59,10 @@ _sessions: LoopClients[aiohttp.ClientSession] = LoopClients(lambda session: sess
 
 
 def redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret and len(secret) >= 4 else text
+    """This request's key, and every other secret and header value (``secrets.redact``)."""
+    if secret and len(secret) >= secrets.MIN_SECRET_LEN:
+        text = text.replace(secret, secrets.MASK)
+    return secrets.redact(text)
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
@@ -165,14 +169,16 @@ class OpenAICompatBackend:
         return os.environ.get(self.target.base_url_env or "") or None
 
     def _key(self) -> str | None:
-        # a key pasted from a file often ends in a newline, which no HTTP header may carry
-        return (os.environ.get(self.target.api_key_env) or "").strip() or None if self.target.api_key_env else None
+        return secrets.env_key(self.target.api_key_env)
 
     def availability(self) -> Availability:
-        missing = [n for n in (self.target.base_url_env, self.target.api_key_env)
-                   if n and not os.environ.get(n) and not (n == self.target.base_url_env and self.target.base_url)]
-        if missing:
-            return Availability("unavailable", "set " + " and ".join(missing))
+        problems = []
+        if self.target.base_url_env and not self.target.base_url and not os.environ.get(self.target.base_url_env):
+            problems.append(f"set {self.target.base_url_env}")
+        if self.target.api_key_env and (problem := secrets.key_problem(self.target.api_key_env)):
+            problems.append(problem)
+        if problems:
+            return Availability("unavailable", " and ".join(problems))
         return READY
 
     def _headers(self, key: str | None) -> dict[str, str]:
@@ -196,7 +202,7 @@ class OpenAICompatBackend:
         if not base_url:
             raise BackendError(ErrorKind.UNAVAILABLE, f"set {self.target.base_url_env}")
         if self.target.api_key_env and not key:
-            raise BackendError(ErrorKind.UNAVAILABLE, f"set {self.target.api_key_env}")
+            raise BackendError(ErrorKind.UNAVAILABLE, secrets.key_problem(self.target.api_key_env) or "no key")
         base_url = base_url.rstrip("/")
         session, _ = await _sessions.get("http", _session)
         # warm every run, not once per session: targets sharing an endpoint each need a connection

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import logging
 import os
 import queue
 import signal
@@ -34,6 +35,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from playground import secrets
 from playground.backends.base import BackendError
 from playground.backends.local import Emit, StopFlag
 from playground.events import ErrorKind
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from playground.catalog import Target
     from playground.request import ChatRequest
 
+log = logging.getLogger(__name__)
 Generate = Callable[["Target", "ChatRequest", Emit, threading.Event], None]
 LOAD_TIMEOUT_S = 15 * 60  # a multi-GB model from a slow disk; the child's death ends the wait sooner
 MAX_BATCH = 256  # messages sent as one
@@ -66,8 +69,10 @@ class _Pending:
 class WorkerProcess:
     """The parent's handle on one child process that holds one loaded model."""
 
-    def __init__(self, name: str, factory: str, args: tuple[Any, ...]):
-        self.name = name
+    def __init__(self, name: str, factory: str, args: tuple[Any, ...], keeps_keys: bool = False):
+        """``keeps_keys``: the child needs the API keys (the measurement process); a model process
+        starts with an environment that holds none."""
+        self.name, self.keeps_keys = name, keeps_keys
         self._factory, self._args = factory, args
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
@@ -92,7 +97,8 @@ class WorkerProcess:
     def start(self, timeout_s: float = LOAD_TIMEOUT_S) -> WorkerProcess:
         """Start the child and wait until its model is loaded; BackendError if it cannot load."""
         ours, theirs = socket.socketpair()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        base = os.environ if self.keeps_keys else secrets.without_secrets(dict(os.environ))
+        env = dict(base, PYTHONPATH=os.pathsep.join(
             p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p))
         try:
             # the child's stdout goes to our stderr: a library's prints must not mix into `run --json`
@@ -190,9 +196,19 @@ class WorkerProcess:
         if pending is None:
             return  # a request that gave up (its sender is gone)
         if message[0] == "event":
-            pending.emit(message[2])
+            self._hand(pending, pending.emit, message[2])
         elif message[0] == "done":
             pending.error = message[2]
+            pending.finish()
+
+    @staticmethod
+    def _hand(pending: _Pending, emit: Callable[[Any], None], what: Any) -> None:
+        """One request's receiver failing (its loop closed under it) ends that request, not the reader
+        that every other request of this process depends on."""
+        try:
+            emit(what)
+        except Exception as exc:  # noqa: BLE001
+            pending.error = (ErrorKind.INTERNAL.value, f"its events could not be delivered ({type(exc).__name__})", None)
             pending.finish()
 
     def _deliver_batch(self, batch: list[tuple[Any, ...]]) -> None:
@@ -206,10 +222,10 @@ class WorkerProcess:
                 return
             many = getattr(pending.emit, "many", None)
             if many is not None:
-                many(got)
+                self._hand(pending, many, got)
             else:
                 for event in got:
-                    pending.emit(event)
+                    self._hand(pending, pending.emit, event)
 
         for one in batch:
             if one[0] == "event":
@@ -222,6 +238,7 @@ class WorkerProcess:
 
     def _read(self) -> None:
         assert self._conn is not None and self._proc is not None
+        failure = ""
         try:
             while True:
                 message = self._conn.recv()
@@ -231,13 +248,19 @@ class WorkerProcess:
                     self._deliver(message)
         except (EOFError, OSError):
             pass
+        except Exception as exc:  # noqa: BLE001 - an unreadable message: never a silent death of the reader
+            failure = f"{type(exc).__name__}: {exc}"
+            log.error("%s: its messages could not be read: %s", self.name, failure)
+            self._dead = f"its messages could not be read ({failure}); the next run starts it again"
+            self.close()
         code = self._proc.poll()
         if code is None:
             try:
                 code = self._proc.wait(timeout=1)
             except subprocess.TimeoutExpired:
                 code = None
-        self._dead = self._dead or f"the model process exited (code {code}); the next run starts it again"
+        why = f"its messages could not be read ({failure})" if failure else f"the model process exited (code {code})"
+        self._dead = self._dead or f"{why}; the next run starts it again"
         for pending in list(self._pending.values()):
             pending.error = (ErrorKind.INTERNAL.value, f"{self.name}: {self._dead}", None)
             pending.finish()

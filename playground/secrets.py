@@ -1,0 +1,135 @@
+"""Keys: read from the environment, checked, and kept out of every text a user or a log can see.
+
+A key reaches a user only through text: an error message, an availability reason, a notice, a
+log line, an export. ``redact`` is the one function every such path goes through (the runner for
+column errors and notices, the picker for availability reasons, a log-record factory for every
+log line); it knows each secret in the forms libraries print it: as written, stripped, escaped
+as Python's ``repr`` writes it (``b'Bearer sk-...\\n'``) and URL-encoded, and it blanks any
+``Bearer ...`` or ``api-key: ...`` value whatever the key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import unicodedata
+from urllib.parse import quote, quote_plus
+
+MASK = "***"
+MIN_SECRET_LEN = 4  # shorter values would blank ordinary words
+#: environment variables whose values are secrets, by a word of their name: GITHUB_TOKEN,
+#: NVIDIA_API_KEY, AZURE_AI_API_KEY, HF_TOKEN (not TOKENIZERS_PARALLELISM); plus every variable a
+#: catalog names as a target's ``api_key_env`` (``watch``)
+SECRET_NAME = re.compile(r"(^|_)(API_?KEY|KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)(_|$)", re.IGNORECASE)
+NOT_SECRETS = {"true", "false", "none", "null", "yes", "no", "on", "off"}
+_HEADER_VALUE = re.compile(r"(?i)(\bbearer\s+|\bapi[-_]?key[\"']?\s*[:=]\s*[\"']?)[^\s'\",;)}\]]+")
+
+_session_secrets: set[str] = set()
+_watched: set[str] = set()
+_lock = threading.Lock()
+
+
+def watch(name: str) -> None:
+    """Treat the variable ``name`` as a secret whatever it is called (a catalog's ``api_key_env``)."""
+    with _lock:
+        _watched.add(name)
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(SECRET_NAME.search(name)) or name in _watched
+
+
+def control_character(value: str) -> bool:
+    return any(unicodedata.category(c) == "Cc" for c in value)
+
+
+def key_problem(name: str) -> str | None:
+    """What is wrong with the key in ``name``, naming the variable and never its value."""
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return f"set {name}"
+    if control_character(value.strip()):
+        return f"{name} contains a control character"
+    return None
+
+
+def env_key(name: str | None) -> str | None:
+    """The key in ``name``, without surrounding whitespace (a key pasted from a file often ends in
+    a newline, which no HTTP header may carry); None if unset, empty or unusable (see key_problem)."""
+    if not name:
+        return None
+    value = (os.environ.get(name) or "").strip()
+    return value if value and not control_character(value) else None
+
+
+def remember(secret: str) -> None:
+    """A secret that lives outside the environment (a key a user typed for their session)."""
+    if len(secret.strip()) >= MIN_SECRET_LEN:
+        with _lock:
+            _session_secrets.add(secret)
+
+
+def forget(secret: str) -> None:
+    with _lock:
+        _session_secrets.discard(secret)
+
+
+def _secrets() -> set[str]:
+    found = {value for name, value in os.environ.items() if is_secret_name(name) and value}
+    with _lock:
+        found |= _session_secrets
+    return found
+
+
+def _forms(secret: str) -> set[str]:
+    forms = set()
+    for s in {secret, secret.strip()}:
+        forms |= {s, repr(s)[1:-1], repr(s.encode())[2:-1], quote(s, safe=""), quote_plus(s)}
+    return {f for f in forms if len(f) >= MIN_SECRET_LEN and f.lower() not in NOT_SECRETS}
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret, and any bearer or api-key header value, replaced by ``***``."""
+    if not text:
+        return text
+    for form in sorted({f for s in _secrets() for f in _forms(s)}, key=len, reverse=True):
+        if form in text:
+            text = text.replace(form, MASK)
+    return _HEADER_VALUE.sub(lambda m: m.group(1) + MASK, text)
+
+
+def without_secrets(env: dict[str, str]) -> dict[str, str]:
+    """An environment for a process that needs no keys (a model process)."""
+    return {name: value for name, value in env.items() if not is_secret_name(name)}
+
+
+_factory_installed = False
+
+
+def redact_logs() -> None:
+    """Every log record, from any library, is redacted as it is made (handlers and their filters
+    vary by library; the record factory is the one place all of them share)."""
+    global _factory_installed
+    if _factory_installed:
+        return
+    make = logging.getLogRecordFactory()
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string: leave it to the handler to report
+            return record
+        clean = redact(message)
+        if record.exc_info and record.exc_info[1] is not None:
+            clean_exc = redact(str(record.exc_info[1]))
+            if clean_exc != str(record.exc_info[1]):
+                record.exc_info, record.exc_text = None, None  # its traceback would repeat the secret
+                clean = f"{clean} ({clean_exc})"
+        record.msg, record.args = clean, None
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _factory_installed = True
