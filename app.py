@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from playground import models
+from playground.public import PolicyError
 from playground.ui import launch
 
 
@@ -18,4 +19,7 @@ def install_bundled_model_on_a_space() -> None:
 
 if __name__ == "__main__":
     install_bundled_model_on_a_space()
-    launch()
+    try:
+        launch()
+    except PolicyError as exc:  # a bad PLAYGROUND_PUBLIC / PLAYGROUND_RATE: one line, not a traceback
+        sys.exit(f"error: {exc}")

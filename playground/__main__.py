@@ -10,9 +10,11 @@ import asyncio
 import json
 import sys
 
+from playground import secrets
 from playground.backends import make_backend
 from playground.catalog import Catalog, CatalogError, load_catalog
 from playground.images import prepare_images
+from playground.public import PolicyError
 from playground.request import ChatRequest, InputError, build_messages, make_params
 from playground.report import result_entry, run_document
 from playground.runner import Job, Run
@@ -122,6 +124,7 @@ def cmd_prepare() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    secrets.redact_logs()
     try:
         catalog = load_catalog(args.catalog)
         if args.command == "targets":
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             launch(catalog, host=args.host, port=args.port)
             return EXIT_OK
         return cmd_run(args, catalog)
-    except (CatalogError, InputError) as exc:
+    except (CatalogError, InputError, PolicyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -11,6 +11,9 @@ if TYPE_CHECKING:
     from playground.images import PreparedImage
 
 MAX_PROMPT_CHARS = 100_000
+MAX_SYSTEM_CHARS = 20_000
+MAX_CONVERSATION_CHARS = 200_000  # what a request may carry in all, whatever the target
+CHARS_PER_TOKEN = 3  # a cautious rate for fitting text into a context length (English is about 4)
 MAX_NEW_TOKENS_LIMIT = 8192
 
 
@@ -94,6 +97,8 @@ def build_messages(
         raise InputError(
             f"The prompt is {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}."
         )
+    if system and len(system) > MAX_SYSTEM_CHARS:
+        raise InputError(f"The system prompt is {len(system):,} characters; the limit is {MAX_SYSTEM_CHARS:,}.")
     messages: list[Message] = []
     if system and system.strip():
         messages.append(Message("system", system.strip()))
@@ -102,3 +107,29 @@ def build_messages(
         messages.append(Message("assistant", assistant))
     messages.append(Message("user", prompt, tuple(images)))
     return tuple(messages)
+
+
+def fit_history(history: list[tuple[str, str]], prompt: str, system: str | None, max_tokens: int,
+                context_length: int | None) -> tuple[list[tuple[str, str]], str | None]:
+    """The most recent turns that fit beside the prompt, the system prompt and the answer's room,
+    and a notice when earlier ones were left out (never a silent cut)."""
+    budget = MAX_CONVERSATION_CHARS
+    why = f"the conversation is over {MAX_CONVERSATION_CHARS:,} characters"
+    if context_length:
+        by_context = (context_length - max_tokens) * CHARS_PER_TOKEN
+        if by_context < budget:
+            budget, why = by_context, f"the conversation would not fit this target's context of {context_length:,} tokens"
+    budget -= len(prompt) + len(system or "")
+    kept: list[tuple[str, str]] = []
+    used = 0
+    for user, assistant in reversed(history):
+        used += len(user) + len(assistant)
+        if used > budget:
+            break
+        kept.append((user, assistant))
+    kept.reverse()
+    dropped = len(history) - len(kept)
+    if not dropped:
+        return kept, None
+    turns = "the earliest turn was" if dropped == 1 else f"the {dropped} earliest turns were"
+    return kept, f"{turns} left out: {why}"

@@ -11,13 +11,14 @@ from typing import Any, AsyncIterator
 
 import gradio as gr
 
-from playground import measure_process, ui_stream, warmup
+from playground import measure_process, public, secrets, ui_stream, warmup
 from playground.backends import make_backend
 from playground.catalog import Catalog, load_catalog
 from playground.clock import monitor_this_loop
-from playground.images import ImageError, PreparedImage, from_multimodal
+from playground.images import MAX_FILE_BYTES, ImageError, PreparedImage, from_multimodal
 from playground.report import TABLE_COLUMNS
-from playground.request import MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_CHARS, ChatRequest, InputError, Message, build_messages, make_params
+from playground.request import (MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_CHARS, ChatRequest, InputError, Message,
+                                build_messages, fit_history, make_params)
 from playground.runner import Job
 from playground.settings import MAX_COLUMNS, Settings, from_env
 from playground.ui_format import Turn, ordered_choices
@@ -90,6 +91,17 @@ def _validate(catalog: Catalog, prompt: str, system: str, temperature: float, to
     return (), params
 
 
+def _column_count(value: Any) -> int:
+    """The API's column count, checked (7 would index past the last column, -1 drop one)."""
+    try:
+        count = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"columns: must be a whole number from 1 to {MAX_COLUMNS} (got {value!r})") from None
+    if not count.is_integer() or not 1 <= count <= MAX_COLUMNS:
+        raise gr.Error(f"columns: must be a whole number from 1 to {MAX_COLUMNS} (got {value!r})")
+    return int(count)
+
+
 def _uploaded_only(value: Any) -> Any:
     """With preprocess=False Gradio does not vet file paths, so accept only its own uploads."""
     from gradio.utils import get_upload_folder
@@ -115,10 +127,23 @@ async def _read_prompt(value: Any) -> tuple[str, tuple[PreparedImage, ...]]:
     return text, images
 
 
-def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -> gr.Blocks:
+def _address(request: gr.Request | None, policy: public.Policy) -> str:
+    """The client's address; behind a Space's proxy the first X-Forwarded-For entry (set by the proxy)."""
+    if request is None:
+        return "unknown"
+    forwarded = request.headers.get("x-forwarded-for", "") if policy.trust_forwarded_for else ""
+    client = getattr(request, "client", None)
+    return forwarded.split(",")[0].strip() or getattr(client, "host", None) or "unknown"
+
+
+def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
+             policy: public.Policy | None = None) -> gr.Blocks:
     settings = settings or from_env()
+    policy = policy or public.from_env()
+    quota = public.Quota(policy.rate) if policy.public and policy.rate else None
     _remember_matplotlib_is_absent()
-    catalog = catalog or load_catalog(settings.catalog)
+    full_catalog = catalog or load_catalog(settings.catalog)
+    catalog = policy.offered(full_catalog)  # what the pickers show; the API is refused the rest by name
     choices = _choices(catalog)
     initial = _initial_targets(catalog, settings, choices)
     n_initial = settings.columns or max(1, min(len(settings.default_targets or catalog.defaults) or 2, MAX_COLUMNS))
@@ -126,6 +151,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
     with gr.Blocks(title="Phi Playground", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# Phi Playground\nOne prompt, several models and backends, streamed side by side "
                     "with honest numbers. Offline by default: the bundled SmolLM2-135M runs on two backends.")
+        gr.Markdown(policy.describe(), elem_id="mode")
         histories = gr.State([[] for _ in range(MAX_COLUMNS)])
         n_cols = gr.Slider(1, MAX_COLUMNS, value=n_initial, step=1, label="Columns", elem_id="n-columns")
         slots, pickers, chats, lives, statuses = [], [], [], [], []
@@ -152,6 +178,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
             run_btn = gr.Button("Run", variant="primary", elem_id="run")
             stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
             clear_btn = gr.Button("Clear", elem_id="clear")
+        quota_line = gr.Markdown("", elem_id="quota", visible=quota is not None)
         with gr.Accordion("Parameters", open=False):
             system = gr.Textbox(label="System prompt", lines=2, elem_id="system")
             with gr.Row():
@@ -172,15 +199,33 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
                            seed_value: str | None, columns: float, hist: list[list[Turn]], chosen: list[str | None],
                            request: gr.Request) -> ui_stream.Plan:
             monitor_this_loop("gradio")  # logs any stall of Gradio's own loop over 100 ms
+            target_ids = list(chosen[:_column_count(columns)])
             prompt_text, images = await _read_prompt(prompt_value)
-            target_ids = list(chosen[:int(columns)])
-            _, params = _validate(catalog, prompt_text, system_text, temp, p, max_new, seed_value, target_ids)
+            _, params = _validate(full_catalog, prompt_text, system_text, temp, p, max_new, seed_value, target_ids)
+            for target_id in target_ids:
+                if (refused := policy.refusal(full_catalog.get(target_id))) is not None:
+                    raise gr.Error(refused)
+            if (refused := public.same_target_refusal(policy, target_ids)) is not None:
+                raise gr.Error(refused)
+            if quota is not None:  # last: a run refused for its input costs nothing
+                wait = quota.take(_quota_keys(request))
+                if wait is not None:
+                    raise gr.Error(quota.refusal(wait))
             jobs = []
             for i, target_id in enumerate(target_ids):
-                past = [(t.sent_user or t.user, t.assistant) for t in hist[i] if t.ok]
-                jobs.append(Job(catalog.get(target_id), ChatRequest(build_messages(prompt_text, system_text, past, images), params)))
+                target = full_catalog.get(target_id)
+                past, note = fit_history([(t.sent_user or t.user, t.assistant) for t in hist[i] if t.ok],
+                                         prompt_text, system_text, params.max_tokens, target.context_length)
+                jobs.append(Job(target, ChatRequest(build_messages(prompt_text, system_text, past, images), params),
+                                notices=(note,) if note else ()))
             shown_prompt = prompt_text + (f"\n\n🖼 {', '.join(i.name for i in images)}" if images else "")
             return ui_stream.Plan(_session(request), prompt_text, shown_prompt, system_text, params, images, jobs, hist)
+
+        def _quota_keys(request: gr.Request | None) -> list[str]:
+            return [f"session:{_session(request)}", f"address:{_address(request, policy)}"]
+
+        def quota_status(request: gr.Request) -> str:
+            return quota.status(_quota_keys(request)) if quota is not None else ""
 
         def stop(request: gr.Request) -> None:
             ui_stream.stop(_session(request))
@@ -236,21 +281,27 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None) -
         gr.on([prompt.submit, run_btn.click], run_from_page, inputs=[*settings_in, picked],
               outputs=[*chats, *statuses, histories, results, *lives], api_name=False, show_progress_on=[run_btn],
               **streaming).success(ui_stream.results_values, results, [table, csv_btn, json_btn], api_name=False,
-                                   show_progress="hidden", show_progress_on=[run_btn], postprocess=False)
+                                   show_progress="hidden", show_progress_on=[run_btn], postprocess=False
+                                   ).then(quota_status, None, quota_line, api_name=False, show_progress="hidden")
         api_run = gr.Button(visible=False)
-        api_run.click(run_from_api, inputs=[*settings_in, *pickers], outputs=run_outputs, api_name="run", **streaming)
+        api_run.click(run_from_api, inputs=[*settings_in, *pickers], outputs=run_outputs, api_name="run", **streaming
+                      ).then(quota_status, None, quota_line, api_name=False, show_progress="hidden")
         stop_btn.click(stop, None, None, api_name="stop", concurrency_limit=None, queue=False)
         clear_btn.click(clear, None, [*chats, *statuses, table, csv_btn, json_btn, histories], api_name="clear",
                         show_progress_on=[clear_btn])
         n_cols.change(show_columns, n_cols, slots, api_name=False, show_progress="hidden", show_progress_on=[n_cols])
         demo.load(refresh_choices, None, pickers, api_name=False, show_progress="hidden", show_progress_on=[picked])
+        if quota is not None:
+            demo.load(quota_status, None, quota_line, api_name=False, show_progress="hidden")
     demo.queue(default_concurrency_limit=settings.concurrency)
     return demo
 
 
 def launch(catalog: Catalog | None = None, host: str | None = None, port: int | None = None, **kwargs: Any) -> Any:
     settings = from_env()
+    secrets.redact_logs()  # no log line of any library may carry a key
     measure_process.use(True)  # many sessions share this process: HTTP streams are stamped in their own
     warmup.start()  # imports, tokenizer, measurement loop and process: in a thread, before the first run
     demo = build_ui(catalog, settings)
+    kwargs.setdefault("max_file_size", MAX_FILE_BYTES)  # Gradio refuses a bigger upload before it is stored
     return demo.launch(server_name=host or settings.host, server_port=port or settings.port, css=CSS, **kwargs)

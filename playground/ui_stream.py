@@ -15,15 +15,14 @@ What a frame costs decides the shape of this module (measured with ``bench/brows
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 from contextlib import aclosing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import gradio as gr
 
+from playground import exports
 from playground.report import results_frame, run_document, write_exports
 from playground.runner import Job, Run
 from playground.settings import MAX_COLUMNS
@@ -121,7 +120,7 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
         histories[i].append(finished_turn(plan.shown_prompt, column))
         histories[i][-1].sent_user = plan.prompt_text
     document = run_document(plan.prompt_text, plan.system_text, plan.params, run.columns, plan.images)
-    results, _ = await asyncio.gather(asyncio.to_thread(_results, table, download, document, run.columns),
+    results, _ = await asyncio.gather(asyncio.to_thread(_results, plan.session, table, download, document, run.columns),
                                       asyncio.sleep(OUTCOME_AFTER_S))
     final = [status_markdown(c) for c in run.columns] + statuses[plan.count:]
     yield Frame(run.columns, final, Outcome(histories, *results))
@@ -174,10 +173,10 @@ async def _paced(source: AsyncIterator[list[Column]], min_gap_s: float) -> Async
         await asyncio.gather(task, return_exceptions=True)
 
 
-def _results(table: gr.Dataframe, download: gr.DownloadButton, document: dict[str, Any],
+def _results(session: str, table: gr.Dataframe, download: gr.DownloadButton, document: dict[str, Any],
              columns: list[Column]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The results table and the two downloads, as the page receives them (file writes: in a thread)."""
-    csv_path, json_path = write_exports(document, Path(tempfile.mkdtemp(prefix="phi-playground-")))
+    csv_path, json_path = write_exports(document, exports.new_folder(session))
     return (table.postprocess(results_frame(columns)).model_dump(),
             download.postprocess(str(csv_path)).model_dump(), download.postprocess(str(json_path)).model_dump())
 

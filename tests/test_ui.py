@@ -91,6 +91,21 @@ def test_bad_input_is_refused_with_a_clear_message(client: Client, prompt: str, 
         job.result(timeout=60)
 
 
+@pytest.mark.parametrize("columns", [7, 0, -1, 2.5])
+def test_a_bad_column_count_is_refused_with_its_value(client: Client, columns: float) -> None:
+    job = client.submit(*run_args("hi", ["smollm2-onnx"], columns=columns), api_name="/run")  # type: ignore[arg-type]
+    with pytest.raises(Exception, match=r"columns: must be a whole number from 1 to 6 \(got "):
+        job.result(timeout=60)
+
+
+def test_an_oversized_system_prompt_is_refused_with_its_size(client: Client) -> None:
+    args = run_args("hi", ["smollm2-onnx"], columns=1)
+    args[1] = "x" * 20_001
+    job = client.submit(*args, api_name="/run")
+    with pytest.raises(Exception, match="system prompt is 20,001 characters; the limit is 20,000"):
+        job.result(timeout=60)
+
+
 def test_unknown_target_is_refused(client: Client) -> None:
     job = client.submit(*run_args("hi", ["no-such-target"], columns=1), api_name="/run")
     with pytest.raises(Exception, match="no-such-target"):

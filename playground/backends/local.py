@@ -101,13 +101,28 @@ def _slot(key: str) -> threading.BoundedSemaphore:
         return _slots[key]
 
 
+def queue_timeout_s() -> float:
+    """How long a request may wait for a busy model before it gives up (PLAYGROUND_QUEUE_TIMEOUT_S)."""
+    try:
+        return max(1.0, float(os.environ.get("PLAYGROUND_QUEUE_TIMEOUT_S", "300")))
+    except ValueError:
+        return 300.0
+
+
 def wait_to_acquire(lock: threading.Lock | threading.Semaphore, stop: threading.Event, emit: Emit,
-                    waiting: str) -> bool:
-    """Acquire ``lock``, saying ``waiting`` if it is busy; False if stopped meanwhile."""
+                    waiting: str, clock: Callable[[], float] = time.monotonic) -> bool:
+    """Acquire ``lock``, saying ``waiting`` and for how long while it is busy; False if stopped
+    meanwhile; a BackendError (timeout) after PLAYGROUND_QUEUE_TIMEOUT_S."""
     if lock.acquire(blocking=False):
         return True
-    emit(Progress(waiting))
+    started, limit, shown = clock(), queue_timeout_s(), -1
     while not stop.is_set():
+        waited = clock() - started
+        if int(waited) != shown:
+            shown = int(waited)
+            emit(Progress(f"{waiting} ({shown} s)" if shown else waiting))
+        if waited >= limit:
+            raise BackendError(ErrorKind.TIMEOUT, f"{waiting}: gave up after {limit:g} s (PLAYGROUND_QUEUE_TIMEOUT_S)")
         if lock.acquire(timeout=0.05):
             return True
     return False

@@ -1,0 +1,124 @@
+"""Public mode: what a Space open to anyone offers, the run quota, and both through the real UI."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from gradio_client import Client
+
+from playground import public
+from playground.catalog import Catalog, Target
+from playground.public import Policy, Quota, Rate, parse_rate
+from playground.settings import Settings
+from playground.ui import build_ui
+from tests.sse_server import Script, ScriptedServer
+from tests.test_ui import free_port, run_args
+
+QUICK = "quick"
+HUB = Target(id="hub/phi", label="Phi on the hub", backend="transformers", model="microsoft/Phi-3.5-mini-instruct",
+             source="hub", download_gb=7.6)
+REMOTE_CODE = Target(id="hub/vision", label="vision", backend="transformers", model="microsoft/Phi-3.5-vision-instruct",
+                     source="hub", vision=True, trust_remote_code=True)
+BUNDLED = Target(id="smollm2-onnx", label="bundled", backend="onnx", model="smollm2", source="bundled")
+
+
+def http(base_url: str) -> Target:
+    return Target(id=QUICK, label="scripted quick", backend="openai", model=QUICK, base_url=base_url)
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, (False, None)),
+    ({"SPACE_ID": "me/space"}, (True, Rate(6, 60))),
+    ({"SPACE_ID": "me/space", "PLAYGROUND_PUBLIC": "0"}, (False, None)),
+    ({"PLAYGROUND_PUBLIC": "1", "PLAYGROUND_RATE": "100/hour"}, (True, Rate(100, 3600))),
+    ({"PLAYGROUND_PUBLIC": "1", "PLAYGROUND_RATE": "off"}, (True, None)),
+])
+def test_public_mode_is_on_for_a_space_unless_told(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                                   expected: tuple[bool, Rate | None]) -> None:
+    for name in ("SPACE_ID", "PLAYGROUND_PUBLIC", "PLAYGROUND_RATE", "PLAYGROUND_PUBLIC_TARGETS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    policy = public.from_env()
+    assert (policy.public, policy.rate) == expected
+
+
+@pytest.mark.parametrize("text", ["six/min", "6/fortnight", "0/min", "6"])
+def test_a_bad_rate_is_refused_by_name(text: str) -> None:
+    with pytest.raises(public.PolicyError, match="PLAYGROUND_RATE must look like 6/min"):
+        parse_rate(text)
+
+
+def test_only_targets_that_download_nothing_are_offered() -> None:
+    policy = Policy(public=True)
+    assert policy.refusal(http("http://127.0.0.1:9/v1")) is None
+    assert policy.refusal(BUNDLED) is None
+    assert "downloads 7.6 GB into the server" in (policy.refusal(HUB) or "")
+    assert "trust_remote_code" in (policy.refusal(REMOTE_CODE) or "")
+    owner = Policy(public=True, targets=frozenset({"hub/phi", "hub/vision"}))
+    assert owner.refusal(HUB) is None  # the owner chose it
+    assert owner.refusal(REMOTE_CODE) is not None  # never, whoever asks
+    assert owner.refusal(BUNDLED) is not None  # exactly the listed ones
+    assert Policy(public=False).refusal(REMOTE_CODE) is None
+
+
+def test_a_target_fills_at_most_two_columns_in_public_mode() -> None:
+    assert public.same_target_refusal(Policy(public=True), ["a", "a", "b"]) is None
+    assert public.same_target_refusal(Policy(public=True), ["a", "a", "a"]) == \
+        "a is in 3 columns; on a public Space a target may fill at most 2"
+    assert public.same_target_refusal(Policy(public=False), ["a"] * 6) is None
+
+
+def test_the_quota_refuses_the_seventh_run_and_says_when_to_retry() -> None:
+    now = [1000.0]
+    quota = Quota(Rate(6, 60), clock=lambda: now[0])
+    for n in range(6):
+        assert quota.status(["session:a", "address:x"]) == f"{6 - n} of 6 runs left this minute"
+        assert quota.take(["session:a", "address:x"]) is None
+        now[0] += 1
+    assert quota.take(["session:a", "address:x"]) == pytest.approx(54)  # the first run leaves the window at 1060
+    assert "The next run is allowed in 54 s." in quota.refusal(54.0)
+    assert quota.take(["session:b", "address:x"]) is not None  # a new session from the same address
+    assert quota.take(["session:c", "address:y"]) is None
+    now[0] = 1060.5
+    assert quota.take(["session:a", "address:x"]) is None
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ScriptedServer]:
+    with ScriptedServer({QUICK: Script(tokens=3)}) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server: ScriptedServer) -> Iterator[Client]:
+    catalog = Catalog(targets=[http(server.base_url), HUB, REMOTE_CODE], defaults=[QUICK])
+    settings = Settings(host="127.0.0.1", port=None, columns=1, default_targets=[], concurrency=8, catalog=None)
+    demo = build_ui(catalog, settings, Policy(public=True, rate=Rate(3, 60)))
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    try:
+        yield Client(demo.local_url, verbose=False)
+    finally:
+        demo.close()
+
+
+def test_the_page_says_public_mode_and_offers_no_download(client: Client) -> None:
+    with urllib.request.urlopen(client.src.rstrip("/") + "/config", timeout=30) as response:
+        config = json.loads(response.read())
+    text = json.dumps(config)
+    assert "Public mode" in text
+    assert "scripted quick" in text and "hub/phi" not in text and "hub/vision" not in text
+
+
+def test_through_the_api_refusals_name_the_reason_and_the_quota_bites_last(client: Client) -> None:
+    with pytest.raises(Exception, match="hub/phi is not offered on this public Space: it downloads 7.6 GB"):
+        client.submit(*run_args("hi", ["hub/phi"], columns=1), api_name="/run").result(timeout=60)
+    with pytest.raises(Exception, match="quick is in 3 columns"):
+        client.submit(*run_args("hi", [QUICK] * 3, columns=3), api_name="/run").result(timeout=60)
+    for _ in range(3):  # the refusals above cost nothing
+        client.submit(*run_args("hi", [QUICK], columns=1), api_name="/run").result(timeout=60)
+    with pytest.raises(Exception, match=r"Run limit reached: 3 runs a minute per visitor .* allowed in \d+ s"):
+        client.submit(*run_args("hi", [QUICK], columns=1), api_name="/run").result(timeout=60)
