@@ -22,6 +22,7 @@ LOCAL_BACKENDS = {"transformers", "onnx", "llamacpp"}
 BACKEND_FIELDS: dict[str, set[str]] = {
     "base_url": HTTP_BACKENDS,
     "base_url_env": HTTP_BACKENDS,
+    "model_env": {"openai"},
     "api_key_env": HTTP_BACKENDS,
     "connect_timeout_s": HTTP_BACKENDS,
     "max_image_bytes": HTTP_BACKENDS,
@@ -49,6 +50,7 @@ class Target(BaseModel):
     model: str = Field(min_length=1)
     base_url: str | None = None
     base_url_env: str | None = None
+    model_env: str | None = None  # the model's name from this variable (or a visitor's form), else `model`
     api_key_env: str | None = None
     vision: bool = False
     context_length: int | None = Field(None, ge=16)
@@ -75,7 +77,7 @@ class Target(BaseModel):
         for name, allowed in BACKEND_FIELDS.items():
             if getattr(self, name) is not None and self.backend not in allowed:
                 raise ValueError(f"{name}: not used by backend {self.backend!r}")
-        for name in ("api_key_env", "base_url_env"):
+        for name in ("api_key_env", "base_url_env", "model_env"):
             value = getattr(self, name)
             if value is not None and not ENV_NAME.match(value):
                 raise ValueError(

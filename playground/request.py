@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 if TYPE_CHECKING:
     from playground.images import PreparedImage
+    from playground.secrets import Credentials
 
 MAX_PROMPT_CHARS = 100_000
 MAX_SYSTEM_CHARS = 20_000
@@ -41,6 +42,7 @@ class Message:
 class ChatRequest:
     messages: tuple[Message, ...]
     params: GenerationParams = field(default_factory=GenerationParams)
+    credentials: Credentials | None = field(default=None, repr=False, compare=False)  # a visitor's own keys
 
     def as_dicts(self) -> list[dict[str, str]]:
         """Text only: images are never in here (see ``as_ollama_dicts`` and the backends)."""

@@ -236,7 +236,7 @@ class Run:
             backend = self._backends[index] if self._backends else await asyncio.to_thread(make_backend, job.target)
             available = await asyncio.to_thread(backend.availability)
             self.columns[index].shares_clock = not getattr(backend, "stamps_in_own_process", False)
-            if not available.runnable:
+            if not available.runnable and job.request.credentials is None:  # a visitor's own keys may make it runnable
                 raise BackendError(ErrorKind.UNAVAILABLE, available.reason)
             request = job.request
             if request.images:  # text-only targets get none, and say so; the others get them fitted

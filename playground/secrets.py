@@ -15,6 +15,8 @@ import os
 import re
 import threading
 import unicodedata
+from dataclasses import dataclass, field
+from typing import Mapping
 from urllib.parse import quote, quote_plus
 
 MASK = "***"
@@ -64,10 +66,15 @@ def env_key(name: str | None) -> str | None:
     return value if value and not control_character(value) else None
 
 
+MAX_REMEMBERED = 10_000
+
+
 def remember(secret: str) -> None:
     """A secret that lives outside the environment (a key a user typed for their session)."""
     if len(secret.strip()) >= MIN_SECRET_LEN:
         with _lock:
+            if len(_session_secrets) >= MAX_REMEMBERED:  # bounded: the oldest are not worth a leak of memory
+                _session_secrets.pop()
             _session_secrets.add(secret)
 
 
@@ -133,3 +140,28 @@ def redact_logs() -> None:
 
     logging.setLogRecordFactory(factory)
     _factory_installed = True
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a visitor typed in *Your keys*, by the variable each value stands in for
+    (``GITHUB_TOKEN``, ``AZURE_AI_ENDPOINT``, ...): used for their session's runs only, never
+    stored beyond the session, never in a repr, a log or an export."""
+
+    values: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    public_only: bool = False  # a URL they typed must resolve to public addresses only
+
+    def get(self, name: str | None) -> str | None:
+        value = (self.values.get(name) or "").strip() if name else ""
+        return value if value and not control_character(value) else None
+
+    def __repr__(self) -> str:
+        return f"Credentials({', '.join(sorted(self.values)) or 'none'})"
+
+
+def from_form(values: Mapping[str, str | None], public_only: bool) -> Credentials | None:
+    """The non-empty fields of the keys form, each remembered for redaction."""
+    kept = {name: value.strip() for name, value in values.items() if value and value.strip()}
+    for value in kept.values():
+        remember(value)
+    return Credentials(kept, public_only) if kept else None

@@ -21,7 +21,7 @@ from playground.request import (MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_CHARS, ChatRequ
                                 build_messages, fit_history, make_params)
 from playground.runner import Job
 from playground.settings import MAX_COLUMNS, Settings, from_env
-from playground.ui_format import Turn, ordered_choices
+from playground.ui_format import Turn, key_availability, ordered_choices
 
 EXAMPLES = [
     "Explain in three sentences why the sky is blue.",
@@ -46,12 +46,37 @@ def _remember_matplotlib_is_absent() -> None:
         sys.modules["matplotlib"] = None  # type: ignore[assignment]
 
 
+#: the *Your keys* form: the variable each field stands in for, its label, and whether it is a secret
+KEY_FIELDS: list[tuple[str, str, bool]] = [
+    ("GITHUB_TOKEN", "GitHub token (GitHub Models)", True),
+    ("NVIDIA_API_KEY", "NVIDIA API key (NIM)", True),
+    ("AZURE_AI_ENDPOINT", "Azure AI Foundry endpoint (https://RESOURCE.services.ai.azure.com/openai/v1)", False),
+    ("AZURE_AI_API_KEY", "Azure AI Foundry key", True),
+    ("PLAYGROUND_USER_BASE_URL", "Your OpenAI-compatible endpoint: base URL (https://…/v1)", False),
+    ("PLAYGROUND_USER_MODEL", "Your endpoint: model name", False),
+    ("PLAYGROUND_USER_API_KEY", "Your endpoint: key", True),
+]
+
+
+def _credentials(values: list[str | None] | tuple[str | None, ...], policy: public.Policy) -> secrets.Credentials | None:
+    from playground import urls
+
+    form = {name: value for (name, _, _), value in zip(KEY_FIELDS, values)}
+    return secrets.from_form(form, public_only=policy.public and not urls.private_allowed())
+
+
 def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "anonymous"
 
 
-def _choices(catalog: Catalog) -> list[tuple[str, str]]:
-    return ordered_choices([(t, make_backend(t).availability()) for t in catalog.targets])
+def _choices(catalog: Catalog, credentials: secrets.Credentials | None = None,
+             policy: public.Policy | None = None) -> list[tuple[str, str]]:
+    """Picker entries; each keyed target says whose key it will use."""
+    listed = []
+    for target in catalog.targets:
+        available = make_backend(target).availability()
+        listed.append((target, key_availability(target, available, credentials, bool(policy and policy.public))))
+    return ordered_choices(listed)
 
 
 def _initial_targets(catalog: Catalog, settings: Settings, choices: list[tuple[str, str]]) -> list[str]:
@@ -187,6 +212,14 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                 max_tokens = gr.Slider(1, MAX_NEW_TOKENS_LIMIT, value=256, step=1, label="Max new tokens", elem_id="max-tokens")
                 # a Textbox, since a blank gr.Number reaches the server as 0 and would fix every seed
                 seed = gr.Textbox(value="", label="Seed (blank = random)", elem_id="seed", max_length=12)
+        with gr.Accordion("Your keys", open=False, elem_id="keys"):
+            gr.Markdown("Keys typed here are used for your runs only, in this browser session: never stored on "
+                        "the server beyond it, never logged, never in a download. A URL you type is used only with "
+                        "your own key" + (", and must reach the public internet." if policy.public else "."))
+            key_boxes = [gr.Textbox(label=label, type="password" if secret else "text", max_length=2000,
+                                    elem_id=f"key-{name.lower().replace('_', '-')}")
+                         for name, label, secret in KEY_FIELDS]
+        session_keys = gr.State(None)  # the API's keys (/keys), server-side for this session only
         gr.Examples([{"text": e, "files": []} for e in EXAMPLES], inputs=[prompt], label="Examples")
         table = gr.Dataframe(headers=TABLE_COLUMNS, label="Results", interactive=False, elem_id="results", wrap=True)
         with gr.Row():
@@ -197,7 +230,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
 
         async def plan_run(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
                            seed_value: str | None, columns: float, hist: list[list[Turn]], chosen: list[str | None],
-                           request: gr.Request) -> ui_stream.Plan:
+                           request: gr.Request, credentials: secrets.Credentials | None = None) -> ui_stream.Plan:
             monitor_this_loop("gradio")  # logs any stall of Gradio's own loop over 100 ms
             target_ids = list(chosen[:_column_count(columns)])
             prompt_text, images = await _read_prompt(prompt_value)
@@ -216,7 +249,8 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                 target = full_catalog.get(target_id)
                 past, note = fit_history([(t.sent_user or t.user, t.assistant) for t in hist[i] if t.ok],
                                          prompt_text, system_text, params.max_tokens, target.context_length)
-                jobs.append(Job(target, ChatRequest(build_messages(prompt_text, system_text, past, images), params),
+                jobs.append(Job(target, ChatRequest(build_messages(prompt_text, system_text, past, images), params,
+                                                    credentials=credentials),
                                 notices=(note,) if note else ()))
             shown_prompt = prompt_text + (f"\n\n🖼 {', '.join(i.name for i in images)}" if images else "")
             return ui_stream.Plan(_session(request), prompt_text, shown_prompt, system_text, params, images, jobs, hist)
@@ -238,25 +272,32 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         def show_columns(count: float) -> list[Any]:
             return [gr.Column(visible=i < int(count)) for i in range(MAX_COLUMNS)]
 
-        def refresh_choices() -> list[Any]:
-            fresh = _choices(catalog)
+        def refresh_choices(*typed: str | None) -> list[Any]:
+            fresh = _choices(catalog, _credentials(typed, policy), policy)
             return [gr.Dropdown(choices=fresh) for _ in range(MAX_COLUMNS)]
+
+        def set_keys(*typed: str | None) -> tuple[secrets.Credentials | None, str]:
+            """The API's way to bring your own keys: one value per field of the form, in its order."""
+            credentials = _credentials(typed, policy)
+            return credentials, f"keys set for this session: {credentials!r}" if credentials else "no keys set"
 
         async def run_from_page(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
                                 seed_value: str | None, columns: float, hist: list[list[Turn]], targets: str,
+                                k0: str, k1: str, k2: str, k3: str, k4: str, k5: str, k6: str,  # KEY_FIELDS
                                 request: gr.Request) -> AsyncIterator[list[Any]]:
+            typed = (k0, k1, k2, k3, k4, k5, k6)
             plan = await plan_run(prompt_value, system_text, temp, p, max_new, seed_value, columns, hist,
-                                  (targets or "").split("\n"), request)
+                                  (targets or "").split("\n"), request, _credentials(typed, policy))
             async with aclosing(ui_stream.frames(plan, table, csv_btn)) as stream:
                 async for values in ui_stream.page_values(plan, stream):
                     yield values
 
         async def run_from_api(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
                                seed_value: str | None, columns: float, hist: list[list[Turn]],
-                               t0: str, t1: str, t2: str, t3: str, t4: str, t5: str, request: gr.Request
-                               ) -> AsyncIterator[list[Any]]:
+                               t0: str, t1: str, t2: str, t3: str, t4: str, t5: str,
+                               keys: secrets.Credentials | None, request: gr.Request) -> AsyncIterator[list[Any]]:
             plan = await plan_run(prompt_value, system_text, temp, p, max_new, seed_value, columns, hist,
-                                  [t0, t1, t2, t3, t4, t5], request)
+                                  [t0, t1, t2, t3, t4, t5], request, keys)
             async with aclosing(ui_stream.frames(plan, table, csv_btn)) as stream:
                 async for values in ui_stream.api_values(plan, stream, empty_table):
                     yield values
@@ -278,19 +319,25 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                          preprocess=False,  # our own validation names the bad field; Gradio's does not
                          postprocess=False)  # ui_stream sends wire values itself, a frame at a time
         results = gr.State(None)
-        gr.on([prompt.submit, run_btn.click], run_from_page, inputs=[*settings_in, picked],
+        gr.on([prompt.submit, run_btn.click], run_from_page, inputs=[*settings_in, picked, *key_boxes],
               outputs=[*chats, *statuses, histories, results, *lives], api_name=False, show_progress_on=[run_btn],
               **streaming).success(ui_stream.results_values, results, [table, csv_btn, json_btn], api_name=False,
                                    show_progress="hidden", show_progress_on=[run_btn], postprocess=False
                                    ).then(quota_status, None, quota_line, api_name=False, show_progress="hidden")
         api_run = gr.Button(visible=False)
-        api_run.click(run_from_api, inputs=[*settings_in, *pickers], outputs=run_outputs, api_name="run", **streaming
+        api_run.click(run_from_api, inputs=[*settings_in, *pickers, session_keys], outputs=run_outputs, api_name="run",
+                      **streaming
                       ).then(quota_status, None, quota_line, api_name=False, show_progress="hidden")
         stop_btn.click(stop, None, None, api_name="stop", concurrency_limit=None, queue=False)
         clear_btn.click(clear, None, [*chats, *statuses, table, csv_btn, json_btn, histories], api_name="clear",
                         show_progress_on=[clear_btn])
         n_cols.change(show_columns, n_cols, slots, api_name=False, show_progress="hidden", show_progress_on=[n_cols])
         demo.load(refresh_choices, None, pickers, api_name=False, show_progress="hidden", show_progress_on=[picked])
+        for box in key_boxes:  # the pickers say whose key each target will use
+            box.blur(refresh_choices, key_boxes, pickers, api_name=False, show_progress="hidden",
+                     show_progress_on=[picked])
+        keys_said = gr.Textbox(visible=False)
+        gr.Button(visible=False).click(set_keys, key_boxes, [session_keys, keys_said], api_name="keys")
         if quota is not None:
             demo.load(quota_status, None, quota_line, api_name=False, show_progress="hidden")
     demo.queue(default_concurrency_limit=settings.concurrency)

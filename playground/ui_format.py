@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -119,9 +120,25 @@ def finished_turn(prompt: str, column: Column) -> Turn:
     return Turn(prompt, column.text, ok=False, note=f"✗ {column.error}")
 
 
+def key_availability(target: Target, available: Availability, credentials: Any, public: bool) -> Availability:
+    """For a keyed target, whose key a run would use: "your key", "the Space's key", or what to set."""
+    from playground.backends.base import Availability
+
+    if not target.api_key_env:
+        return available
+    needed = [n for n in (target.api_key_env, None if target.base_url else target.base_url_env) if n]
+    if credentials is not None and credentials.get(target.api_key_env):
+        if all(credentials.get(n) or (n != target.api_key_env and os.environ.get(n)) for n in needed):
+            return Availability("ready", "your key")
+        return Availability("unavailable", "also type " + ", ".join(n for n in needed if not credentials.get(n)))
+    if available.state == "ready":
+        return Availability("ready", "the Space's key (quota)" if public else "the server's key")
+    return Availability(available.state, f"set a key under Your keys, or {available.reason}")
+
+
 def choice_label(target: Target, available: Availability) -> str:
     if available.state == "ready":
-        return target.label
+        return f"{target.label} — {available.reason}" if available.reason not in ("", "ready") else target.label
     mark = "✗ " if available.state == "unavailable" else ""
     return f"{target.label} — {mark}{secrets.redact(available.reason)}"  # every page load receives it
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Mapping
 import aiohttp
 from openai._streaming import SSEDecoder  # the SDK's spec-compliant decoder, on aiohttp's bytes
 
-from playground import secrets
+from playground import secrets, urls
 from playground.backends.base import READY, Availability, BackendError
 from playground.backends.clients import LoopClients
 from playground.events import ErrorKind, Event, Finished, RequestSent, TextDelta, Usage
@@ -45,14 +45,15 @@ async def _on_bytes_sent(session: aiohttp.ClientSession, context: Any, params: A
         written.at = time.perf_counter()  # the last write wins: the whole request is out
 
 
-def _session() -> aiohttp.ClientSession:
+def _session(resolver: aiohttp.abc.AbstractResolver | None = None) -> aiohttp.ClientSession:
     trace = aiohttp.TraceConfig()
     trace.on_request_headers_sent.append(_on_bytes_sent)
     trace.on_request_chunk_sent.append(_on_bytes_sent)
     # no pool limit: 120 concurrent streams must not queue for a connection inside their TTFT
     # trust_env: HTTPS_PROXY / NO_PROXY and .netrc, as the SDK's httpx client honours them
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), raise_for_status=False,
-                                 trust_env=True, trace_configs=[trace])
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, resolver=resolver), raise_for_status=False,
+                                 trust_env=resolver is None,  # a visitor's URL never goes through our proxy settings
+                                 trace_configs=[trace])
 
 
 _sessions: LoopClients[aiohttp.ClientSession] = LoopClients(lambda session: session.close(), build_in_thread=False)
@@ -163,22 +164,38 @@ class OpenAICompatBackend:
     def __init__(self, target: Target):
         self.target = target
 
-    def _base_url(self) -> str | None:
+    def _base_url(self, credentials: secrets.Credentials | None = None) -> tuple[str | None, bool]:
+        """The endpoint, and whether a visitor typed it (a catalog's fixed URL is never replaced)."""
         if self.target.base_url:
-            return self.target.base_url
-        return os.environ.get(self.target.base_url_env or "") or None
+            return self.target.base_url, False
+        if credentials is not None and (typed := credentials.get(self.target.base_url_env)):
+            return typed, True
+        return os.environ.get(self.target.base_url_env or "") or None, False
 
-    def _key(self) -> str | None:
-        return secrets.env_key(self.target.api_key_env)
+    def _key(self, credentials: secrets.Credentials | None = None) -> tuple[str | None, bool]:
+        """The key, and whether it is the visitor's own."""
+        if credentials is not None and (typed := credentials.get(self.target.api_key_env)):
+            return typed, True
+        return secrets.env_key(self.target.api_key_env), False
+
+    def _model(self, credentials: secrets.Credentials | None = None) -> str:
+        name = self.target.model_env
+        return (credentials.get(name) if credentials is not None else None) or \
+            (os.environ.get(name or "") or "").strip() or self.target.model
 
     def availability(self) -> Availability:
-        problems = []
+        missing, problems = [], []
         if self.target.base_url_env and not self.target.base_url and not os.environ.get(self.target.base_url_env):
-            problems.append(f"set {self.target.base_url_env}")
+            missing.append(self.target.base_url_env)
         if self.target.api_key_env and (problem := secrets.key_problem(self.target.api_key_env)):
-            problems.append(problem)
+            if problem.startswith("set "):
+                missing.append(self.target.api_key_env)
+            else:
+                problems.append(problem)
+        if missing:
+            problems.insert(0, "set " + " and ".join(missing))
         if problems:
-            return Availability("unavailable", " and ".join(problems))
+            return Availability("unavailable", "; ".join(problems))
         return READY
 
     def _headers(self, key: str | None) -> dict[str, str]:
@@ -191,26 +208,34 @@ class OpenAICompatBackend:
     async def _warm(self, session: aiohttp.ClientSession, base_url: str, key: str | None) -> None:
         """Open the connection (TCP, TLS) now; whatever the answer, it is ignored."""
         try:
-            async with session.get(f"{base_url}/models", headers=self._headers(key),
+            async with session.get(f"{base_url}/models", headers=self._headers(key), allow_redirects=False,
                                    timeout=aiohttp.ClientTimeout(total=WARMUP_TIMEOUT_S)) as response:
                 await response.read()
         except Exception:  # noqa: BLE001 - warming is best effort
             pass
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
-        base_url, key = self._base_url(), self._key()
+        credentials = request.credentials
+        (base_url, typed_url), (key, own_key) = self._base_url(credentials), self._key(credentials)
         if not base_url:
             raise BackendError(ErrorKind.UNAVAILABLE, f"set {self.target.base_url_env}")
         if self.target.api_key_env and not key:
             raise BackendError(ErrorKind.UNAVAILABLE, secrets.key_problem(self.target.api_key_env) or "no key")
+        if typed_url and key and not own_key:
+            raise BackendError(ErrorKind.UNAVAILABLE, f"an endpoint you typed needs your own key too "
+                                                      f"({self.target.api_key_env}): this server's keys go only to its own endpoints")
         base_url = base_url.rstrip("/")
-        session, _ = await _sessions.get("http", _session)
+        public_only = typed_url and credentials is not None and credentials.public_only
+        if public_only:
+            await urls.check_public(base_url)  # and the session's resolver checks again as it connects
+        session, _ = await _sessions.get("public-only" if public_only else "http",
+                                         (lambda: _session(urls.PublicOnlyResolver())) if public_only else _session)
         # warm every run, not once per session: targets sharing an endpoint each need a connection
         # of their own, and servers drop idle ones after a few seconds
         await self._warm(session, base_url, key)
         params = request.params
         body: dict[str, Any] = {
-            "model": self.target.model,
+            "model": self._model(credentials),
             "messages": openai_messages(request),
             "stream": True,
             "stream_options": {"include_usage": True},
@@ -226,11 +251,15 @@ class OpenAICompatBackend:
         written = _Written()
         try:
             async with session.post(f"{base_url}/chat/completions", json=body, headers=self._headers(key),
-                                    timeout=self._timeout(), trace_request_ctx=written) as response:
+                                    timeout=self._timeout(), trace_request_ctx=written,
+                                    allow_redirects=False) as response:  # a key never follows a redirect
                 if written.at is not None:
                     # the clock starts when the request reached the socket; on a busy loop that can
                     # be milliseconds after the request began (and no token can precede this event)
                     yield RequestSent(at=written.at)
+                if 300 <= response.status < 400:
+                    raise BackendError(ErrorKind.BAD_REQUEST, f"{response.status} redirect from {self.target.model} "
+                                       f"at {base_url}: not followed (a key never goes where it was not sent)")
                 if response.status >= 400:
                     raise status_error(response.status, await response.content.read(ERROR_BODY_LIMIT),
                                        response.headers, self.target, key)
