@@ -18,6 +18,7 @@ bench: setup-dev
 	$(PY) bench/fanout.py
 	$(PY) bench/browser_stream.py
 	$(PY) bench/local_backends.py
+	$(PY) bench/load.py
 
 setup: $(VENV)/.runtime-ok
 setup-dev: $(VENV)/.dev-ok

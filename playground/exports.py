@@ -38,16 +38,19 @@ def new_folder(session: str, now: float | None = None) -> Path:
 def _prune(base: Path, mine: Path, now: float) -> None:
     if not base.is_dir():
         return
-    for session_dir in base.iterdir():
-        runs = sorted((p for p in session_dir.iterdir() if p.is_dir()), key=lambda p: p.name) \
-            if session_dir.is_dir() else []
-        keep = KEEP_PER_SESSION - 1 if session_dir == mine else len(runs)  # room for the new one
-        for index, run in enumerate(runs):
-            old = now - _mtime(run) > KEEP_S
-            if old or index < len(runs) - keep:
-                shutil.rmtree(run, ignore_errors=True)
-        if session_dir.is_dir() and not any(session_dir.iterdir()):
-            session_dir.rmdir()
+    for session_dir in list(base.iterdir()):
+        try:  # other sessions prune and write at the same time: a folder may go or come meanwhile
+            runs = sorted((p for p in session_dir.iterdir() if p.is_dir()), key=lambda p: p.name) \
+                if session_dir.is_dir() else []
+            keep = KEEP_PER_SESSION - 1 if session_dir == mine else len(runs)  # room for the new one
+            for index, run in enumerate(runs):
+                old = now - _mtime(run) > KEEP_S
+                if old or index < len(runs) - keep:
+                    shutil.rmtree(run, ignore_errors=True)
+            if session_dir != mine and session_dir.is_dir() and not any(session_dir.iterdir()):
+                session_dir.rmdir()
+        except OSError:
+            continue
 
 
 def _mtime(path: Path) -> float:

@@ -23,6 +23,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, AsyncIterator, ClassVar
 
+from playground import secrets
 from playground.backends import local, make_backend
 from playground.backends.base import READY, Availability, BackendError
 from playground.events import ClockReport, ErrorKind, Event, RequestSent
@@ -111,6 +112,7 @@ def child_streams() -> Generate:
     from playground.clock import measure_loop
 
     _raise_priority()
+    secrets.redact_logs()  # its log lines reach the app's stderr directly
     warmup.warm_sdks()
     loop = measure_loop()
     global priority
@@ -178,6 +180,8 @@ async def _pump(target: Target, request: ChatRequest, emit: Emit) -> None:
 
     monitor = measure_loop().monitor
     backend = make_backend(target)
+    for key in request.credentials.secrets() if request.credentials else ():
+        secrets.remember(key)  # a visitor's key is redacted here too
     sent: float | None = None
     monitor.enter()
     try:

@@ -47,7 +47,12 @@ def parse_rate(text: str) -> Rate | None:
     match = re.fullmatch(r"(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+)", text)
     if not match or match.group(3) not in UNITS_S or int(match.group(1)) < 1:
         raise PolicyError(f"PLAYGROUND_RATE must look like 6/min, 100/hour or 2/30s (got {text!r})")
-    count = float(match.group(2)) if match.group(2) else 1.0
+    try:
+        count = float(match.group(2)) if match.group(2) else 1.0
+    except ValueError:
+        count = 0.0
+    if count <= 0:
+        raise PolicyError(f"PLAYGROUND_RATE needs a window longer than zero (got {text!r})")
     return Rate(int(match.group(1)), count * UNITS_S[match.group(3)])
 
 
@@ -122,8 +127,8 @@ class Quota:
     def _now(self) -> float:
         return self.clock()  # type: ignore[operator]
 
-    def _recent(self, key: str, now: float) -> collections.deque[float]:
-        runs = self._runs.setdefault(key, collections.deque())
+    def _recent(self, key: str, now: float, keep: bool = True) -> collections.deque[float]:
+        runs = self._runs.setdefault(key, collections.deque()) if keep else self._runs.get(key, collections.deque())
         while runs and runs[0] <= now - self.rate.per_s:
             runs.popleft()
         return runs
@@ -131,7 +136,7 @@ class Quota:
     def left(self, keys: list[str]) -> int:
         with self._lock:
             now = self._now()
-            return min(self.rate.runs - len(self._recent(k, now)) for k in keys)
+            return min(self.rate.runs - len(self._recent(k, now, keep=False)) for k in keys)
 
     def take(self, keys: list[str]) -> float | None:
         """Count a run for every key; or, when any key is at its limit, the seconds until it is not."""

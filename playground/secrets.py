@@ -28,7 +28,7 @@ SECRET_NAME = re.compile(r"(^|_)(API_?KEY|KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDE
 NOT_SECRETS = {"true", "false", "none", "null", "yes", "no", "on", "off"}
 _HEADER_VALUE = re.compile(r"(?i)(\bbearer\s+|\bapi[-_]?key[\"']?\s*[:=]\s*[\"']?)[^\s'\",;)}\]]+")
 
-_session_secrets: set[str] = set()
+_session_secrets: dict[str, None] = {}  # insertion-ordered: the oldest go first when it is full
 _watched: set[str] = set()
 _lock = threading.Lock()
 
@@ -73,21 +73,22 @@ def remember(secret: str) -> None:
     """A secret that lives outside the environment (a key a user typed for their session)."""
     if len(secret.strip()) >= MIN_SECRET_LEN:
         with _lock:
-            if len(_session_secrets) >= MAX_REMEMBERED:  # bounded: the oldest are not worth a leak of memory
-                _session_secrets.pop()
-            _session_secrets.add(secret)
+            _session_secrets.pop(secret, None)
+            _session_secrets[secret] = None
+            while len(_session_secrets) > MAX_REMEMBERED:  # bounded: the oldest go first
+                del _session_secrets[next(iter(_session_secrets))]
 
 
 def forget(secret: str) -> None:
     with _lock:
-        _session_secrets.discard(secret)
+        _session_secrets.pop(secret, None)
 
 
-def _secrets() -> set[str]:
+def _secrets() -> frozenset[str]:
     found = {value for name, value in os.environ.items() if is_secret_name(name) and value}
     with _lock:
-        found |= _session_secrets
-    return found
+        found.update(_session_secrets)
+    return frozenset(found)
 
 
 def _forms(secret: str) -> set[str]:
@@ -97,13 +98,28 @@ def _forms(secret: str) -> set[str]:
     return {f for f in forms if len(f) >= MIN_SECRET_LEN and f.lower() not in NOT_SECRETS}
 
 
+_pattern: tuple[frozenset[str], re.Pattern[str] | None] = (frozenset(), None)
+
+
+def _secrets_pattern() -> re.Pattern[str] | None:
+    """One regular expression for every form of every secret, rebuilt only when the secrets change."""
+    global _pattern
+    current = _secrets()
+    known, pattern = _pattern
+    if current != known:
+        forms = sorted({f for s in current for f in _forms(s)}, key=len, reverse=True)  # longest first
+        pattern = re.compile("|".join(map(re.escape, forms))) if forms else None
+        _pattern = (current, pattern)
+    return pattern
+
+
 def redact(text: str) -> str:
     """``text`` with every secret, and any bearer or api-key header value, replaced by ``***``."""
     if not text:
         return text
-    for form in sorted({f for s in _secrets() for f in _forms(s)}, key=len, reverse=True):
-        if form in text:
-            text = text.replace(form, MASK)
+    pattern = _secrets_pattern()
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
     return _HEADER_VALUE.sub(lambda m: m.group(1) + MASK, text)
 
 
@@ -150,18 +166,29 @@ class Credentials:
 
     values: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     public_only: bool = False  # a URL they typed must resolve to public addresses only
+    secret_names: frozenset[str] = frozenset()  # which values are keys (the others: URLs, model names)
 
     def get(self, name: str | None) -> str | None:
         value = (self.values.get(name) or "").strip() if name else ""
-        return value if value and not control_character(value) else None
+        return value or None
+
+    def problem(self, name: str | None) -> str | None:
+        """What is wrong with a typed value, naming the field, never the value."""
+        value = self.get(name)
+        return f"the {name} you typed contains a control character" if value and control_character(value) else None
+
+    def secrets(self) -> list[str]:
+        return [v for n, v in self.values.items() if n in self.secret_names and v]
 
     def __repr__(self) -> str:
         return f"Credentials({', '.join(sorted(self.values)) or 'none'})"
 
 
-def from_form(values: Mapping[str, str | None], public_only: bool) -> Credentials | None:
-    """The non-empty fields of the keys form, each remembered for redaction."""
+def from_form(values: Mapping[str, str | None], public_only: bool, secret_names: frozenset[str]) -> Credentials | None:
+    """The non-empty fields of the keys form; the keys among them are remembered for redaction
+    (a URL or a model name is not: typing "http" must not blank that word for everyone)."""
     kept = {name: value.strip() for name, value in values.items() if value and value.strip()}
-    for value in kept.values():
-        remember(value)
-    return Credentials(kept, public_only) if kept else None
+    credentials = Credentials(kept, public_only, secret_names & set(kept)) if kept else None
+    for secret in credentials.secrets() if credentials else ():
+        remember(secret)
+    return credentials

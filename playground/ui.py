@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from playground import measure_process, public, secrets, ui_stream, warmup
 from playground.backends import make_backend
@@ -58,11 +59,24 @@ KEY_FIELDS: list[tuple[str, str, bool]] = [
 ]
 
 
-def _credentials(values: list[str | None] | tuple[str | None, ...], policy: public.Policy) -> secrets.Credentials | None:
+SECRET_FIELDS = frozenset(name for name, _, secret in KEY_FIELDS if secret)
+_typed_keys: dict[str, set[str]] = {}  # per session: the keys it typed, forgotten when its page closes
+
+
+def _credentials(values: list[str | None] | tuple[str | None, ...], policy: public.Policy,
+                 request: gr.Request | None = None) -> secrets.Credentials | None:
     from playground import urls
 
     form = {name: value for (name, _, _), value in zip(KEY_FIELDS, values)}
-    return secrets.from_form(form, public_only=policy.public and not urls.private_allowed())
+    credentials = secrets.from_form(form, policy.public and not urls.private_allowed(), SECRET_FIELDS)
+    if credentials is not None and request is not None:
+        _typed_keys.setdefault(_session(request), set()).update(credentials.secrets())
+    return credentials
+
+
+def _forget_typed_keys(request: gr.Request) -> None:
+    for key in _typed_keys.pop(_session(request), set()):
+        secrets.forget(key)
 
 
 def _session(request: gr.Request | None) -> str:
@@ -153,12 +167,13 @@ async def _read_prompt(value: Any) -> tuple[str, tuple[PreparedImage, ...]]:
 
 
 def _address(request: gr.Request | None, policy: public.Policy) -> str:
-    """The client's address; behind a Space's proxy the first X-Forwarded-For entry (set by the proxy)."""
+    """The client's address; behind a Space's proxy the last X-Forwarded-For entry (set by the proxy)."""
     if request is None:
         return "unknown"
     forwarded = request.headers.get("x-forwarded-for", "") if policy.trust_forwarded_for else ""
     client = getattr(request, "client", None)
-    return forwarded.split(",")[0].strip() or getattr(client, "host", None) or "unknown"
+    # the right-most entry is the one the trusted proxy added; those before it the client may have sent
+    return forwarded.split(",")[-1].strip() or getattr(client, "host", None) or "unknown"
 
 
 def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
@@ -249,8 +264,10 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                 target = full_catalog.get(target_id)
                 past, note = fit_history([(t.sent_user or t.user, t.assistant) for t in hist[i] if t.ok],
                                          prompt_text, system_text, params.max_tokens, target.context_length)
+                # only a target that can use them gets a visitor's keys (never a model process)
+                mine = credentials if target.backend == "openai" else None
                 jobs.append(Job(target, ChatRequest(build_messages(prompt_text, system_text, past, images), params,
-                                                    credentials=credentials),
+                                                    credentials=mine),
                                 notices=(note,) if note else ()))
             shown_prompt = prompt_text + (f"\n\n🖼 {', '.join(i.name for i in images)}" if images else "")
             return ui_stream.Plan(_session(request), prompt_text, shown_prompt, system_text, params, images, jobs, hist)
@@ -276,9 +293,10 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             fresh = _choices(catalog, _credentials(typed, policy), policy)
             return [gr.Dropdown(choices=fresh) for _ in range(MAX_COLUMNS)]
 
-        def set_keys(*typed: str | None) -> tuple[secrets.Credentials | None, str]:
+        def set_keys(k0: str, k1: str, k2: str, k3: str, k4: str, k5: str, k6: str,  # KEY_FIELDS
+                     request: gr.Request) -> tuple[secrets.Credentials | None, str]:
             """The API's way to bring your own keys: one value per field of the form, in its order."""
-            credentials = _credentials(typed, policy)
+            credentials = _credentials((k0, k1, k2, k3, k4, k5, k6), policy, request)
             return credentials, f"keys set for this session: {credentials!r}" if credentials else "no keys set"
 
         async def run_from_page(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
@@ -287,7 +305,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                                 request: gr.Request) -> AsyncIterator[list[Any]]:
             typed = (k0, k1, k2, k3, k4, k5, k6)
             plan = await plan_run(prompt_value, system_text, temp, p, max_new, seed_value, columns, hist,
-                                  (targets or "").split("\n"), request, _credentials(typed, policy))
+                                  (targets or "").split("\n"), request, _credentials(typed, policy, request))
             async with aclosing(ui_stream.frames(plan, table, csv_btn)) as stream:
                 async for values in ui_stream.page_values(plan, stream):
                     yield values
@@ -336,6 +354,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         for box in key_boxes:  # the pickers say whose key each target will use
             box.blur(refresh_choices, key_boxes, pickers, api_name=False, show_progress="hidden",
                      show_progress_on=[picked])
+        demo.unload(_forget_typed_keys)
         keys_said = gr.Textbox(visible=False)
         gr.Button(visible=False).click(set_keys, key_boxes, [session_keys, keys_said], api_name="keys")
         if quota is not None:
@@ -344,11 +363,39 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
     return demo
 
 
+class NoDeepLinks:
+    """ASGI middleware: a 404 for Gradio's deep-link routes (see ``launch``)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and (scope.get("path", "").rstrip("/").endswith("/deep_link")
+                                            or "deep_link=" in scope.get("query_string", b"").decode("latin-1")):
+            await send({"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": b"deep links are off: they would store typed keys"})
+            return
+        await self.app(scope, receive, send)
+
+
 def launch(catalog: Catalog | None = None, host: str | None = None, port: int | None = None, **kwargs: Any) -> Any:
     settings = from_env()
     secrets.redact_logs()  # no log line of any library may carry a key
     measure_process.use(True)  # many sessions share this process: HTTP streams are stamped in their own
     warmup.start()  # imports, tokenizer, measurement loop and process: in a thread, before the first run
     demo = build_ui(catalog, settings)
+    return demo.launch(server_name=host or settings.host, server_port=port or settings.port,
+                       **launch_options(**kwargs))
+
+
+def launch_options(**kwargs: Any) -> dict[str, Any]:
+    """``Blocks.launch`` options every launch of the app uses (tests launch with them too)."""
+    kwargs.setdefault("css", CSS)
     kwargs.setdefault("max_file_size", MAX_FILE_BYTES)  # Gradio refuses a bigger upload before it is stored
-    return demo.launch(server_name=host or settings.host, server_port=port or settings.port, css=CSS, **kwargs)
+    # The key boxes' values live in the session's component state: Gradio's deep links write that state
+    # to disk and serve it back from /config, and its run history keeps the inputs of runs. Neither here.
+    kwargs.setdefault("run_history", False)
+    app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(NoDeepLinks)]
+    kwargs["app_kwargs"] = app_kwargs
+    return kwargs

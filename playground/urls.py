@@ -27,9 +27,26 @@ def private_allowed() -> bool:
     return os.environ.get("PLAYGROUND_ALLOW_PRIVATE_URLS", "").strip() == "1"
 
 
+NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (mapped, 6to4, Teredo, NAT64, IPv4-compatible)."""
+    if ip.ipv4_mapped:
+        return ip.ipv4_mapped
+    if ip.sixtofour:
+        return ip.sixtofour
+    if ip.teredo:
+        return ip.teredo[1]
+    if any(ip in net for net in NAT64) or int(ip) >> 32 == 0:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def refusal(host: str, address: str) -> str | None:
     ip = ipaddress.ip_address(address.split("%")[0])
-    if ip.is_global and not ip.is_multicast:
+    inner = _embedded_v4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+    if ip.is_global and not ip.is_multicast and (inner is None or (inner.is_global and not inner.is_multicast)):
         return None
     return (f"{host} resolves to {address}, a private, loopback or link-local address: a URL you type "
             "must reach the public internet (PLAYGROUND_ALLOW_PRIVATE_URLS=1 lifts this on a private deployment)")

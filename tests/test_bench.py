@@ -63,3 +63,16 @@ def test_fanout_bench_prints_ratios() -> None:
         assert all(re.fullmatch(r"-?\d+\.\d+", cell) for cell in rows[metric]), (metric, out)
     assert all(re.fullmatch(r"\d+\.\d+|not reported", c) for c in rows["app's worst clock_lag_ms"]), out
     assert all(c.startswith("JSON download") for c in rows["app figures from"][2:]), out
+
+
+def test_load_bench_runs_sessions_with_stops_and_a_broken_target() -> None:
+    """A small pass of bench/load.py: every run completes, only the scripted faults show, and the
+    app's resource table is printed for each round."""
+    out = run_bench("bench/load.py", "--sessions", "3", "--runs", "2", "--rounds", "1", timeout=600)
+    rows = {row[0]: row for row in table_rows(out)}
+    assert rows["runs"][1:3] == ["2", "6"], out
+    assert rows["errors not scripted"][1:3] == ["0", "0"], out
+    cut, stopped = (int(n) for n in rows["columns cut as scripted / stopped"][2].split(" / "))
+    assert cut + stopped >= 6, out  # every loaded run's broken column was cut, unless its run was stopped first
+    assert rows["processes"][1] == rows["processes"][2], out  # no model or measurement process left over or lost
+    assert "unexpected:" not in out

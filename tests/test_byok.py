@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +22,7 @@ from playground.public import Policy
 from playground.request import ChatRequest, Message, make_params
 from playground.secrets import Credentials
 from playground.settings import Settings
-from playground.ui import KEY_FIELDS, build_ui
+from playground.ui import KEY_FIELDS, build_ui, launch_options
 from tests.test_ui import free_port, run_args
 
 pytestmark = pytest.mark.usefixtures("close_clients")
@@ -134,7 +135,7 @@ def client(server: ScriptedServer) -> Iterator[Client]:
                    api_key_env="PLAYGROUND_USER_API_KEY")
     settings = Settings(host="127.0.0.1", port=None, columns=1, default_targets=[], concurrency=8, catalog=None)
     demo = build_ui(Catalog(targets=[yours], defaults=["yours/openai"]), settings, Policy(public=False))
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    demo.launch(**launch_options(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True))
     try:
         yield Client(demo.local_url, verbose=False)
     finally:
@@ -176,3 +177,39 @@ def test_each_picker_entry_says_whose_key_it_will_use(monkeypatch: pytest.Monkey
     assert label(None, True) == "keyed — the Space's key (quota)"
     assert label(None, False) == "keyed — the server's key"
     assert label(Credentials({"BYOK_TEST_KEY": VISITOR_KEY}), True) == "keyed — your key"
+
+
+def test_typed_keys_never_reach_a_deep_link_or_the_disk(client: Client, server: ScriptedServer) -> None:
+    client.predict(*form(PLAYGROUND_USER_API_KEY=VISITOR_KEY), api_name="/keys")
+    base = client.src.rstrip("/")
+    for path in (f"/gradio_api/deep_link?session_hash={client.session_hash}", "/config?deep_link=abc"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base + path, timeout=30)
+        assert refused.value.code == 404
+    config = json.loads(urllib.request.urlopen(base + "/config", timeout=30).read())
+    assert config.get("run_history") is False
+
+
+def test_only_typed_keys_are_remembered_for_redaction_and_a_closed_session_forgets_them() -> None:
+    from playground import secrets
+
+    typed = secrets.from_form({"PLAYGROUND_USER_BASE_URL": "http", "PLAYGROUND_USER_API_KEY": "sk-typed-0123456789"},
+                              False, frozenset({"PLAYGROUND_USER_API_KEY"}))
+    assert typed is not None and typed.secrets() == ["sk-typed-0123456789"]
+    assert secrets.redact("HTTP 404 from http://x sk-typed-0123456789") == "HTTP 404 from http://x ***"
+    secrets.forget("sk-typed-0123456789")
+    assert "sk-typed-0123456789" in secrets.redact("sk-typed-0123456789")
+    for n in range(secrets.MAX_REMEMBERED + 5):  # a flood pushes out the oldest, not an arbitrary one
+        secrets.remember(f"flood-{n:06d}")
+    assert "flood-000004" in secrets.redact("flood-000004") and secrets.redact(f"flood-{n:06d}") == "***"
+    for n in range(secrets.MAX_REMEMBERED + 5):
+        secrets.forget(f"flood-{n:06d}")
+
+
+@pytest.mark.parametrize("address", ["::127.0.0.1", "64:ff9b::a9fe:a9fe", "2002:7f00:1::1", "::ffff:10.0.0.1",
+                                     "169.254.169.254", "100.64.0.1", "fd00::1"])
+def test_addresses_that_hide_a_private_one_are_refused(address: str) -> None:
+    from playground.urls import refusal
+
+    assert refusal("host", address) is not None
+    assert refusal("host", "2001:4860:4860::8888") is None and refusal("host", "8.8.8.8") is None

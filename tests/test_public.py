@@ -13,7 +13,7 @@ from playground import public
 from playground.catalog import Catalog, Target
 from playground.public import Policy, Quota, Rate, parse_rate
 from playground.settings import Settings
-from playground.ui import build_ui
+from playground.ui import build_ui, launch_options
 from tests.sse_server import Script, ScriptedServer
 from tests.test_ui import free_port, run_args
 
@@ -46,10 +46,16 @@ def test_public_mode_is_on_for_a_space_unless_told(monkeypatch: pytest.MonkeyPat
     assert (policy.public, policy.rate) == expected
 
 
-@pytest.mark.parametrize("text", ["six/min", "6/fortnight", "0/min", "6"])
+@pytest.mark.parametrize("text", ["six/min", "6/fortnight", "0/min", "6", "6/.min", "2/0min"])
 def test_a_bad_rate_is_refused_by_name(text: str) -> None:
-    with pytest.raises(public.PolicyError, match="PLAYGROUND_RATE must look like 6/min"):
+    with pytest.raises(public.PolicyError, match="PLAYGROUND_RATE"):
         parse_rate(text)
+
+
+def test_looking_at_the_quota_records_nothing() -> None:
+    quota = Quota(Rate(2, 60))
+    assert quota.status([f"session:{n}" for n in range(100)]) == "2 of 2 runs left this minute"
+    assert quota._runs == {}
 
 
 def test_only_targets_that_download_nothing_are_offered() -> None:
@@ -98,7 +104,7 @@ def client(server: ScriptedServer) -> Iterator[Client]:
     catalog = Catalog(targets=[http(server.base_url), HUB, REMOTE_CODE], defaults=[QUICK])
     settings = Settings(host="127.0.0.1", port=None, columns=1, default_targets=[], concurrency=8, catalog=None)
     demo = build_ui(catalog, settings, Policy(public=True, rate=Rate(3, 60)))
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    demo.launch(**launch_options(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True))
     try:
         yield Client(demo.local_url, verbose=False)
     finally:

@@ -219,6 +219,8 @@ class OpenAICompatBackend:
         (base_url, typed_url), (key, own_key) = self._base_url(credentials), self._key(credentials)
         if not base_url:
             raise BackendError(ErrorKind.UNAVAILABLE, f"set {self.target.base_url_env}")
+        if credentials is not None and (typed_problem := credentials.problem(self.target.api_key_env)):
+            raise BackendError(ErrorKind.UNAVAILABLE, typed_problem)
         if self.target.api_key_env and not key:
             raise BackendError(ErrorKind.UNAVAILABLE, secrets.key_problem(self.target.api_key_env) or "no key")
         if typed_url and key and not own_key:
