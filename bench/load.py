@@ -50,6 +50,7 @@ class Tally:
     unexpected: list[str] = field(default_factory=list)
     cut: int = 0
     stopped: int = 0
+    stop_calls_failed: int = 0
 
     def add(self, other: Tally) -> None:
         self.runs += other.runs
@@ -58,6 +59,7 @@ class Tally:
         self.unexpected += other.unexpected
         self.cut += other.cut
         self.stopped += other.stopped
+        self.stop_calls_failed += other.stop_calls_failed
 
 
 def scripts() -> dict[str, Script]:
@@ -74,16 +76,29 @@ def resources(pid: int) -> dict[str, float]:
         pids += [int(c) for c in children]
     except OSError:
         pass
-    rss = threads = files = 0.0
+    rss = threads = files = sockets = 0.0
     for p in pids:
         try:
             status = dict(line.split(":", 1) for line in Path(f"/proc/{p}/status").read_text().splitlines())
             rss += int(status["VmRSS"].split()[0]) / 1024
             threads += int(status["Threads"])
-            files += len(os.listdir(f"/proc/{p}/fd"))
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                files += 1
+                try:
+                    sockets += os.readlink(f"/proc/{p}/fd/{fd}").startswith("socket:")
+                except OSError:
+                    pass
         except (OSError, KeyError, ValueError):
             continue
-    return {"RSS (MB)": rss, "threads": threads, "open files": files, "processes": len(pids)}
+    return {"RSS (MB)": rss, "threads": threads, "open files": files, "of which sockets": sockets,
+            "processes": len(pids)}
+
+
+def stop(client: Any, tally: Tally) -> None:
+    try:
+        client.predict(api_name="/stop")
+    except Exception:  # noqa: BLE001 - gradio_client cancels a call whose run just ended: not the app's error
+        tally.stop_calls_failed += 1
 
 
 def session(url: str, index: int, runs: int, stops: bool, seed: int, barrier: threading.Barrier | None) -> Tally:
@@ -104,7 +119,7 @@ def session(url: str, index: int, runs: int, stops: bool, seed: int, barrier: th
             job = client.submit(*run_args(prompt, ids, TOKENS), api_name="/run")
             timer = None
             if stops and rng.random() < STOP_SHARE:
-                timer = threading.Timer(rng.uniform(0.3, 1.0), lambda: client.predict(api_name="/stop"))
+                timer = threading.Timer(rng.uniform(0.3, 1.0), stop, args=(client, tally))
                 timer.start()
             tally.runs += 1
             try:
@@ -222,6 +237,8 @@ def report(result: dict[str, Any]) -> str:
     lines.append(f"| runs | {alone.runs} | {loaded.runs} | | |")
     lines.append(f"| columns cut as scripted / stopped | {alone.cut} / {alone.stopped} | {loaded.cut} / {loaded.stopped} | | |")
     lines.append(f"| errors not scripted | {len(alone.unexpected)} | {len(loaded.unexpected)} | | 0 |")
+    lines.append(f"| Stop calls gradio_client gave up on (the run had just ended) | {alone.stop_calls_failed} | "
+                 f"{loaded.stop_calls_failed} | | |")
     snapshots = result["snapshots"]
     heads = ["before the load"] + [f"after round {i + 1}" for i in range(len(snapshots) - 1)]
     lines += ["", f"| app (and its children) | {' | '.join(heads)} | change in the last round | goal |",
