@@ -116,10 +116,16 @@ class Run:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock: MeasureLoop | None = None
         self._stop_requested = False
+        self._stop_columns: set[int] = set()
         self._lag_cursor = 0
 
     def stop(self) -> None:
         self._stop_requested = True
+        self._nudge()
+
+    def stop_column(self, index: int) -> None:
+        """Stop one column (from any thread); the others carry on."""
+        self._stop_columns.add(index)
         self._nudge()
 
     def _nudge(self) -> None:
@@ -159,6 +165,7 @@ class Run:
                 self._wake.clear()
                 first_text = self._drain(pending)
                 self._enforce_deadlines(tasks, pending)
+                self._stop_chosen(tasks, pending)
                 if (first_text or time.perf_counter() >= next_frame) and pending:
                     yield self.columns
                     next_frame = time.perf_counter() + self.frame_s
@@ -211,6 +218,17 @@ class Run:
         deadlines = [c.timeline.sent + c.target.timeout_s for c in self.columns
                      if not c.final and c.timeline.sent is not None]
         return min(deadlines, default=float("inf"))
+
+    def _stop_chosen(self, tasks: list[asyncio.Task[None]], pending: set[int]) -> None:
+        """Columns stopped on their own: their task is cancelled (a local model stops within a token),
+        their text and figures so far are kept, and the run goes on without them."""
+        assert self._clock is not None
+        while self._stop_columns:
+            index = self._stop_columns.pop()
+            if index in pending and not self.columns[index].final:
+                self._clock.loop.call_soon_threadsafe(tasks[index].cancel)
+                pending.discard(index)
+                self._finish(self.columns[index], "stopped", time.perf_counter())
 
     def _enforce_deadlines(self, tasks: list[asyncio.Task[None]], pending: set[int]) -> None:
         assert self._clock is not None

@@ -79,6 +79,13 @@ def _forget_typed_keys(request: gr.Request) -> None:
         secrets.forget(key)
 
 
+def _column_stopper(index: int) -> Any:
+    def stop_this_column(request: gr.Request) -> None:
+        ui_stream.stop_column(_session(request), index)
+
+    return stop_this_column
+
+
 def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "anonymous"
 
@@ -194,7 +201,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         gr.Markdown(policy.describe(), elem_id="mode")
         histories = gr.State([[] for _ in range(MAX_COLUMNS)])
         n_cols = gr.Slider(1, MAX_COLUMNS, value=n_initial, step=1, label="Columns", elem_id="n-columns")
-        slots, pickers, chats, lives, statuses = [], [], [], [], []
+        slots, pickers, chats, lives, statuses, column_stops = [], [], [], [], [], []
         with gr.Row(equal_height=False, elem_id="columns"):
             for i in range(MAX_COLUMNS):
                 with gr.Column(visible=i < n_initial, min_width=300, elem_id=f"col-{i}",
@@ -209,6 +216,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                     lives.append(gr.Textbox(visible="hidden", interactive=False, show_label=False, lines=8, max_lines=8,
                                             autoscroll=True, elem_id=f"col-{i}-live", elem_classes=["pp-live"]))
                     statuses.append(gr.Markdown("", elem_id=f"col-{i}-status", elem_classes=["pp-status"]))
+                    column_stops.append(gr.Button("■ Stop this column", size="sm", elem_id=f"col-{i}-stop"))
                 slots.append(slot)
         prompt = gr.MultimodalTextbox(
             lines=1, max_lines=12, label="Prompt", file_types=["image"], file_count="multiple",
@@ -281,6 +289,16 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         def stop(request: gr.Request) -> None:
             ui_stream.stop(_session(request))
 
+        def stop_one(column: float | None, request: gr.Request) -> None:
+            """Stop one column of this session's run (0 is the first); the others finish."""
+            try:
+                index = int(column) if column is not None else -1
+            except (TypeError, ValueError):
+                index = -1
+            if not 0 <= index < MAX_COLUMNS:
+                raise gr.Error(f"column: must be a number from 0 to {MAX_COLUMNS - 1} (got {column!r})")
+            ui_stream.stop_column(_session(request), index)
+
         def clear() -> list[Any]:
             empty = [[] for _ in range(MAX_COLUMNS)]
             return [[] for _ in range(MAX_COLUMNS)] + [""] * MAX_COLUMNS + [
@@ -347,6 +365,11 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                       **streaming
                       ).then(quota_status, None, quota_line, api_name=False, show_progress="hidden")
         stop_btn.click(stop, None, None, api_name="stop", concurrency_limit=None, queue=False)
+        for i, button in enumerate(column_stops):
+            button.click(_column_stopper(i), None, None, api_name=False, concurrency_limit=None, queue=False)
+        column_index = gr.Number(visible=False, precision=0)
+        gr.Button(visible=False).click(stop_one, column_index, None, api_name="stop_column",
+                                       concurrency_limit=None, queue=False)
         clear_btn.click(clear, None, [*chats, *statuses, table, csv_btn, json_btn, histories], api_name="clear",
                         show_progress_on=[clear_btn])
         n_cols.change(show_columns, n_cols, slots, api_name=False, show_progress="hidden", show_progress_on=[n_cols])

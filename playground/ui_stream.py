@@ -88,6 +88,12 @@ def stop(session: str) -> None:
         active.stop()
 
 
+def stop_column(session: str, index: int) -> None:
+    active = _active_runs.get(session)
+    if active is not None and 0 <= index < len(active.columns):
+        active.stop_column(index)
+
+
 def _status_state(column: Column) -> tuple[Any, ...]:
     """What changes a status line at once. The running figures (E2E, tok/s, tokens) only tick."""
     return column.status, column.detail, bool(column.text), column.error, len(column.notices), column.timing_uncertain

@@ -230,3 +230,22 @@ async def test_final_frame_has_every_column_final(server: ScriptedServer) -> Non
     assert all(c.final and c.timeline.ended is not None for c in last.columns)
     assert live and not all(status in ("done", "error") for status in live[0].statuses)  # earlier: live
     await assert_no_task_left()
+
+
+async def test_one_column_stops_and_the_others_finish(server: ScriptedServer) -> None:
+    await warm(server)
+    run = Run(jobs(target(server.base_url, "long", "a"), target(server.base_url, "hang", timeout_s=10),
+                   target(server.base_url, "long", "c")))
+    stopped_at: float | None = None
+    async for columns in run.frames():
+        if stopped_at is None and columns[0].text:
+            stopped_at = time.perf_counter()
+            run.stop_column(1)  # the stuck one
+            run.stop_column(0)
+        if stopped_at is not None and columns[1].final:
+            assert columns[1].timeline.ended is not None and columns[1].timeline.ended - stopped_at < 0.5
+    a, hang, c = columns
+    assert [a.status, hang.status, c.status] == ["stopped", "stopped", "done"]
+    assert a.text and text_of(100).startswith(a.text) and a.text != text_of(100)  # its partial answer is kept
+    assert c.text == text_of(100)
+    await assert_no_task_left()

@@ -133,3 +133,18 @@ def test_seed_blank_means_random_and_junk_is_refused(client: Client, server: Scr
     with pytest.raises(Exception, match="seed: must be a whole number"):
         client.submit(*args, api_name="/run").result(timeout=60)
     client.predict(api_name="/clear")
+
+
+def test_one_column_can_be_stopped_while_the_other_finishes(client: Client) -> None:
+    job = client.submit(*run_args("two answers please", ["slow", "quick"], max_tokens=400), api_name="/run")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any("▶" in str(o) for o in job.outputs()):
+        time.sleep(0.05)  # polling the client's received frames, bounded: the first column is streaming
+    client.predict(0, api_name="/stop_column")
+    final = job.result(timeout=60)
+    statuses = final[MAX_COLUMNS:2 * MAX_COLUMNS]
+    assert "■" in statuses[0] and "✓" in statuses[1], statuses[:2]
+    slow_answer = text_of(final[0][-1])
+    assert 0 < len(slow_answer) < len(" ".join(f"t{i}" for i in range(400))), "the stopped column keeps its partial text"
+    with pytest.raises(Exception, match="column: must be a number from 0 to 5"):
+        client.predict(9, api_name="/stop_column")
