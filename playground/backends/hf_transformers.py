@@ -68,6 +68,15 @@ class TransformersBackend:
         message = explain_remote_code_error(exc, self.target, transformers.__version__)
         return BackendError(ErrorKind.UNAVAILABLE, message) if message else None
 
+    def _size_gb(self) -> float | None:
+        """What the loaded model will hold. transformers dequantizes a GGUF: a 4-5 bit file holds
+        about 8 times its size once its weights are float32 (the bundled 135M model: 0.1 -> 0.6 GB)."""
+        if self.target.source == "bundled":
+            folder = models.bundled_dir()
+            on_disk = local.size_on_disk_gb(folder / (self.target.gguf_file or models.BUNDLED_GGUF)) if folder else None
+            return on_disk * 8 if on_disk else None
+        return self.target.download_gb
+
     def _load(self) -> tuple[Any, Any, Any]:
         """(tokenizer, model, processor or None)."""
         import torch
@@ -105,7 +114,8 @@ class TransformersBackend:
             what = "downloading and loading" if self.target.source == "hub" else "loading"
             yield Progress(f"{what} model…")
         try:
-            tokenizer, model, processor = await local.load_shared(self.key, self._load)
+            tokenizer, model, processor = await local.load_shared(self.key, self._load, self._size_gb,
+                                                                  self.target.label)
         except BackendError:
             raise
         except (OSError, ValueError, ImportError, AttributeError) as exc:

@@ -122,7 +122,9 @@ class LlamaCppBackend:
         if waited_for_load:
             async for progress in local.locate(self._gguf(), paths):
                 yield progress
-        engine = await local.load_shared(self.key, lambda: self._load(paths[-1] if paths else None))
+        path = paths[-1] if paths else None
+        engine = await local.load_shared(self.key, lambda: self._load(path),
+                                         lambda: local.size_on_disk_gb(path) or self.target.download_gb, self.target.label)
 
         def work(emit: local.Emit, stop: threading.Event) -> None:
             self._generate(engine, request, emit, stop, engine.load_s if waited_for_load else 0.0)

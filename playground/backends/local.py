@@ -22,7 +22,11 @@ Emit = Callable[[Event], None]
 
 _models: dict[str, Future[Any]] = {}
 _slots: dict[str, threading.BoundedSemaphore] = {}
+_sizes: dict[str, float] = {}  # GB each loaded (or loading) model is thought to hold
+_used_at: dict[str, float] = {}  # when each was last asked for: the least recently used goes first
 _lock = threading.Lock()
+MEMORY_SHARE = 0.6  # of the machine's RAM, for local models, unless PLAYGROUND_LOCAL_MEMORY_GB says
+Size = Callable[[], "float | None"]
 
 
 class StopFlag(threading.Event):
@@ -52,27 +56,113 @@ def local_slots() -> int:
         return 2
 
 
-async def load_shared(key: str, loader: Callable[[], Any]) -> Any:
+def memory_budget_gb() -> float:
+    """The memory local models may hold together (PLAYGROUND_LOCAL_MEMORY_GB; default a share of RAM)."""
+    raw = os.environ.get("PLAYGROUND_LOCAL_MEMORY_GB", "").strip()
+    if raw:
+        try:
+            return max(0.1, float(raw))
+        except ValueError:
+            pass
+    try:
+        with open("/proc/meminfo") as meminfo:
+            total_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
+        return MEMORY_SHARE * total_kb / 1024 / 1024
+    except (OSError, StopIteration, ValueError):
+        return 8.0
+
+
+def size_on_disk_gb(path: Any) -> float | None:
+    """A model file's or folder's size: about what it holds once loaded (weights dominate)."""
+    from pathlib import Path
+
+    if path is None:
+        return None
+    path = Path(path)
+    try:
+        if path.is_file():
+            return path.stat().st_size / 1024**3
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1024**3
+    except OSError:
+        return None
+
+
+async def load_shared(key: str, loader: Callable[[], Any], size_gb: Size | None = None, label: str = "") -> Any:
     """Run ``loader`` once per process for ``key`` in a thread; everyone awaits the same result.
 
-    A failed load is forgotten so that the next run can try again.
+    ``size_gb`` (called in that thread) says how much memory the model will hold: before it loads,
+    the least recently used idle models are unloaded until it fits the budget, and a model that
+    cannot fit is refused with the numbers, never loaded. A failed load is forgotten so that the
+    next run can try again.
     """
     with _lock:
+        _used_at[key] = time.monotonic()
         future = _models.get(key)
         if future is None:
             future = Future()
             _models[key] = future
-            threading.Thread(target=_run_load, args=(key, loader, future), daemon=True).start()
+            threading.Thread(target=_run_load, args=(key, loader, future, size_gb, label or key),
+                             daemon=True).start()
     return await asyncio.wrap_future(future)
 
 
-def _run_load(key: str, loader: Callable[[], Any], future: Future[Any]) -> None:
+def _run_load(key: str, loader: Callable[[], Any], future: Future[Any], size_gb: Size | None, label: str) -> None:
     try:
+        if size_gb is not None:
+            _make_room(key, size_gb(), label)
         future.set_result(loader())
     except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
         with _lock:
             _models.pop(key, None)
+            _sizes.pop(key, None)
         future.set_exception(exc)
+
+
+def _idle(key: str) -> bool:
+    slot = _slots.get(key)
+    return slot is None or slot._value >= local_slots()  # type: ignore[attr-defined]  # no generation holds it
+
+
+def _make_room(key: str, needed: float | None, label: str) -> None:
+    """Unload idle models, least recently used first, until ``needed`` GB fit the budget; or refuse."""
+    if not needed:
+        return
+    budget = memory_budget_gb()
+    evicted: list[Any] = []
+    with _lock:
+        def held() -> float:
+            return sum(size for k, size in _sizes.items() if k != key and k in _models)
+
+        candidates = sorted((k for k in _sizes if k != key and k in _models and _models[k].done() and _idle(k)),
+                            key=lambda k: _used_at.get(k, 0.0))
+        while held() + needed > budget and candidates:
+            victim = candidates.pop(0)
+            future = _models.pop(victim)
+            _sizes.pop(victim, None)
+            if not future.exception():
+                evicted.append(future.result())
+        if held() + needed > budget:
+            busy = held()
+            raise BackendError(ErrorKind.UNAVAILABLE, (
+                f"{label} needs about {needed:.1f} GB of memory; local models may hold {budget:.1f} GB "
+                f"(PLAYGROUND_LOCAL_MEMORY_GB) and {busy:.1f} GB of it is in use by models generating now"
+                if busy else f"{label} needs about {needed:.1f} GB of memory; local models may hold "
+                f"{budget:.1f} GB (PLAYGROUND_LOCAL_MEMORY_GB)") + ": not loaded")
+        _sizes[key] = needed
+    for model in evicted:  # outside the lock: closing a model process waits for it
+        close = getattr(model, "close", None)
+        if callable(close):
+            close()
+    if evicted:
+        import gc
+
+        gc.collect()  # this thread, not an event loop: a full collection holds the GIL a while
+
+
+def loaded_models() -> dict[str, float]:
+    """Loaded (or loading) models and the GB each is thought to hold."""
+    with _lock:
+        return {k: _sizes.get(k, 0.0) for k in _models}
 
 
 def is_loaded(key: str) -> bool:
@@ -92,6 +182,7 @@ def forget(key: str, model: Any) -> None:
         future = _models.get(key)
         if future is not None and future.done() and not future.exception() and future.result() is model:
             del _models[key]
+            _sizes.pop(key, None)
 
 
 def _slot(key: str) -> threading.BoundedSemaphore:
@@ -130,6 +221,7 @@ def wait_to_acquire(lock: threading.Lock | threading.Semaphore, stop: threading.
 
 def acquire_slot(key: str, stop: threading.Event, emit: Emit) -> bool:
     """Wait for a free generation slot on a shared model; False if stopped meanwhile."""
+    _used_at[key] = time.monotonic()
     return wait_to_acquire(_slot(key), stop, emit, "waiting: this model is busy with other requests")
 
 

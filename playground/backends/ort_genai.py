@@ -87,7 +87,10 @@ class OrtGenAIBackend:
             folders: list[Path] = []
             async for progress in local.locate(self._model_dir(), folders):
                 yield progress
-            worker = await local.load_shared(self.key, lambda: self._start_worker(folders[-1] if folders else None))
+            folder = folders[-1] if folders else None
+            worker = await local.load_shared(self.key, lambda: self._start_worker(folder),
+                                             lambda: local.size_on_disk_gb(folder) or self.target.download_gb,
+                                             self.target.label)
 
         def work(emit: local.Emit, stop: threading.Event) -> None:
             worker.generate(self.target, request, emit, stop)
