@@ -72,3 +72,15 @@ def unreadable() -> Any:
         emit(Finished("stop"))
 
     return generate
+
+
+def hangs_holding_the_gil() -> Any:
+    """A "model" stuck in a C call that keeps the GIL (PyDLL does not release it): nothing else in
+    the process runs, its heartbeat included."""
+    import ctypes
+
+    def generate(target: Any, request: Any, emit: Any, stop: threading.Event) -> None:
+        emit(RequestSent(at=time.perf_counter()))
+        ctypes.PyDLL(None).sleep(30)
+
+    return generate

@@ -211,3 +211,30 @@ def test_a_wait_for_a_busy_model_shows_its_seconds_and_gives_up_at_the_deadline(
                               "waiting: busy", clock=clock)
     assert info.value.kind is ErrorKind.TIMEOUT
     assert shown[:3] == ["waiting: busy", "waiting: busy (1 s)", "waiting: busy (2 s)"]
+
+
+def test_a_hung_model_process_is_found_by_its_silence_and_replaced(child_path: None,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLAYGROUND_MODEL_HANG_S", "3")
+    worker = WorkerProcess("stuck", f"{FAKES}:hangs_holding_the_gil", ()).start(timeout_s=60)
+    try:
+        started = time.monotonic()
+        with pytest.raises(BackendError, match=r"stopped answering for 3 s \(hung\); the next run starts a fresh one"):
+            worker.generate(TARGET, ChatRequest(build_messages("hi"), make_params()), lambda e: None, threading.Event())
+        assert 3 <= time.monotonic() - started < 15  # its silence, not the 30 s call
+        assert not worker.alive
+        deadline = time.monotonic() + 10
+        while worker.exit_code is None and time.monotonic() < deadline:  # the kill lands (bounded)
+            time.sleep(0.05)
+        assert worker.exit_code is not None  # killed, not left running
+    finally:
+        worker.close()
+
+
+def test_a_quiet_but_healthy_model_process_is_not_taken_for_hung(counter: WorkerProcess,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLAYGROUND_MODEL_HANG_S", "2")
+    time.sleep(3)  # an idle spell longer than the limit: its heartbeat keeps it alive
+    got: list[Event] = []
+    counter.generate(TARGET, ChatRequest(build_messages("count"), make_params(max_tokens=3)), got.append, threading.Event())
+    assert counter.alive and isinstance(got[-1], Finished)

@@ -45,9 +45,20 @@ if TYPE_CHECKING:
     from playground.request import ChatRequest
 
 log = logging.getLogger(__name__)
+
+
+def hang_limit_s() -> float:
+    """How long a model process may send nothing while a request waits (PLAYGROUND_MODEL_HANG_S)."""
+    try:
+        return max(2.0, float(os.environ.get("PLAYGROUND_MODEL_HANG_S", "60")))
+    except ValueError:
+        return 60.0
+
+
 Generate = Callable[["Target", "ChatRequest", Emit, threading.Event], None]
 LOAD_TIMEOUT_S = 15 * 60  # a multi-GB model from a slow disk; the child's death ends the wait sooner
 MAX_BATCH = 256  # messages sent as one
+BEAT_S = 1.0  # the child says it is alive this often, from a thread of its own
 LINGER_S = 0.01  # the measurement process's sender writes at most this often while streams flow
 STOP_POLL_S = 0.005  # how often a waiting request looks at a plain stop flag: under one token
 DEAD_POLL_S = 0.25  # with a StopFlag that wakes it, a request only looks now and then for a dead child
@@ -81,6 +92,7 @@ class WorkerProcess:
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
         self._dead: str | None = None
+        self._last_beat = time.monotonic()
 
     @property
     def pid(self) -> int | None:
@@ -126,6 +138,7 @@ class WorkerProcess:
         if reply[0] != "ready":
             self.close()
             raise BackendError(ErrorKind(reply[1]), reply[2])
+        self._last_beat = time.monotonic()  # the load is over: from now on it beats
         threading.Thread(target=self._read, name=f"worker-reader:{self.name}", daemon=True).start()
         return self
 
@@ -155,6 +168,7 @@ class WorkerProcess:
                 pending.wake.clear()
                 if pending.done.is_set():
                     break
+                self._check_heartbeat()
                 if self._dead is not None:  # it died before this request was registered with the reader
                     pending.error = pending.error or (ErrorKind.INTERNAL.value, f"{self.name}: {self._dead}", None)
                     break
@@ -168,6 +182,16 @@ class WorkerProcess:
         if pending.error is not None:
             kind, message, retry_after = pending.error
             raise BackendError(ErrorKind(kind), message, retry_after)
+
+    def _check_heartbeat(self) -> None:
+        """A child whose beats stopped is hung (a library holding the GIL for good): kill it, so its
+        requests fail now and the next run starts a fresh one (PLAYGROUND_MODEL_HANG_S)."""
+        silent = time.monotonic() - self._last_beat
+        limit = hang_limit_s()
+        if silent > limit and self._dead is None and self._proc is not None and self._proc.poll() is None:
+            log.error("%s sent nothing for %.0f s: hung; killing it", self.name, silent)
+            self._dead = f"the model process stopped answering for {limit:g} s (hung); the next run starts a fresh one"
+            self._proc.kill()  # its socket closes: the reader fails every request still waiting
 
     def close(self) -> None:
         if self._sock is not None:
@@ -242,6 +266,9 @@ class WorkerProcess:
         try:
             while True:
                 message = self._conn.recv()
+                self._last_beat = time.monotonic()  # any message shows the child is alive
+                if message[0] == "beat":
+                    continue
                 if message[0] == "batch":
                     self._deliver_batch(message[1])
                 else:
@@ -298,6 +325,16 @@ def _serve(conn: Connection) -> None:
         threading.Thread(target=_send_batches, args=(conn, outbox), name="worker-sender", daemon=True).start()
     stops: dict[int, threading.Event] = {}
     threads: list[threading.Thread] = []
+
+    def beat() -> None:
+        try:
+            while True:
+                time.sleep(BEAT_S)
+                send(("beat",))
+        except (OSError, ValueError):
+            pass  # the parent is gone
+
+    threading.Thread(target=beat, name="worker-heartbeat", daemon=True).start()
 
     def run(request_id: int, target: Target, request: ChatRequest, stop: threading.Event) -> None:
         error: tuple[str, str, float | None] | None = None
