@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from sse_server import Script, ScriptedServer
+from sse_server import Script, ScriptedServer, text_of
 
 from playground import measure_process
 from playground.catalog import Target
@@ -137,3 +137,13 @@ async def test_only_the_stamping_thread_of_the_child_runs_at_realtime_priority(s
     assert len(realtime) == 1, policies  # the measurement loop's thread; its sender and waiters stay normal
     assert os.sched_getparam(realtime[0]).sched_priority == os.sched_get_priority_min(os.SCHED_RR)
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the app itself is untouched
+
+
+async def test_streams_longer_than_a_heartbeat_arrive_whole(server: ScriptedServer) -> None:
+    """The child's heartbeats go through its batching sender, mixed with events: a stream longer
+    than one beat (1 s) must still arrive whole, and the process stay up."""
+    # six streams of 300 tokens at 50/s: events every few ms, so the sender batches, beats included
+    columns = await run(*(job(server, "long", f"beats-{i}") for i in range(6)))
+    assert [c.status for c in columns] == ["done"] * 6, [c.error for c in columns]
+    assert all(c.text == text_of(300) for c in columns)
+    assert measure_process.worker().alive

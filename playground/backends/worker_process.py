@@ -252,6 +252,8 @@ class WorkerProcess:
                     self._hand(pending, pending.emit, event)
 
         for one in batch:
+            if one[0] == "beat":  # the measurement process's sender batches its heartbeats too
+                continue
             if one[0] == "event":
                 events.setdefault(one[1], []).append(one[2])
             else:
