@@ -61,6 +61,9 @@ class Column:
     images_sent: int = 0
     version: int = 0
     clock_lag_s: float = 0.0  # worst lag of the measurement loop from the request to the end
+    # when the request began: a backend may restamp `timeline.sent` later (when its bytes reached the
+    # socket), but a stall in between could still delay that stamp, so the error bar counts from here
+    lag_from: float | None = None
     # stamps taken in this process wait on its loop and its GIL; a model process stamps on its own
     shares_clock: bool = True
 
@@ -204,7 +207,7 @@ class Run:
         stalls, self._lag_cursor = self._clock.monitor.late_since(self._lag_cursor)
         for at, lag in stalls:
             for column in self.columns:  # stalls before the request cannot bend TTFT, decode or E2E
-                sent, ended = column.timeline.sent, column.timeline.ended
+                sent, ended = column.lag_from, column.timeline.ended
                 if column.shares_clock and sent is not None and at >= sent and (ended is None or at - lag <= ended):
                     column.clock_lag_s = max(column.clock_lag_s, lag)
 
@@ -306,6 +309,7 @@ class Run:
                 column.counted_tokens += event.tokens
         elif isinstance(event, RequestSent):
             column.timeline.sent = at
+            column.lag_from = at if column.lag_from is None else min(column.lag_from, at)
             column.status, column.detail = "streaming", "waiting for the first token"
         elif isinstance(event, Progress):
             column.status, column.detail = "loading", secrets.redact(event.message)

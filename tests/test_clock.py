@@ -102,8 +102,11 @@ async def test_the_reported_lag_is_the_monitors_and_the_warning_follows_it(serve
     # every stall the monitor saw end while the column streamed is in it; a tick that fires after the
     # end may still overlap it (the monitor knows more later), so that one bounds it from above only
     late, _ = monitor.late_since(0)
-    seen_by_then = max((lag for at, lag in late if timeline.sent <= at <= timeline.ended), default=0.0)
-    overlapping = monitor.worst_lag_s(timeline.sent, timeline.ended)
+    # from when the request began (a backend restamps `sent` when its bytes reach the socket)
+    began = column.lag_from
+    assert began is not None and began <= timeline.sent
+    seen_by_then = max((lag for at, lag in late if began <= at <= timeline.ended), default=0.0)
+    overlapping = monitor.worst_lag_s(began, timeline.ended)
     assert seen_by_then - 0.0005 <= column.clock_lag_s <= overlapping + 0.0005, (seen_by_then, column.clock_lag_s, overlapping)
     assert column.timing_uncertain == (column.clock_lag_s + 0.005 > runner.UNCERTAIN_S)
     assert ("timing uncertain" in status_markdown(column)) == column.timing_uncertain

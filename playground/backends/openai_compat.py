@@ -21,7 +21,6 @@ from openai._streaming import SSEDecoder  # the SDK's spec-compliant decoder, on
 
 from playground import secrets, urls
 from playground.backends.base import READY, Availability, BackendError
-from playground.backends.clients import LoopClients
 from playground.events import ErrorKind, Event, Finished, RequestSent, TextDelta, Usage
 
 if TYPE_CHECKING:
@@ -49,14 +48,13 @@ def _session(resolver: aiohttp.abc.AbstractResolver | None = None) -> aiohttp.Cl
     trace = aiohttp.TraceConfig()
     trace.on_request_headers_sent.append(_on_bytes_sent)
     trace.on_request_chunk_sent.append(_on_bytes_sent)
-    # no pool limit: 120 concurrent streams must not queue for a connection inside their TTFT
+    # one connection: a session serves one stream (see OpenAICompatBackend.stream)
     # trust_env: HTTPS_PROXY / NO_PROXY and .netrc, as the SDK's httpx client honours them
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, resolver=resolver), raise_for_status=False,
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1, resolver=resolver), raise_for_status=False,
                                  trust_env=resolver is None,  # a visitor's URL never goes through our proxy settings
                                  trace_configs=[trace])
 
 
-_sessions: LoopClients[aiohttp.ClientSession] = LoopClients(lambda session: session.close(), build_in_thread=False)
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -230,11 +228,20 @@ class OpenAICompatBackend:
         public_only = typed_url and credentials is not None and credentials.public_only
         if public_only:
             await urls.check_public(base_url)  # and the session's resolver checks again as it connects
-        session, _ = await _sessions.get("public-only" if public_only else "http",
-                                         (lambda: _session(urls.PublicOnlyResolver())) if public_only else _session)
-        # warm every run, not once per session: targets sharing an endpoint each need a connection
-        # of their own, and servers drop idle ones after a few seconds
-        await self._warm(session, base_url, key)
+        # A session of its own, with one connection: the one the warm-up opens is the one the request
+        # goes on. In a shared pool another stream's request could take it first, and this one would
+        # open a connection inside its TTFT (a fresh-clone CI run caught that).
+        session = _session(urls.PublicOnlyResolver() if public_only else None)
+        try:
+            await self._warm(session, base_url, key)
+            async for event in self._request(session, base_url, key, request):
+                yield event
+        finally:
+            await session.close()
+
+    async def _request(self, session: aiohttp.ClientSession, base_url: str, key: str | None,
+                       request: ChatRequest) -> AsyncIterator[Event]:
+        credentials = request.credentials
         params = request.params
         body: dict[str, Any] = {
             "model": self._model(credentials),
