@@ -121,6 +121,7 @@ class Scored:
     walls: list[float] = field(default_factory=list)
     streams: int = 0
     errors: int = 0
+    error_texts: list[str] = field(default_factory=list)
     beyond_bar: int = 0  # TTFT errors larger than what the column itself claimed (10 ms, or its ± when flagged)
     with_bar: int = 0
 
@@ -149,6 +150,7 @@ def score(samples: list[Sample], index: dict[Key, list[Received]], scripts: dict
         found = index.get(stream.key, [])
         if stream.error or len(found) != 1 or stream.ttft_s is None or stream.rate is None:
             out.errors += 1
+            out.error_texts.append(stream.error or f"{len(found)} server requests, TTFT {stream.ttft_s}")
             continue
         r = found[0]
         if r.first_token_at is None or len(r.events) < 2:
@@ -642,6 +644,9 @@ def main() -> None:
             load_ideal, loaded[1], f"{args.sessions} gradio_client sessions × {args.load_runs} runs, "
                                    f"{loaded[2]}; load {loads['load']:.1f}"))
     print(modes_table(results))
+    for result in results:
+        for text in result.scored.error_texts[:5]:
+            print(f"\nerror ({result.title}): {text[:300]}")
     if stalls:  # the app's own reports of a loop blocked for 100 ms or more (PLAYGROUND_STALL_TRACE=1: stacks)
         print(f"\nthe app logged {len(stalls)} stalls:\n" + "\n".join(stalls[:20]))
     if tallies:
