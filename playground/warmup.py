@@ -70,10 +70,7 @@ async def _openai() -> None:
         async for _ in backend.stream(ChatRequest((Message("user", "hi"),))):
             pass
     finally:
-        from playground.backends import clients
-
-        await clients.aclose_here()
-        server.close()
+        server.close()  # the stream closed its own session
 
 
 async def _ollama() -> None:

@@ -1,10 +1,12 @@
-"""One HTTP client per event loop and endpoint, shared by every request on that loop.
+"""One HTTP client per event loop and endpoint, shared by every request on that loop (the Ollama
+backend; an OpenAI-compatible stream has a session of its own, see ``openai_compat``).
 
 A client holds the connection pool: a warm connection is why a run's TTFT does not include a TCP
 (and TLS) handshake. Clients are bound to the loop that first used them, so the cache is per
 loop. Building one loads the CA store (0.1-0.2 s), so it is built in a thread, never on a loop
-that stamps tokens, where it can be. ``aclose_here()`` closes the running loop's clients; the measurement loop
-calls it as it winds down, so no connection is left for the garbage collector to complain about.
+that stamps tokens, where it can be. ``aclose_here()`` closes the running loop's clients; the
+measurement loop calls it as it winds down, so no connection is left for the garbage collector
+to complain about.
 """
 
 from __future__ import annotations

@@ -44,15 +44,18 @@ async def _on_bytes_sent(session: aiohttp.ClientSession, context: Any, params: A
         written.at = time.perf_counter()  # the last write wins: the whole request is out
 
 
+_TRACE = aiohttp.TraceConfig()  # built once: every stream's session shares it (its handlers keep no state)
+_TRACE.on_request_headers_sent.append(_on_bytes_sent)
+_TRACE.on_request_chunk_sent.append(_on_bytes_sent)
+_TRACE.freeze()
+
+
 def _session(resolver: aiohttp.abc.AbstractResolver | None = None) -> aiohttp.ClientSession:
-    trace = aiohttp.TraceConfig()
-    trace.on_request_headers_sent.append(_on_bytes_sent)
-    trace.on_request_chunk_sent.append(_on_bytes_sent)
     # one connection: a session serves one stream (see OpenAICompatBackend.stream)
     # trust_env: HTTPS_PROXY / NO_PROXY and .netrc, as the SDK's httpx client honours them
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1, resolver=resolver), raise_for_status=False,
                                  trust_env=resolver is None,  # a visitor's URL never goes through our proxy settings
-                                 trace_configs=[trace])
+                                 trace_configs=[_TRACE])
 
 
 
