@@ -15,11 +15,13 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections import deque
-from typing import AsyncIterator
+from typing import IO, AsyncIterator
 
 from playground import models
 from playground.backends.base import BackendError
+from playground.backends.local import queue_timeout_s
 from playground.events import ErrorKind
 
 LAYER_LINE = re.compile(r"Reading layer (\d+)")
@@ -49,6 +51,26 @@ async def _run(cmd: list[str], on_line: "callable[[str], str | None]") -> AsyncI
         raise BackendError(ErrorKind.INTERNAL, f"building the ONNX model failed ({cmd[2]}): {detail}")
 
 
+async def _take_build_lock(lock_file: IO[str]) -> AsyncIterator[str]:
+    """Take the build lock; while another process builds, say so each second, up to
+    PLAYGROUND_QUEUE_TIMEOUT_S (polled: a thread blocked in ``flock`` could not be called off)."""
+    started, limit, shown = time.monotonic(), queue_timeout_s(), -1
+    while True:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        waited = time.monotonic() - started
+        if waited >= limit:
+            raise BackendError(ErrorKind.TIMEOUT, f"building the ONNX model: another process has been building it "
+                               f"for over {limit:g} s (PLAYGROUND_QUEUE_TIMEOUT_S); try again later")
+        if int(waited) != shown:
+            shown = int(waited)
+            yield f"building ONNX model: waiting for another process's build to finish ({shown} s)"
+        await asyncio.sleep(0.2)
+
+
 async def ensure_bundled_onnx() -> AsyncIterator[str]:
     """Yield progress lines until the cached ONNX model is ready (instant when cached)."""
     final = models.bundled_onnx_dir()
@@ -60,8 +82,8 @@ async def ensure_bundled_onnx() -> AsyncIterator[str]:
     final.parent.mkdir(parents=True, exist_ok=True)
     lock_file = open(final.parent / (final.name + ".lock"), "w")  # noqa: SIM115
     try:
-        yield "building ONNX model: waiting for another build to finish"
-        await asyncio.to_thread(fcntl.flock, lock_file, fcntl.LOCK_EX)
+        async for line in _take_build_lock(lock_file):
+            yield line
         if models.is_complete(final):
             return
         models.remove_stale(final)

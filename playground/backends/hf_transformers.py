@@ -110,12 +110,15 @@ class TransformersBackend:
             raise BackendError(ErrorKind.BAD_REQUEST, f"{self.target.label} is not a vision target: it cannot take images")
         if self.target.trust_remote_code:
             await asyncio.to_thread(self._check_remote_code)  # importing transformers takes seconds
+        what = f"{'downloading and loading' if self.target.source == 'hub' else 'loading'} model…"
         if not local.is_loaded(self.key):
-            what = "downloading and loading" if self.target.source == "hub" else "loading"
-            yield Progress(f"{what} model…")
+            yield Progress(what)
+        loaded: list[Any] = []
         try:
-            tokenizer, model, processor = await local.load_shared(self.key, self._load, self._size_gb,
-                                                                  self.target.label)
+            async for progress in local.watched(local.load_shared(self.key, self._load, self._size_gb,
+                                                                  self.target.label), what, loaded):
+                yield progress
+            tokenizer, model, processor = loaded[0]
         except BackendError:
             raise
         except (OSError, ValueError, ImportError, AttributeError) as exc:

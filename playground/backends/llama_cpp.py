@@ -123,8 +123,13 @@ class LlamaCppBackend:
             async for progress in local.locate(self._gguf(), paths):
                 yield progress
         path = paths[-1] if paths else None
-        engine = await local.load_shared(self.key, lambda: self._load(path),
-                                         lambda: local.size_on_disk_gb(path) or self.target.download_gb, self.target.label)
+        engines: list[Engine] = []
+        async for progress in local.watched(local.load_shared(
+                self.key, lambda: self._load(path),
+                lambda: local.size_on_disk_gb(path) or self.target.download_gb, self.target.label),
+                "loading model…", engines):
+            yield progress
+        engine = engines[0]
 
         def work(emit: local.Emit, stop: threading.Event) -> None:
             self._generate(engine, request, emit, stop, engine.load_s if waited_for_load else 0.0)

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from playground.backends.base import BackendError
 from playground.events import ErrorKind, Event, Failed, Progress
@@ -103,7 +103,30 @@ async def load_shared(key: str, loader: Callable[[], Any], size_gb: Size | None 
             _models[key] = future
             threading.Thread(target=_run_load, args=(key, loader, future, size_gb, label or key),
                              daemon=True).start()
-    return await asyncio.wrap_future(future)
+    # shielded: one waiter's Stop must not cancel the load that other sessions wait for
+    return await asyncio.shield(asyncio.wrap_future(future))
+
+
+async def watched(work: Awaitable[Any], what: str, into: list[Any]) -> AsyncIterator[Progress]:
+    """Progress each second while ``work`` runs ("loading model… (12 s)"); its result is appended to
+    ``into``. After PLAYGROUND_QUEUE_TIMEOUT_S the column gives up with a TIMEOUT; a load or download
+    goes on in its thread, so the next run finds it further along."""
+    task = asyncio.ensure_future(work)
+    started, limit = time.monotonic(), queue_timeout_s()
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=min(1.0, max(0.0, started + limit - time.monotonic())))
+            if done:
+                into.append(task.result())
+                return
+            waited = time.monotonic() - started
+            if waited >= limit:
+                raise BackendError(ErrorKind.TIMEOUT, f"{what.rstrip('…')}: gave up after {limit:g} s "
+                                   "(PLAYGROUND_QUEUE_TIMEOUT_S); it goes on in the background for the next run")
+            yield Progress(f"{what} ({int(waited)} s)")
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 def _run_load(key: str, loader: Callable[[], Any], future: Future[Any], size_gb: Size | None, label: str) -> None:
@@ -229,9 +252,15 @@ async def fetch_from_hub(find: Callable[[bool], Any], target: Any, missing: str)
     """Progress lines, then what ``find(local_only)`` found: the cache first, else a download."""
     found = await asyncio.to_thread(find, True)
     if found is None:
-        yield f"downloading {target.model} ({target.download_gb or '?'} GB)…"
+        what = f"downloading {target.model} ({target.download_gb or '?'} GB)…"
+        yield what
         try:
-            found = await asyncio.to_thread(find, False)
+            box: list[Any] = []
+            async for progress in watched(asyncio.to_thread(find, False), what, box):
+                yield progress.message
+            found = box[0]
+        except BackendError:
+            raise
         except Exception as exc:  # noqa: BLE001 - offline, gated, missing
             raise BackendError(ErrorKind.CONNECTION, f"could not download {target.model}: {exc}") from None
     if found is None:

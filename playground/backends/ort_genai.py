@@ -88,9 +88,13 @@ class OrtGenAIBackend:
             async for progress in local.locate(self._model_dir(), folders):
                 yield progress
             folder = folders[-1] if folders else None
-            worker = await local.load_shared(self.key, lambda: self._start_worker(folder),
-                                             lambda: local.size_on_disk_gb(folder) or self.target.download_gb,
-                                             self.target.label)
+            workers: list[WorkerProcess] = []
+            async for progress in local.watched(local.load_shared(
+                    self.key, lambda: self._start_worker(folder),
+                    lambda: local.size_on_disk_gb(folder) or self.target.download_gb, self.target.label),
+                    "loading model…", workers):
+                yield progress
+            worker = workers[0]
 
         def work(emit: local.Emit, stop: threading.Event) -> None:
             worker.generate(self.target, request, emit, stop)
