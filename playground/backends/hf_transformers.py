@@ -103,6 +103,7 @@ class TransformersBackend:
         # Phi-3.5-vision's config asks for flash-attention, which a CPU install lacks
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs, **model_kwargs)
         model.eval()
+        stop_between_layers(model)
         return tokenizer, model, processor
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
@@ -203,6 +204,7 @@ class TransformersBackend:
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             emit(RequestSent(at=time.perf_counter()))
+            _running.stop = stop
             with torch.inference_mode():
                 model.generate(
                     **inputs,
@@ -212,8 +214,35 @@ class TransformersBackend:
                     pad_token_id=tokenizer.pad_token_id or next(iter(eos_ids), None),
                     **sampling,
                 )
+        except _Stopped:
+            pass
         finally:
+            _running.stop = None
             local.release_slot(self.key)
         emit(Usage(n_prompt, state["tokens"], "counted"))
         reason = "stopped" if stop.is_set() else ("stop" if state["eos"] else "length")
         emit(Finished(reason))
+
+
+class _Stopped(Exception):
+    """Raised inside ``generate`` by a layer's hook once the running generation's Stop is set."""
+
+
+_running = threading.local()  # the stop flag of the generation this thread runs; models are shared
+
+
+def _check_stop(module: Any, args: Any) -> None:
+    stop = getattr(_running, "stop", None)
+    if stop is not None and stop.is_set():
+        raise _Stopped
+
+
+def stop_between_layers(model: Any) -> None:
+    """Check the running generation's Stop before each layer (each module in a ``ModuleList``), so that
+    Stop reaches a long prompt's evaluation, one forward pass, not only the token after it."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList):
+            for layer in module:
+                layer.register_forward_pre_hook(_check_stop)

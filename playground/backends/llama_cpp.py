@@ -49,6 +49,58 @@ def llama_threads() -> int:
         return max(1, (os.cpu_count() or 2) // 2)
 
 
+class Abort:
+    """llama.cpp's abort callback, so that Stop reaches a long prompt's evaluation, not only the next token.
+
+    ggml asks the callback between graph nodes whether to give up the ``llama_decode`` in progress
+    (it then returns 2). The callback is libc's ``strlen`` on a two-byte buffer: 1 once the first byte
+    is set, else 0, read as the C ``bool`` it must return. A Python callback would take the GIL between
+    every node, hundreds of times a token, from a thread that competes with the stamping loop.
+    """
+
+    def __init__(self, ctx: Any):
+        import ctypes
+
+        import llama_cpp
+
+        self._byte = ctypes.create_string_buffer(2)
+        self._lock = threading.Lock()
+        self._owner: object | None = None
+        strlen = ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value
+        self._callback = llama_cpp.ggml_abort_callback(strlen)  # kept alive as long as the context
+        llama_cpp.llama_set_abort_callback(ctx, self._callback, ctypes.cast(self._byte, ctypes.c_void_p))
+
+    @contextlib.contextmanager
+    def armed(self, stop: threading.Event) -> Iterator[None]:
+        """While one generation holds the model: its stop flag aborts the decode in progress. Only that
+        generation's: a late Stop of the one before cannot abort the next."""
+        trip = _Trip(self)
+        with self._lock:
+            self._owner, self._byte[0] = trip, b"\0"
+        if isinstance(stop, local.StopFlag):
+            stop.wake_on_set(trip)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._owner, self._byte[0] = None, b"\0"
+            if isinstance(stop, local.StopFlag):
+                stop.no_longer_wake(trip)
+
+    def trip(self, owner: _Trip) -> None:
+        with self._lock:
+            if self._owner is owner:
+                self._byte[0] = b"x"
+
+
+@dataclass(eq=False)
+class _Trip:
+    abort: Abort
+
+    def set(self) -> None:
+        self.abort.trip(self)
+
+
 @dataclass
 class Engine:
     """A loaded model, shared by every session; ``lock`` gives its one KV cache to one run at a time."""
@@ -57,6 +109,7 @@ class Engine:
     formatter: Any  # llama_chat_format.Jinja2ChatFormatter, or None: no template in the GGUF
     load_s: float
     lock: threading.Lock
+    abort: Abort
 
 
 class LlamaCppBackend:
@@ -164,7 +217,7 @@ class LlamaCppBackend:
                 stop_token_ids=[eos],
             )
         atexit.register(_close_at_exit, weakref.ref(llm))
-        return Engine(llm, formatter, load_s, threading.Lock())
+        return Engine(llm, formatter, load_s, threading.Lock(), Abort(llm.ctx))
 
     def _prompt_ids(self, engine: Engine, request: ChatRequest, emit: local.Emit) -> list[int]:
         """The conversation through the GGUF's own chat template, as token ids."""
@@ -204,17 +257,21 @@ class LlamaCppBackend:
                 emit(RequestSent(at=time.perf_counter()))
                 generator = llm.generate(ids, temp=params.temperature, top_p=params.top_p)
                 try:
-                    for token in generator:
-                        now = time.perf_counter()
-                        if stop.is_set():
-                            break
-                        if llama_cpp.llama_vocab_is_eog(vocab, token):
-                            saw_eos = True
-                            break
-                        tokens += 1
-                        emit(TextDelta(decoder.push(token), tokens=1, at=now))
-                        if tokens >= max_new:
-                            break
+                    with engine.abort.armed(stop):
+                        for token in generator:
+                            now = time.perf_counter()
+                            if stop.is_set():
+                                break
+                            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                                saw_eos = True
+                                break
+                            tokens += 1
+                            emit(TextDelta(decoder.push(token), tokens=1, at=now))
+                            if tokens >= max_new:
+                                break
+                except RuntimeError:  # "llama_decode returned 2": aborted by Stop
+                    if not stop.is_set():
+                        raise
                 finally:
                     generator.close()
                 perf = llama_cpp.llama_perf_context(llm.ctx)

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
 from playground.backends.base import BackendError
 from playground.events import ErrorKind, Event, Failed, Progress
@@ -29,18 +29,28 @@ MEMORY_SHARE = 0.6  # of the machine's RAM, for local models, unless PLAYGROUND_
 Size = Callable[[], "float | None"]
 
 
+class Settable(Protocol):
+    def set(self) -> None: ...
+
+
 class StopFlag(threading.Event):
     """A stop flag that also wakes other events when set, so a waiter blocks on one event
     instead of polling the flag (120 streams polling every 5 ms were 24,000 GIL grabs a second)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._wakes: list[threading.Event] = []
+        self._wakes: list[Settable] = []
 
-    def wake_on_set(self, event: threading.Event) -> None:
+    def wake_on_set(self, event: Settable) -> None:
         self._wakes.append(event)
         if self.is_set():
             event.set()
+
+    def no_longer_wake(self, event: Settable) -> None:
+        try:
+            self._wakes.remove(event)
+        except ValueError:
+            pass
 
     def set(self) -> None:
         super().set()

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from playground.request import ChatRequest
 
 
+PROMPT_PIECE = 128  # prompt tokens evaluated at a time
+
+
 class OrtGenAIBackend:
     name: ClassVar[str] = "onnx"
     supports_vision: ClassVar[bool] = True  # for phi3v / phi4mm models; a text model refuses images
@@ -165,7 +168,12 @@ class OrtGenAIBackend:
             if inputs is not None:
                 generator.set_inputs(inputs)
             else:
-                generator.append_tokens(ids)
+                # a long prompt in pieces, so that Stop reaches its evaluation between them (measured
+                # here: 2,000 tokens took 7.5 s in pieces of 128 and 9.3 s in one)
+                for start in range(0, len(ids), PROMPT_PIECE):
+                    if stop.is_set():
+                        break
+                    generator.append_tokens(ids[start:start + PROMPT_PIECE])
             while not generator.is_done() and not stop.is_set():
                 generator.generate_next_token()
                 token = int(generator.get_next_tokens()[0])
