@@ -79,6 +79,21 @@ def _forget_typed_keys(request: gr.Request) -> None:
         secrets.forget(key)
 
 
+def _to_remember(remember: bool, *values: str | None) -> dict[str, str]:
+    """What this browser keeps: the form, only while *Remember* is ticked. Unticked, it keeps ``{}``
+    (the browser skips storing a null, which would leave the old keys there)."""
+    if not remember:
+        return {}
+    return {name: value for (name, _, _), value in zip(KEY_FIELDS, values) if value}
+
+
+def _remembered(saved: Any) -> list[Any]:
+    """The form as this browser remembered it, or as it is when it remembers nothing."""
+    if not isinstance(saved, dict) or not saved:
+        return [gr.skip()] * (len(KEY_FIELDS) + 1)
+    return [True, *(str(saved.get(name) or "")[:2000] for name, _, _ in KEY_FIELDS)]
+
+
 def _column_stopper(index: int) -> Any:
     def stop_this_column(request: gr.Request) -> None:
         ui_stream.stop_column(_session(request), index)
@@ -242,6 +257,10 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             key_boxes = [gr.Textbox(label=label, type="password" if secret else "text", max_length=2000,
                                     elem_id=f"key-{name.lower().replace('_', '-')}")
                          for name, label, secret in KEY_FIELDS]
+            remember = gr.Checkbox(False, label="Remember these in this browser (encrypted in its local storage; "
+                                   "unticking forgets them)", elem_id="remember-keys")
+        # the storage's secret is drawn at each start of the app: after a restart nothing stored can be read
+        remembered = gr.BrowserState(None, storage_key="phi-playground-keys")
         session_keys = gr.State(None)  # the API's keys (/keys), server-side for this session only
         gr.Examples([{"text": e, "files": []} for e in EXAMPLES], inputs=[prompt], label="Examples")
         table = gr.Dataframe(headers=TABLE_COLUMNS, label="Results", interactive=False, elem_id="results", wrap=True)
@@ -378,6 +397,13 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             box.blur(refresh_choices, key_boxes, pickers, api_name=False, show_progress="hidden",
                      show_progress_on=[picked])
         demo.unload(_forget_typed_keys)
+        remember_inputs = [remember, *key_boxes]
+        for trigger in [remember.change, *(box.blur for box in key_boxes)]:
+            trigger(_to_remember, remember_inputs, remembered, api_name=False, show_progress="hidden",
+                    queue=False)
+        demo.load(_remembered, remembered, [remember, *key_boxes], api_name=False, show_progress="hidden",
+                  queue=False).then(refresh_choices, key_boxes, pickers, api_name=False, show_progress="hidden",
+                                    show_progress_on=[picked])
         keys_said = gr.Textbox(visible=False)
         gr.Button(visible=False).click(set_keys, key_boxes, [session_keys, keys_said], api_name="keys")
         if quota is not None:
