@@ -94,7 +94,10 @@ def _secrets() -> frozenset[str]:
 def _forms(secret: str) -> set[str]:
     forms = set()
     for s in {secret, secret.strip()}:
-        forms |= {s, repr(s)[1:-1], repr(s.encode())[2:-1], quote(s, safe=""), quote_plus(s)}
+        # latin-1 of the UTF-8: how a server that reads header bytes as latin-1 echoes a non-ASCII key
+        mojibake = s.encode().decode("latin-1")
+        forms |= {s, repr(s)[1:-1], repr(s.encode())[2:-1], quote(s, safe=""), quote_plus(s), mojibake,
+                  repr(mojibake)[1:-1]}
     return {f for f in forms if len(f) >= MIN_SECRET_LEN and f.lower() not in NOT_SECRETS}
 
 

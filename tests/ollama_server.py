@@ -19,10 +19,12 @@ import threading
 from datetime import datetime, timezone
 from email.utils import formatdate
 from typing import Any
+from urllib.parse import quote
 
 MAX_REQUESTS_PER_CONNECTION = 100
 DIGEST = "61819fb370a3c1a9be6694869331e5f85f867a079e9271d66cb223acb81d04ba"
-REASONS = {200: "OK", 404: "Not Found", 500: "Internal Server Error"}
+REASONS = {200: "OK", 401: "Unauthorized", 404: "Not Found", 500: "Internal Server Error", 502: "Bad Gateway"}
+HANG_S = 30.0  # a hanging chat is released after this, or when the server stops
 
 
 def compact(obj: Any) -> bytes:
@@ -37,8 +39,12 @@ def created_at() -> str:
 
 class OllamaStub:
     def __init__(self, models: tuple[str, ...] = ("phi3.5:latest",),
-                 reply: tuple[str, ...] = ("Hello", " from", " Ollama", "!"), mode: str = "ok"):
+                 reply: tuple[str, ...] = ("Hello", " from", " Ollama", "!"), mode: str = "ok",
+                 modes: dict[str, str] | None = None):
+        """``mode`` for every model, or per model in ``modes``: ok, 500, cut, error_line, malformed,
+        401 (echoes the key), 502 (an HTML page), hang."""
         self.models = list(models)
+        self.modes = dict(modes or {})
         self.reply = list(reply)
         self.mode = mode
         self.final: dict[str, Any] = {
@@ -114,7 +120,7 @@ class OllamaStub:
                 raw = await reader.readexactly(int(headers.get("content-length", "0")))
                 body = json.loads(raw) if raw else None
                 self.requests.append((method, path, body))
-                if not await self._route(method, path, body, writer):
+                if not await self._route(method, path, body, writer, headers):
                     return
         except (asyncio.IncompleteReadError, ConnectionError):
             return  # the client closed its connection
@@ -122,38 +128,55 @@ class OllamaStub:
             self._writers.discard(writer)
             writer.close()
 
-    async def _route(self, method: str, path: str, body: Any, writer: asyncio.StreamWriter) -> bool:
+    async def _route(self, method: str, path: str, body: Any, writer: asyncio.StreamWriter,
+                     headers: dict[str, str] | None = None) -> bool:
         if method == "GET" and path == "/api/tags":
             await self._json(writer, 200, {"models": [self._tag(name) for name in self.models]})
         elif method == "GET" and path == "/api/version":
             await self._json(writer, 200, {"version": "0.6.3"})
         elif method == "POST" and path == "/api/chat":
-            return await self._chat(writer, body)
+            return await self._chat(writer, body, headers)
         else:
             await self._send(writer, 404, b"404 page not found", "text/plain")
         return True
 
-    async def _chat(self, writer: asyncio.StreamWriter, body: dict[str, Any]) -> bool:
+    async def _chat(self, writer: asyncio.StreamWriter, body: dict[str, Any],
+                    headers: dict[str, str] | None = None) -> bool:
         model = body["model"]
+        mode = self.modes.get(model, self.mode)
+        key = (headers or {}).get("authorization", "").removeprefix("Bearer ")
+        if mode == "401":  # a proxy in front of Ollama that echoes what it was sent
+            await self._json(writer, 401, {"error": f"unauthorized: key {key!r} is not valid"})
+            return True
+        if mode == "502":
+            page = f"<html><body><h1>502 Bad Gateway</h1><p>/api/chat?key={quote(key, safe='')}</p></body></html>"
+            await self._send(writer, 502, page.encode(), "text/html")
+            return True
+        if mode == "hang":  # never answer; released when the server stops (bounded by the client)
+            await asyncio.sleep(HANG_S)
+            return False
         if (model if ":" in model else f"{model}:latest") not in self.models:
             await self._json(writer, 404, {"error": f'model "{model}" not found, try pulling it first'})
             return True
-        if self.mode == "500":
+        if mode == "500":
             await self._json(writer, 500, {"error": "llama runner process has terminated: signal: killed"})
             return True
         writer.write(self._status(200) + b"Content-Type: application/x-ndjson\r\n"
                      + self._date() + b"Transfer-Encoding: chunked\r\n\r\n")
         for i, text in enumerate(self.reply):
-            if self.mode == "cut" and i == 2:
+            if mode == "cut" and i == 2:
                 writer.transport.abort()  # mid-stream: no terminating chunk
                 return False
-            if self.mode == "error_line" and i == 2:
+            if mode == "malformed" and i == 2:
+                await self._chunk(writer, b'{"model": "' + model.encode() + b'", "message": {"content": "x"')
+                break
+            if mode == "error_line" and i == 2:
                 await self._chunk(writer, compact({"error": "an error was encountered while running the model"}))
                 break
             await self._chunk(writer, compact({"model": model, "created_at": created_at(),
                                                "message": {"role": "assistant", "content": text},
                                                "done": False}))
-        if self.mode == "ok":
+        if mode == "ok":
             await self._chunk(writer, compact({
                 "model": model, "created_at": created_at(),
                 "message": {"role": "assistant", "content": ""},

@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import quote
 
 Fault = Literal["drop", "no_finish", "malformed", "error_event", "hang"]
 HANG_LIMIT_S = 30.0  # a hanging request is released after this, or when the server stops
@@ -40,7 +41,9 @@ ERROR_BODIES: dict[int, dict[str, Any]] = {
     503: {"message": "The engine is currently overloaded, please try again later.",
           "type": "server_error", "param": None, "code": None},
 }
-REASONS = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
+HTML_502 = ("<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway</h1></center>"
+            "<p>upstream: /v1/chat/completions?api-key={key_url}</p><hr><center>nginx</center></body></html>")
+REASONS = {200: "OK", 502: "Bad Gateway", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
            500: "Internal Server Error", 503: "Service Unavailable"}
 
 
@@ -271,6 +274,13 @@ async def _send_json(writer: asyncio.StreamWriter, status: int, data: Any,
 async def _send_error(writer: asyncio.StreamWriter, script: Script, request: Received, model: str) -> None:
     auth = request.headers.get("authorization", "")
     key = auth.removeprefix("Bearer ").strip()
+    if script.status == 502:  # a proxy's page, not the API's JSON; it shows the URL it was asked for
+        page = HTML_502.format(key_url=quote(key, safe="")).encode()
+        conn = _Conn(writer, chunked=False)
+        await conn.head(502, {"content-type": "text/html", "content-length": str(len(page))})
+        writer.write(page)
+        await writer.drain()
+        return
     template = ERROR_BODIES.get(script.status, ERROR_BODIES[500])
     # servers do echo what they were sent: the client must redact it
     error = {k: v.format(key=key, model=model) if isinstance(v, str) else v for k, v in template.items()}

@@ -1,0 +1,170 @@
+"""Canary keys through every fault of both protocols, looked for on every surface a person or a log
+can read: the page HTML, /config, the API info, every frame a run streams through ``gradio_client``,
+the results table, the CSV and JSON downloads, the command line's output and the app's log.
+
+The keys come plain, with a trailing newline, with a trailing space, with characters beyond ASCII,
+and with a control character that no HTTP header can carry (refused by the variable's name before
+any transport could print it in its error). The faulting servers echo what they were sent, as
+real ones do: raw, repr-escaped, and URL-encoded inside a link. A canary's middle ("canary-plain-Q7x")
+is in every one of those forms, so looking for it finds any of them, and a partial mask does not."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gradio_client import Client
+
+from playground import secrets
+from playground.catalog import Catalog, Target
+from playground.settings import MAX_COLUMNS, Settings
+from playground.ui import build_ui, launch_options
+from tests.ollama_server import OllamaStub
+from tests.sse_server import Script, ScriptedServer
+from tests.test_ui import free_port, run_args
+
+pytestmark = pytest.mark.usefixtures("close_clients")
+
+CANARIES = {  # variable -> value as set
+    "CANARY_PLAIN_KEY": "sk-canary-plain-Q7x/+9=Zp",
+    "CANARY_NEWLINE_KEY": "sk-canary-newline-R2v/+8=Yq\n",
+    "CANARY_SPACE_KEY": "sk-canary-space-T5w/+7=Xr ",
+    "CANARY_UNICODE_KEY": "sk-canary-unicode-\u00e9\u4e2d/+6=Ws",
+    "CANARY_CONTROL_KEY": "sk-canary-control-P4u\x07/+4=Us",  # a header cannot carry it
+    "OLLAMA_API_KEY": "sk-canary-ollama-U3z/+5=Vt",
+}
+MARKERS = ["canary-plain-Q7x", "canary-newline-R2v", "canary-space-T5w", "canary-unicode-", "canary-control-P4u",
+           "canary-ollama-U3z"]
+ROTATION = ["CANARY_PLAIN_KEY", "CANARY_NEWLINE_KEY", "CANARY_SPACE_KEY"]
+
+OPENAI_FAULTS: dict[str, Script] = {
+    "f401": Script(status=401), "f403": Script(status=403), "f429": Script(status=429, retry_after="7"),
+    "f500": Script(status=500), "f502": Script(status=502), "malformed": Script(fault="malformed"),
+    "cut": Script(fault="drop", tokens=20), "stall": Script(fault="hang"), "header": Script(tokens=3),
+}
+OLLAMA_FAULTS = ["401", "500", "502", "malformed", "cut", "error_line", "hang"]
+
+
+def leaks(text: str) -> list[str]:
+    return [marker for marker in MARKERS if marker in text]
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[None]:
+    patch = pytest.MonkeyPatch()
+    for name, value in CANARIES.items():
+        patch.setenv(name, value)
+    yield
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def servers(env: None) -> Iterator[tuple[ScriptedServer, OllamaStub]]:
+    ollama_models = tuple(f"o{mode}:latest" for mode in OLLAMA_FAULTS)
+    modes = {f"o{mode}:latest": mode for mode in OLLAMA_FAULTS}
+    with ScriptedServer(OPENAI_FAULTS) as openai, OllamaStub(models=ollama_models, modes=modes) as ollama:
+        patch = pytest.MonkeyPatch()
+        patch.setenv("OLLAMA_HOST", ollama.base_url)  # the only host the Ollama key goes to
+        yield openai, ollama
+        patch.undo()
+
+
+@pytest.fixture(scope="module")
+def targets(servers: tuple[ScriptedServer, OllamaStub]) -> list[Target]:
+    openai, ollama = servers
+    closed = f"http://127.0.0.1:{free_port()}"
+    made = []
+    for i, name in enumerate([*OPENAI_FAULTS, "f404", "refused"]):
+        key = {"header": "CANARY_CONTROL_KEY", "f401": "CANARY_UNICODE_KEY"}.get(name, ROTATION[i % len(ROTATION)])
+        url = f"{closed}/v1" if name == "refused" else openai.base_url
+        made.append(Target(id=f"openai-{name}", label=f"openai {name}", backend="openai",
+                           model="unknown-model" if name == "f404" else name, base_url=url, api_key_env=key,
+                           timeout_s=2.0, connect_timeout_s=2.0))
+    for mode in [*OLLAMA_FAULTS, "404"]:
+        made.append(Target(id=f"ollama-{mode}", label=f"ollama {mode}", backend="ollama", model=f"o{mode}:latest",
+                           timeout_s=2.0, connect_timeout_s=2.0))
+    made.append(Target(id="ollama-refused", label="ollama refused", backend="ollama", model="x", base_url=closed,
+                       timeout_s=2.0, connect_timeout_s=2.0))
+    return made
+
+
+@pytest.fixture(scope="module")
+def app(targets: list[Target]) -> Iterator[tuple[str, io.StringIO]]:
+    secrets.redact_logs()  # as launch() does
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)  # everything any library says, at its most talkative
+    settings = Settings(host="127.0.0.1", port=None, columns=MAX_COLUMNS, default_targets=[], concurrency=8,
+                        catalog=None)
+    demo = build_ui(Catalog(targets=targets, defaults=[targets[0].id]), settings)
+    demo.launch(**launch_options(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
+                                 quiet=True))
+    try:
+        yield demo.local_url, log
+    finally:
+        demo.close()
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read().decode("utf-8", errors="replace")
+
+
+def test_no_canary_on_any_surface_through_any_fault(app: tuple[str, io.StringIO], targets: list[Target],
+                                                    tmp_path: Path) -> None:
+    url, log = app
+    client = Client(url, verbose=False)
+    seen: dict[str, str] = {}
+    for start in range(0, len(targets), MAX_COLUMNS):
+        batch = [t.id for t in targets[start:start + MAX_COLUMNS]]
+        job = client.submit(*run_args("hello", batch, max_tokens=8, columns=len(batch)), api_name="/run")
+        job.result(timeout=120)
+        frames = job.outputs()
+        final = frames[-1]
+        statuses = final[MAX_COLUMNS:MAX_COLUMNS + len(batch)]
+        for target_id, status in zip(batch, statuses):
+            seen[target_id] = str(status)
+        seen[f"frames {batch}"] = json.dumps(frames, default=str)
+        for update in final[2 * MAX_COLUMNS + 1:2 * MAX_COLUMNS + 3]:  # the CSV and JSON downloads
+            path = update["value"] if isinstance(update, dict) else update
+            seen[f"download {path}"] = Path(path).read_text(encoding="utf-8")
+    # every column failed (or was cut) as scripted: the faults were reached, not skipped
+    for target in targets:
+        assert "✗" in seen[target.id] or "error" in seen[target.id].lower(), (target.id, seen[target.id])
+    seen["page"] = fetch(url)
+    seen["/config"] = fetch(url.rstrip("/") + "/config")
+    seen["API info"] = fetch(url.rstrip("/") + "/gradio_api/info")
+    seen["log"] = log.getvalue()
+    assert "HTTP Request: POST http://127.0.0.1" in seen["log"], "the log captured nothing of the runs"
+    leaked = {where: leaks(text) for where, text in seen.items() if leaks(text)}
+    assert not leaked, leaked
+
+
+def test_no_canary_in_the_command_lines_output(targets: list[Target], tmp_path: Path,
+                                               clean_env: Any) -> None:
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(json.dumps({"targets": [t.model_dump(exclude_none=True) for t in targets]}))
+    env = clean_env(**CANARIES, OLLAMA_HOST=os.environ["OLLAMA_HOST"])
+    for output in ("--json", None):
+        done = subprocess.run([sys.executable, "-m", "playground", "run", "--catalog", str(catalog), "--targets",
+                               ",".join(t.id for t in targets), "--prompt", "hello", "--max-tokens", "8",
+                               *([output] if output else [])], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=180)
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert "openai-f401" in done.stdout or "openai f401" in done.stdout
+        assert not leaks(done.stdout + done.stderr), (leaks(done.stdout), leaks(done.stderr))
