@@ -16,7 +16,7 @@ from playground.backends import REGISTRY
 BUILTIN_CATALOG = Path(__file__).with_name("catalog.yaml")
 CATALOG_ENV = "PLAYGROUND_CATALOG"
 HTTP_BACKENDS = {"openai", "ollama"}
-LOCAL_BACKENDS = {"transformers", "onnx", "llamacpp"}
+LOCAL_BACKENDS = {"transformers", "onnx", "llamacpp", "openvino"}
 
 # Fields that only make sense for some backends; any other backend refuses them.
 BACKEND_FIELDS: dict[str, set[str]] = {
@@ -28,7 +28,7 @@ BACKEND_FIELDS: dict[str, set[str]] = {
     "max_image_bytes": HTTP_BACKENDS,
     "keep_alive": {"ollama"},
     "source": LOCAL_BACKENDS,
-    "gguf_file": {"transformers", "llamacpp"},
+    "gguf_file": {"transformers", "llamacpp", "openvino"},
     "hub_subfolder": {"onnx"},
     "trust_remote_code": {"transformers"},
     "dtype": {"transformers"},

@@ -155,3 +155,17 @@ def test_catalog_and_availability_import_no_heavy_library() -> None:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["targets"] >= 10
     assert result["heavy"] == []
+
+
+def test_the_registry_the_catalog_and_the_readme_agree_on_the_backends() -> None:
+    from playground.backends import REGISTRY, backend_class
+    from playground.catalog import HTTP_BACKENDS, LOCAL_BACKENDS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| backend | module | library | runs |", 1)[1].split("\n\n", 1)[0]
+    rows = {line.split("|")[1].strip(" `"): line.split("|")[2].strip(" `")
+            for line in table.strip().splitlines()[1:]}
+    assert set(REGISTRY) == HTTP_BACKENDS | LOCAL_BACKENDS == set(rows)
+    for name, module in rows.items():
+        assert REGISTRY[name].split(":")[0] == f"playground.backends.{module.removesuffix('.py')}"
+        assert backend_class(name).name == name

@@ -512,3 +512,30 @@ async def test_locate_shows_each_step_and_keeps_what_it_found(tmp_path: Path) ->
     steps = [p.message async for p in local.locate(finder(), where)]
     assert steps == ["loading model…", "downloading org/model (2.2 GB)…", "loading model…"]
     assert where == [tmp_path]
+
+
+def test_a_seeded_transformers_sample_draws_from_its_own_generator_not_torchs_global_one() -> None:
+    """Two generations may share a model in two threads: a seed must not reach the other's draws."""
+    import torch
+
+    from playground.backends.hf_transformers import seeded_sampling
+
+    class Config:
+        top_k = 50
+
+    class Model:
+        generation_config = Config()
+
+    scores = torch.randn(1, 300)
+    torch.manual_seed(123)
+    expected_global = torch.rand(3)
+    torch.manual_seed(123)
+    first = seeded_sampling(Model(), 0.8, 0.9, seed=7)["logits_processor"]
+    second = seeded_sampling(Model(), 0.8, 0.9, seed=7)["logits_processor"]
+    ids = torch.zeros(1, 1, dtype=torch.long)
+    drawn = [int(first(ids, scores.clone()).argmax()) for _ in range(20)]
+    assert torch.equal(torch.rand(3), expected_global), "the seeded draws used torch's global generator"
+    assert drawn == [int(second(ids, scores.clone()).argmax()) for _ in range(20)]
+    assert len(set(drawn)) > 1  # sampled, not greedy
+    out = first(ids, scores.clone())
+    assert torch.isfinite(out).sum() == 1  # generate's own draw has one choice

@@ -19,6 +19,7 @@ REGISTRY: dict[str, str] = {
     "onnx": "playground.backends.ort_genai:OrtGenAIBackend",
     "ollama": "playground.backends.ollama_native:OllamaBackend",
     "llamacpp": "playground.backends.llama_cpp:LlamaCppBackend",
+    "openvino": "playground.backends.openvino:OpenVinoBackend",
 }
 
 

@@ -8,14 +8,13 @@ image parts; remote code (Phi-3.5-vision, only with ``trust_remote_code: true``)
 from __future__ import annotations
 
 import asyncio
-import time
 import threading
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 
 from playground import models
 from playground.backends import local
 from playground.backends.base import Availability, BackendError, READY
-from playground.events import ErrorKind, Event, Finished, Notice, Progress, RequestSent, TextDelta, Usage
+from playground.events import ErrorKind, Event, Progress
 from playground.vision import explain_remote_code_error, hf_image_messages, remote_code_problem, tagged_dicts
 
 if TYPE_CHECKING:
@@ -165,63 +164,86 @@ class TransformersBackend:
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
-        n_prompt = int(inputs["input_ids"].shape[1])
         params = request.params
-        max_new = local.check_context(n_prompt, params.max_tokens, context, self.target.label)
-        if max_new < params.max_tokens:
-            emit(Notice(f"max new tokens cut to {max_new} to fit the context"))
         eos = model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         decoder = local.IncrementalDecoder(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
-        state = {"tokens": 0, "eos": False, "prompt_seen": False}
 
-        class TokenStreamer(BaseStreamer):
-            def put(self, value: Any) -> None:
-                if not state["prompt_seen"]:  # generate() first hands over the prompt
-                    state["prompt_seen"] = True
-                    return
-                for token_id in value.reshape(-1).tolist():
-                    now = time.perf_counter()
-                    if token_id in eos_ids:
-                        state["eos"] = True
-                        continue
-                    state["tokens"] += 1
-                    emit(TextDelta(decoder.push(token_id), tokens=1, at=now))
+        def run(tokens: local.Tokens) -> None:
+            prompt_seen = False
 
-            def end(self) -> None:
-                pass
+            class TokenStreamer(BaseStreamer):
+                def put(self, value: Any) -> None:
+                    nonlocal prompt_seen
+                    if not prompt_seen:  # generate() first hands over the prompt
+                        prompt_seen = True
+                        return
+                    for token_id in value.reshape(-1).tolist():
+                        tokens.push(token_id)
 
-        class StopOnFlag(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+                def end(self) -> None:
+                    pass
 
-        sampling: dict[str, Any] = {"do_sample": False}
-        if not params.greedy:
-            sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
-        if not local.acquire_slot(self.key, stop, emit):
-            return
-        try:
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-            emit(RequestSent(at=time.perf_counter()))
+            class StopOnFlag(StoppingCriteria):
+                def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                    return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+
+            sampling: dict[str, Any] = {"do_sample": False}
+            if not params.greedy:
+                sampling = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+                if params.seed is not None:
+                    sampling = seeded_sampling(model, params.temperature, params.top_p, params.seed)
+            tokens.request_sent()
             _running.stop = stop
-            with torch.inference_mode():
-                model.generate(
-                    **inputs,
-                    max_new_tokens=max_new,
-                    streamer=TokenStreamer(),
-                    stopping_criteria=StoppingCriteriaList([StopOnFlag()]),
-                    pad_token_id=tokenizer.pad_token_id or next(iter(eos_ids), None),
-                    **sampling,
-                )
-        except _Stopped:
-            pass
-        finally:
-            _running.stop = None
-            local.release_slot(self.key)
-        emit(Usage(n_prompt, state["tokens"], "counted"))
-        reason = "stopped" if stop.is_set() else ("stop" if state["eos"] else "length")
-        emit(Finished(reason))
+            try:
+                with torch.inference_mode():
+                    model.generate(
+                        **inputs,
+                        max_new_tokens=tokens.max_new,
+                        streamer=TokenStreamer(),
+                        stopping_criteria=StoppingCriteriaList([StopOnFlag()]),
+                        pad_token_id=tokenizer.pad_token_id or next(iter(eos_ids), None),
+                        **sampling,
+                    )
+            except _Stopped:
+                pass
+            finally:
+                _running.stop = None
+
+        local.generate(self.key, self.target.label, int(inputs["input_ids"].shape[1]), params.max_tokens, context,
+                       emit, stop, decoder.push, eos_ids.__contains__, run)
+
+
+def seeded_sampling(model: Any, temperature: float, top_p: float, seed: int) -> dict[str, Any]:
+    """``generate`` options that sample with this request's own ``torch.Generator``.
+
+    ``torch.manual_seed`` is global, and two generations may share a model in two threads: each
+    would draw from the other's seeded stream. Here the warpers ``generate`` would apply
+    (temperature, the model's top_k, top_p) run in our own processor list, which then draws the
+    token with the request's generator and leaves it the only finite logit; ``generate``'s own
+    draw, with its warpers off, has one choice.
+    """
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+    )
+
+    generator = torch.Generator().manual_seed(seed)
+
+    class Draw(LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            chosen = torch.multinomial(torch.softmax(scores.float(), dim=-1), 1, generator=generator)
+            return torch.full_like(scores, float("-inf")).scatter_(1, chosen, 0.0)
+
+    warpers: list[Any] = [TemperatureLogitsWarper(temperature)]
+    top_k = getattr(model.generation_config, "top_k", None)
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    return {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
+            "logits_processor": LogitsProcessorList([*warpers, Draw()])}
 
 
 class _Stopped(Exception):

@@ -25,7 +25,7 @@ from playground import models
 from playground.backends import local
 from playground.backends.base import READY, Availability, BackendError
 from playground.events import (
-    ErrorKind, Event, Finished, Notice, RequestSent, ServerTimings, TextDelta, Usage,
+    ErrorKind, Event, Notice, ServerTimings,
 )
 
 if TYPE_CHECKING:
@@ -239,35 +239,22 @@ class LlamaCppBackend:
         llm = engine.llm
         ids = self._prompt_ids(engine, request, emit)
         params = request.params
-        max_new = local.check_context(len(ids), params.max_tokens, llm.n_ctx(), self.target.label)
-        if max_new < params.max_tokens:
-            emit(Notice(f"max new tokens cut to {max_new} to fit the context"))
-        if not local.acquire_slot(self.key, stop, emit):
-            return
-        tokens, saw_eos = 0, False
-        try:
+        decoder = local.IncrementalDecoder(lambda t: llm.detokenize(t).decode("utf-8", errors="replace"))
+        vocab = llm._model.vocab
+
+        def run(tokens: local.Tokens) -> list[Event] | None:
             if not _take_turn(engine.lock, stop, emit):
-                return
+                return None
             try:
                 fresh_context(llm)
                 llm.set_seed(params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
                 llama_cpp.llama_perf_context_reset(llm.ctx)
-                decoder = local.IncrementalDecoder(lambda t: llm.detokenize(t).decode("utf-8", errors="replace"))
-                vocab = llm._model.vocab
-                emit(RequestSent(at=time.perf_counter()))
+                tokens.request_sent()
                 generator = llm.generate(ids, temp=params.temperature, top_p=params.top_p)
                 try:
                     with engine.abort.armed(stop):
                         for token in generator:
-                            now = time.perf_counter()
-                            if stop.is_set():
-                                break
-                            if llama_cpp.llama_vocab_is_eog(vocab, token):
-                                saw_eos = True
-                                break
-                            tokens += 1
-                            emit(TextDelta(decoder.push(token), tokens=1, at=now))
-                            if tokens >= max_new:
+                            if not tokens.push(token):
                                 break
                 except RuntimeError:  # "llama_decode returned 2": aborted by Stop
                     if not stop.is_set():
@@ -277,11 +264,10 @@ class LlamaCppBackend:
                 perf = llama_cpp.llama_perf_context(llm.ctx)
             finally:
                 engine.lock.release()
-        finally:
-            local.release_slot(self.key)
-        emit(Usage(len(ids), tokens, "counted"))
-        emit(engine_timings(perf, tokens, len(ids), load_s))
-        emit(Finished("stopped" if stop.is_set() else "stop" if saw_eos else "length"))
+            return [engine_timings(perf, tokens.count, len(ids), load_s)]
+
+        local.generate(self.key, self.target.label, len(ids), params.max_tokens, llm.n_ctx(), emit, stop,
+                       decoder.push, lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token)), run)
 
 
 def fresh_context(llm: Any) -> None:

@@ -13,10 +13,11 @@ import os
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
 from playground.backends.base import BackendError
-from playground.events import ErrorKind, Event, Failed, Progress
+from playground.events import ErrorKind, Event, Failed, Finished, Notice, Progress, RequestSent, TextDelta, Usage
 
 Emit = Callable[[Event], None]
 
@@ -380,3 +381,59 @@ def check_context(prompt_tokens: int, max_new: int, context: int | None, label: 
             f"prompt too long: {prompt_tokens:,} tokens, but {label} holds {context:,}",
         )
     return min(max_new, context - prompt_tokens)
+
+
+@dataclass
+class Tokens:
+    """One local generation's tokens as the library makes them: each stamped where it is made,
+    decoded without splitting a character, and counted exactly. ``push`` says whether to go on."""
+
+    emit: Emit
+    stop: threading.Event
+    max_new: int
+    decode: Callable[[int], str]  # one token id -> its text (e.g. ``IncrementalDecoder.push``)
+    is_eos: Callable[[int], bool]
+    count: int = 0
+    saw_eos: bool = False
+    sent: bool = False
+
+    def request_sent(self) -> None:
+        """Call just before the library gets the prompt: the clock's start."""
+        self.sent = True
+        self.emit(RequestSent(at=time.perf_counter()))
+
+    def push(self, token_id: int, at: float | None = None) -> bool:
+        at = at or time.perf_counter()
+        if self.stop.is_set():
+            return False
+        if self.is_eos(token_id):
+            self.saw_eos = True
+            return False
+        self.count += 1
+        self.emit(TextDelta(self.decode(token_id), tokens=1, at=at))
+        return self.count < self.max_new
+
+
+def generate(key: str, label: str, prompt_tokens: int, max_tokens: int, context: int | None, emit: Emit,
+             stop: threading.Event, decode: Callable[[int], str], is_eos: Callable[[int], bool],
+             run: Callable[[Tokens], "list[Event] | None"]) -> None:
+    """What every local backend does around its library's token loop: fit the context (saying so
+    when the answer must be shorter), wait for a slot on the shared model, run ``run(tokens)`` (which
+    calls ``tokens.request_sent()`` then ``tokens.push`` for each token until it says stop), free the
+    slot, and report the exact count, the engine's own figures ``run`` returns, and why it ended."""
+    max_new = check_context(prompt_tokens, max_tokens, context, label)
+    if max_new < max_tokens:
+        emit(Notice(f"max new tokens cut to {max_new} to fit the context"))
+    if not acquire_slot(key, stop, emit):
+        return
+    tokens = Tokens(emit, stop, max_new, decode, is_eos)
+    try:
+        extra = run(tokens) or []
+    finally:
+        release_slot(key)
+    if not tokens.sent:  # stopped while it waited for the model
+        return
+    emit(Usage(prompt_tokens, tokens.count, "counted"))
+    for event in extra:
+        emit(event)
+    emit(Finished("stopped" if stop.is_set() else "stop" if tokens.saw_eos else "length"))

@@ -189,8 +189,6 @@ class OllamaBackend:
 
     async def _client(self) -> ollama.AsyncClient:
         """One client per host and event loop, its connection opened before any clock starts."""
-        import ollama
-
         connect = self.target.connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S
         client, new = await _clients.get(self.host, lambda: new_client(
             self.host, httpx.Timeout(self.target.timeout_s, connect=connect)))

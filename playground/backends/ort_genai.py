@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 
@@ -16,7 +15,7 @@ from playground import models
 from playground.backends import local
 from playground.backends.base import READY, Availability, BackendError
 from playground.backends.worker_process import Generate, WorkerProcess
-from playground.events import ErrorKind, Event, Finished, Notice, RequestSent, TextDelta, Usage
+from playground.events import ErrorKind, Event
 from playground.vision import MULTIMODAL_ONNX_TYPES, onnx_multimodal_inputs, onnx_prompt
 
 if TYPE_CHECKING:
@@ -147,24 +146,18 @@ class OrtGenAIBackend:
         og, tokenizer = loaded["og"], loaded["tokenizer"]
         inputs, ids, n_prompt = self._prompt(loaded, request)
         params = request.params
-        context = self.target.context_length or loaded["context"]
-        max_new = local.check_context(n_prompt, params.max_tokens, context, self.target.label)
-        if max_new < params.max_tokens:
-            emit(Notice(f"max new tokens cut to {max_new} to fit the context"))
-        search: dict[str, Any] = {"max_length": n_prompt + max_new, "do_sample": not params.greedy}
-        if not params.greedy:
-            search.update(temperature=params.temperature, top_p=params.top_p)
-        if params.seed is not None:
-            search["random_seed"] = params.seed
-        gen_params = og.GeneratorParams(loaded["model"])
-        gen_params.set_search_options(**search)
-        if not local.acquire_slot(self.key, stop, emit):
-            return
-        tokens, saw_eos = 0, False
-        try:
+        decoder = tokenizer.create_stream()
+
+        def run(tokens: local.Tokens) -> None:
+            search: dict[str, Any] = {"max_length": n_prompt + tokens.max_new, "do_sample": not params.greedy}
+            if not params.greedy:
+                search.update(temperature=params.temperature, top_p=params.top_p)
+            if params.seed is not None:
+                search["random_seed"] = params.seed
+            gen_params = og.GeneratorParams(loaded["model"])
+            gen_params.set_search_options(**search)
             generator = og.Generator(loaded["model"], gen_params)
-            decoder = tokenizer.create_stream()
-            emit(RequestSent(at=time.perf_counter()))
+            tokens.request_sent()
             if inputs is not None:
                 generator.set_inputs(inputs)
             else:
@@ -172,21 +165,16 @@ class OrtGenAIBackend:
                 # here: 2,000 tokens took 7.5 s in pieces of 128 and 9.3 s in one)
                 for start in range(0, len(ids), PROMPT_PIECE):
                     if stop.is_set():
-                        break
+                        return
                     generator.append_tokens(ids[start:start + PROMPT_PIECE])
-            while not generator.is_done() and not stop.is_set():
+            while not generator.is_done():
                 generator.generate_next_token()
-                token = int(generator.get_next_tokens()[0])
-                now = time.perf_counter()
-                if token in loaded["eos"]:
-                    saw_eos = True
-                    continue
-                tokens += 1
-                emit(TextDelta(decoder.decode(token), tokens=1, at=now))
-        finally:
-            local.release_slot(self.key)
-        emit(Usage(n_prompt, tokens, "counted"))
-        emit(Finished("stopped" if stop.is_set() else "stop" if saw_eos else "length"))
+                if not tokens.push(int(generator.get_next_tokens()[0])):
+                    return
+
+        local.generate(self.key, self.target.label, n_prompt, params.max_tokens,
+                       self.target.context_length or loaded["context"], emit, stop, decoder.decode,
+                       loaded["eos"].__contains__, run)
 
 
 def serve_in_worker(target: Target, folder: Path | None) -> Generate:

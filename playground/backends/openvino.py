@@ -1,0 +1,204 @@
+"""Local OpenVINO GenAI: one shared ``LLMPipeline`` per model on the CPU, a GGUF opened as is or an
+OpenVINO IR folder (exported with optimum-intel), filling in ``local.generate``.
+
+It runs in the app's process: ``LLMPipeline.generate`` releases the GIL while it computes, so the
+loop that stamps other columns' tokens keeps its ticks (``tests/test_openvino_backend.py`` measures
+it). Tokens arrive as ids through a streamer's ``write``, stamped there and counted exactly; its
+return value stops the generation within one token. One pipeline holds one KV cache, so the
+generations on a shared model take turns (a lock), inside the usual local slots. The prompt is one
+call into the library: Stop reaches it once that call returns.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
+
+from playground import models
+from playground.backends import local
+from playground.backends.base import READY, Availability, BackendError
+from playground.events import ErrorKind, Event, ServerTimings
+
+if TYPE_CHECKING:
+    from playground.catalog import Target
+    from playground.request import ChatRequest
+
+INSTALL_HINT = "pip install openvino-genai"
+IR_FILE = "openvino_model.xml"
+
+
+@dataclass
+class Pipeline:
+    pipe: Any  # openvino_genai.LLMPipeline
+    tokenizer: Any
+    eos: frozenset[int]
+    load_s: float
+    lock: threading.Lock
+
+
+class OpenVinoBackend:
+    name: ClassVar[str] = "openvino"
+    supports_vision: ClassVar[bool] = False
+
+    def __init__(self, target: Target):
+        self.target = target
+
+    @property
+    def key(self) -> str:
+        t = self.target
+        return f"openvino:{t.source}:{t.model}:{t.gguf_file}"
+
+    def availability(self) -> Availability:
+        if not models.module_installed("openvino_genai"):
+            return Availability("unavailable", INSTALL_HINT)
+        source = self.target.source
+        if source == "bundled":
+            return READY if models.bundled_dir() else Availability("unavailable", models.INSTALL_HINT)
+        if source == "hub":
+            if self._hub_folder(local_only=True) is None:
+                size = f"{self.target.download_gb:g} GB" if self.target.download_gb else "the model"
+                return Availability("first_run", f"not downloaded yet: first run downloads {size}")
+            return READY
+        path = Path(self.target.model).expanduser()
+        return READY if _usable(path) else Availability(
+            "unavailable", f"no GGUF file or OpenVINO model ({IR_FILE}) at {path}")
+
+    def _hub_folder(self, local_only: bool) -> Path | None:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            folder = Path(snapshot_download(self.target.model, local_files_only=local_only))
+        except LocalEntryNotFoundError:
+            return None
+        return folder if _usable(folder) else None
+
+    async def _model_path(self) -> AsyncIterator[str | Path]:
+        if self.target.source == "bundled":
+            folder = models.bundled_dir()
+            if folder is None:
+                raise BackendError(ErrorKind.UNAVAILABLE, models.INSTALL_HINT)
+            yield folder / (self.target.gguf_file or models.BUNDLED_GGUF)
+        elif self.target.source == "hub":
+            async for item in local.fetch_from_hub(self._hub_folder, self.target,
+                                                   f"{self.target.model} has no {IR_FILE} or GGUF file"):
+                yield item
+        else:
+            yield Path(self.target.model).expanduser()
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
+        if request.images:
+            raise BackendError(ErrorKind.BAD_REQUEST, f"{self.target.label} is a text-only target: it cannot take images")
+        waited_for_load = not local.is_loaded(self.key)
+        paths: list[Path] = []
+        if waited_for_load:
+            async for progress in local.locate(self._model_path(), paths):
+                yield progress
+        path = paths[-1] if paths else None
+        loaded: list[Pipeline] = []
+        async for progress in local.watched(local.load_shared(
+                self.key, lambda: self._load(path),
+                lambda: local.size_on_disk_gb(path) or self.target.download_gb, self.target.label),
+                "loading model…", loaded):
+            yield progress
+        pipeline = loaded[0]
+
+        def work(emit: local.Emit, stop: threading.Event) -> None:
+            self._generate(pipeline, request, emit, stop, pipeline.load_s if waited_for_load else 0.0)
+
+        async for event in local.stream_from_thread(work):
+            yield event
+
+    def _load(self, path: Path | None) -> Pipeline:
+        if path is None or not _usable(path):
+            raise BackendError(ErrorKind.NOT_FOUND, f"no GGUF file or OpenVINO model ({IR_FILE}) at {path}")
+        import openvino_genai as ov
+
+        started = time.perf_counter()
+        try:
+            pipe = ov.LLMPipeline(str(_gguf_in(path) or path), "CPU")
+        except RuntimeError as exc:  # OpenVINO's exceptions are RuntimeErrors with a long C++ trace
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise BackendError(ErrorKind.UNAVAILABLE, f"OpenVINO could not load {path.name}: {first}") from None
+        config = pipe.get_generation_config()
+        eos = set(config.stop_token_ids or ()) | ({config.eos_token_id} if config.eos_token_id >= 0 else set())
+        return Pipeline(pipe, pipe.get_tokenizer(), frozenset(eos), time.perf_counter() - started, threading.Lock())
+
+    def _generate(self, pipeline: Pipeline, request: ChatRequest, emit: local.Emit, stop: threading.Event,
+                  load_s: float) -> None:
+        import openvino_genai as ov
+
+        tokenizer, params = pipeline.tokenizer, request.params
+        prompt = tokenizer.apply_chat_template(request.as_dicts(), add_generation_prompt=True)
+        inputs = tokenizer.encode(prompt, add_special_tokens=False)  # the template wrote the special tokens
+        n_prompt = int(inputs.input_ids.shape[1])
+        decoder = local.IncrementalDecoder(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+
+        def run(tokens: local.Tokens) -> list[Event] | None:
+            waiting = "waiting: OpenVINO runs one generation at a time on this model"
+            if not local.wait_to_acquire(pipeline.lock, stop, emit, waiting):
+                return None
+            try:
+                config = ov.GenerationConfig()
+                config.max_new_tokens = tokens.max_new
+                config.stop_token_ids = set(pipeline.eos)
+                config.do_sample = not params.greedy
+                if not params.greedy:
+                    config.temperature, config.top_p = params.temperature, params.top_p
+                if params.seed is not None:
+                    config.rng_seed = params.seed
+                tokens.request_sent()
+                result = pipeline.pipe.generate(inputs, config, _streamer(ov, tokens))
+            finally:
+                pipeline.lock.release()
+            return [engine_timings(result.perf_metrics, tokens.count, n_prompt, load_s)]
+
+        local.generate(self.key, self.target.label, n_prompt, params.max_tokens, self.target.context_length,
+                       emit, stop, decoder.push, pipeline.eos.__contains__, run)
+
+
+def _streamer(ov: Any, tokens: local.Tokens) -> Any:
+    """Hands each token id to ``tokens`` as it is made; STOP once it says so (Stop, EOS, the limit)."""
+
+    class Streamer(ov.StreamerBase):
+        def write(self, token: int | list[int]) -> Any:
+            at = time.perf_counter()
+            for token_id in token if isinstance(token, list) else [token]:
+                if not tokens.push(int(token_id), at):
+                    return ov.StreamingStatus.STOP
+            return ov.StreamingStatus.RUNNING
+
+        def end(self) -> None:
+            pass
+
+    return Streamer()
+
+
+def engine_timings(perf: Any, tokens: int, prompt_tokens: int, load_s: float) -> ServerTimings:
+    """OpenVINO GenAI's own figures for this run (``PerfMetrics``: TTFT and TPOT in milliseconds)."""
+    tpot_ms = perf.get_tpot().mean
+    return ServerTimings(
+        decode_tokens_per_s=1000 / tpot_ms if tpot_ms > 0 and tokens > 1 else None,
+        prompt_eval_s=perf.get_ttft().mean / 1000,
+        load_s=load_s,
+        output_tokens=tokens,
+        prompt_tokens=prompt_tokens,
+    )
+
+
+def _gguf_in(path: Path) -> Path | None:
+    """The GGUF to open: ``path`` itself, or the one GGUF in a folder without an IR model."""
+    if path.is_file():
+        return path if path.suffix == ".gguf" else None
+    if (path / IR_FILE).is_file():
+        return None
+    found = sorted(path.glob("*.gguf"))
+    return found[0] if len(found) == 1 else None
+
+
+def _usable(path: Path) -> bool:
+    return (path.is_file() and path.suffix == ".gguf") or (path.is_dir() and (
+        (path / IR_FILE).is_file() or _gguf_in(path) is not None))
