@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
 def cmd_prepare() -> int:
     """Build the int4 ONNX model of the bundled GGUF into the cache, printing progress; instant when cached."""
     from playground import models
-    from playground.backends.base import BackendError
+    from playground.errors import BackendError
     from playground.onnx_build import ensure_bundled_onnx
 
     async def build() -> None:

@@ -8,26 +8,14 @@ produced); otherwise the runner stamps it on arrival.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import Literal, Union
+
+from playground.errors import ErrorKind
+
 
 # server: the server's usage; counted: exact local count; chunks: one token per streamed chunk,
 # an estimate until the server confirms it; estimated: a tokenizer's estimate
 TokenSource = Literal["server", "counted", "chunks", "estimated"]
-
-
-class ErrorKind(str, Enum):
-    AUTH = "auth"
-    RATE_LIMITED = "rate_limited"
-    NOT_FOUND = "not_found"
-    BAD_REQUEST = "bad_request"
-    TIMEOUT = "timeout"
-    CONNECTION = "connection"
-    SERVER = "server"
-    TRUNCATED = "truncated"
-    CANCELLED = "cancelled"
-    UNAVAILABLE = "unavailable"
-    INTERNAL = "internal"
 
 
 @dataclass(frozen=True)

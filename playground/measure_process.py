@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, AsyncIterator, ClassVar
 
 from playground import secrets
 from playground.backends import local, make_backend
-from playground.backends.base import READY, Availability, BackendError
-from playground.events import ClockReport, ErrorKind, Event, RequestSent
+from playground.errors import READY, Availability, BackendError, ErrorKind
+from playground.events import ClockReport, Event, RequestSent
 
 if TYPE_CHECKING:
     from playground.backends.local import Emit

@@ -20,9 +20,9 @@ from collections import deque
 from typing import IO, AsyncIterator
 
 from playground import models
-from playground.backends.base import BackendError
+from playground.errors import BackendError, ErrorKind
 from playground.backends.local import queue_timeout_s
-from playground.events import ErrorKind
+
 
 LAYER_LINE = re.compile(r"Reading layer (\d+)")
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, AsyncIterator, Literal
 
 from playground import measure_process, metrics, secrets, warmup
 from playground.backends import make_backend
-from playground.backends.base import Backend, BackendError
+from playground.backends.base import Backend
+from playground.errors import BackendError
 from playground.clock import TICK_S, MeasureLoop, measure_loop
 from playground.events import (
     ClockReport, ErrorKind, Event, Failed, Finished, Notice, Progress, RequestSent, ServerTimings, TextDelta, Usage,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from playground import secrets
 
 if TYPE_CHECKING:
-    from playground.backends.base import Availability
+    from playground.errors import Availability
     from playground.catalog import Target
     from playground.runner import Column
 
@@ -122,7 +122,7 @@ def finished_turn(prompt: str, column: Column) -> Turn:
 
 def key_availability(target: Target, available: Availability, credentials: Any, public: bool) -> Availability:
     """For a keyed target, whose key a run would use: "your key", "the Space's key", or what to set."""
-    from playground.backends.base import Availability
+    from playground.errors import Availability
 
     if not target.api_key_env:
         return available

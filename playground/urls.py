@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from playground.backends.base import BackendError
-from playground.events import ErrorKind
+from playground.errors import BackendError, ErrorKind
+
 
 
 def private_allowed() -> bool:

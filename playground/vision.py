@@ -10,8 +10,8 @@ import json
 import re
 from typing import TYPE_CHECKING, Any, Callable
 
-from playground.backends.base import BackendError
-from playground.events import ErrorKind
+from playground.errors import BackendError, ErrorKind
+
 from playground.images import ImageError, PreparedImage, fit_image
 
 if TYPE_CHECKING:

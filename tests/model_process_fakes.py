@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from playground.backends.base import BackendError
+from playground.errors import BackendError
 from playground.events import ErrorKind, Finished, RequestSent, TextDelta
 
 

@@ -14,7 +14,7 @@ from gradio_client import Client
 from sse_server import Script, ScriptedServer
 
 from playground.backends import make_backend
-from playground.backends.base import BackendError
+from playground.errors import BackendError
 from playground.catalog import Catalog, Target
 from playground.events import ErrorKind, Event
 from playground.public import Policy

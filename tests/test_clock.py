@@ -173,7 +173,7 @@ class ReportingBackend:
         self.target = target
 
     def availability(self):
-        from playground.backends.base import READY
+        from playground.errors import READY
 
         return READY
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from playground import images
-from playground.backends.base import BackendError
+from playground.errors import BackendError
 from playground.catalog import Target
 from playground.events import ErrorKind
 from playground.images import ImageError, PreparedImage, fit_image, prepare_image, prepare_images

@@ -22,7 +22,7 @@ import pytest
 
 from playground import models, onnx_build
 from playground.backends import local, make_backend
-from playground.backends.base import Availability, BackendError
+from playground.errors import Availability, BackendError
 from playground.backends.ort_genai import OrtGenAIBackend
 from playground.backends.worker_process import WorkerProcess
 from playground.catalog import Catalog, Target
@@ -467,7 +467,7 @@ def test_availability_of_the_bundled_targets_imports_no_heavy_library(
 async def test_hub_fetch_uses_the_cache_first_then_downloads_with_progress_and_clear_errors() -> None:
     from pathlib import Path
 
-    from playground.backends.base import BackendError
+    from playground.errors import BackendError
     from playground.backends.local import fetch_from_hub
     from playground.catalog import Target
     from playground.events import ErrorKind

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from playground.backends import local
-from playground.backends.base import BackendError
+from playground.errors import BackendError
 from playground.events import ErrorKind
 
 

@@ -12,7 +12,7 @@ from typing import AsyncIterator
 import pytest
 
 from playground.backends import ollama_native
-from playground.backends.base import READY, BackendError
+from playground.errors import READY, BackendError
 from playground.backends.ollama_native import OllamaBackend
 from playground.catalog import Target
 from playground.events import ErrorKind, Event, Finished, RequestSent, TextDelta, Usage

@@ -16,7 +16,7 @@ from PIL import Image
 
 from playground import models
 from playground.backends import local
-from playground.backends.base import BackendError
+from playground.errors import BackendError
 from playground.backends.hf_transformers import TransformersBackend
 from playground.backends.ort_genai import OrtGenAIBackend
 from playground.catalog import Catalog, Target

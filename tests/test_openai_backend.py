@@ -11,7 +11,7 @@ import pytest
 from sse_server import Script, ScriptedServer, module_server, openai_target, text_of
 
 from playground.backends import make_backend
-from playground.backends.base import BackendError
+from playground.errors import BackendError
 from playground.catalog import Target
 from playground.events import ErrorKind, Event, Finished, RequestSent, TextDelta, Usage
 from playground.report import run_document

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from playground.backends import local, make_backend
-from playground.backends.base import BackendError
+from playground.errors import BackendError
 from playground.catalog import Catalog, Target
 from playground.events import Event, Finished, RequestSent, ServerTimings, TextDelta, Usage
 from playground.images import PreparedImage

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from playground import secrets
-from playground.backends.base import READY, Availability, BackendError
+from playground.errors import READY, Availability, BackendError
 from playground.backends.ollama_native import new_client
 from playground.backends.worker_process import WorkerProcess
 from playground.catalog import Target

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from playground.backends.base import Availability
+from playground.errors import Availability
 from playground.catalog import Target
 from playground.events import ServerTimings, Usage
 from playground.metrics import Delta, Timeline

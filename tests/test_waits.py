@@ -14,7 +14,7 @@ import pytest
 
 from playground import models
 from playground.backends import local
-from playground.backends.base import BackendError
+from playground.errors import BackendError
 from playground.catalog import Target
 from playground.events import ErrorKind, Progress
 from playground.onnx_build import ensure_bundled_onnx

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from playground.backends.base import BackendError
+from playground.errors import BackendError
 from playground.backends.worker_process import WorkerProcess
 from playground.catalog import Target
 from playground.events import ErrorKind, Event, Finished, TextDelta

@@ -1,42 +1,15 @@
-"""The Backend protocol, the error kinds, and availability."""
+"""The Backend protocol. Errors and availability live in ``playground.errors``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, AsyncIterator, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, AsyncIterator, ClassVar, Protocol
 
-from playground.events import ErrorKind, Event
+from playground.errors import Availability
+from playground.events import Event
 
 if TYPE_CHECKING:
     from playground.catalog import Target
     from playground.request import ChatRequest
-
-Readiness = Literal["ready", "first_run", "unavailable"]
-
-
-@dataclass(frozen=True)
-class Availability:
-    """Whether a target can run now. ``reason`` is one line for the user."""
-
-    state: Readiness
-    reason: str = ""
-
-    @property
-    def runnable(self) -> bool:
-        return self.state != "unavailable"
-
-
-READY = Availability("ready", "ready")
-
-
-class BackendError(Exception):
-    """A failure mapped onto one of a few kinds, with a message fit to show the user."""
-
-    def __init__(self, kind: ErrorKind, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.retry_after = retry_after
 
 
 class Backend(Protocol):

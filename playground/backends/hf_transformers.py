@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 
 from playground import models
 from playground.backends import local
-from playground.backends.base import Availability, BackendError, READY
-from playground.events import ErrorKind, Event, Progress
+from playground.errors import READY, Availability, BackendError, ErrorKind
+from playground.events import Event, Progress
 from playground.vision import explain_remote_code_error, hf_image_messages, remote_code_problem, tagged_dicts
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Iterator
 
 from playground import models
 from playground.backends import local
-from playground.backends.base import READY, Availability, BackendError
+from playground.errors import READY, Availability, BackendError
 from playground.events import (
     ErrorKind, Event, Notice, ServerTimings,
 )

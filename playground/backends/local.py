@@ -16,8 +16,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
-from playground.backends.base import BackendError
-from playground.events import ErrorKind, Event, Failed, Finished, Notice, Progress, RequestSent, TextDelta, Usage
+from playground.errors import BackendError, ErrorKind
+from playground.events import Event, Finished, Notice, Progress, RequestSent, TextDelta, Usage
 
 Emit = Callable[[Event], None]
 
@@ -304,7 +304,7 @@ async def stream_from_thread(
     and we wait (bounded) for the thread to finish so nothing is left running.
     """
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Event | None] = asyncio.Queue()
+    queue: asyncio.Queue[Event | BackendError | None] = asyncio.Queue()
     stop = StopFlag()
 
     def emit(event: Event) -> None:
@@ -324,10 +324,8 @@ async def stream_from_thread(
     def run() -> None:
         try:
             work(emit, stop)
-        except BackendError as exc:
-            emit(Failed(exc.kind, exc.message, exc.retry_after))
-        except Exception as exc:  # noqa: BLE001 - reported in the column
-            emit(Failed(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:  # noqa: BLE001 - reported in the column, as it was raised
+            emit(BackendError.wrap(exc))  # type: ignore[arg-type]
         finally:
             emit(None)  # type: ignore[arg-type]
 
@@ -338,8 +336,8 @@ async def stream_from_thread(
             event = await queue.get()
             if event is None:
                 return
-            if isinstance(event, Failed):
-                raise BackendError(event.kind, event.message, event.retry_after)
+            if isinstance(event, BackendError):
+                raise event
             yield event
     finally:
         stop.set()

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Iterable
 import httpx
 
 from playground import secrets
-from playground.backends.base import READY, Availability, BackendError
+from playground.errors import READY, Availability, BackendError, ErrorKind
 from playground.backends.clients import LoopClients
-from playground.events import ErrorKind, Event, Finished, RequestSent, ServerTimings, TextDelta, Usage
+from playground.events import Event, Finished, RequestSent, ServerTimings, TextDelta, Usage
 
 if TYPE_CHECKING:
     import ollama
@@ -122,7 +122,17 @@ def _detail(exc: Exception) -> str:
 
 
 def map_error(exc: Exception, target: Target, host: str) -> BackendError:
-    """One clear line per failure, with the command that fixes it where there is one."""
+    """One clear line per failure, with the command that fixes it where there is one (and the HTTP
+    status where there was one)."""
+    import ollama
+
+    error = _mapped(exc, target, host)
+    if isinstance(exc, ollama.ResponseError) and exc.status_code > 0:
+        error.status = exc.status_code
+    return error
+
+
+def _mapped(exc: Exception, target: Target, host: str) -> BackendError:
     import ollama
 
     if isinstance(exc, ollama.ResponseError):

@@ -20,8 +20,8 @@ import aiohttp
 from openai._streaming import SSEDecoder  # the SDK's spec-compliant decoder, on aiohttp's bytes
 
 from playground import secrets, urls
-from playground.backends.base import READY, Availability, BackendError
-from playground.events import ErrorKind, Event, Finished, RequestSent, TextDelta, Usage
+from playground.errors import READY, Availability, BackendError, ErrorKind
+from playground.events import Event, Finished, RequestSent, TextDelta, Usage
 
 if TYPE_CHECKING:
     from playground.catalog import Target
@@ -79,7 +79,13 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
 
 
 def status_error(code: int, body: bytes, headers: Mapping[str, str], target: Target, key: str | None) -> BackendError:
-    """An HTTP error answer as one clear line; the key never appears in it."""
+    """An HTTP error answer as one clear line (the key never appears in it), with its status."""
+    error = _by_status(code, body, headers, target, key)
+    error.status = code
+    return error
+
+
+def _by_status(code: int, body: bytes, headers: Mapping[str, str], target: Target, key: str | None) -> BackendError:
     where = f"{target.model} at {target.base_url or target.base_url_env}"
     detail = redact(_error_detail(body, code), key)
     if code == 401:

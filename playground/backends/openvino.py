@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 
 from playground import models
 from playground.backends import local
-from playground.backends.base import READY, Availability, BackendError
-from playground.events import ErrorKind, Event, ServerTimings
+from playground.errors import READY, Availability, BackendError, ErrorKind
+from playground.events import Event, ServerTimings
 
 if TYPE_CHECKING:
     from playground.catalog import Target

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 
 from playground import models
 from playground.backends import local
-from playground.backends.base import READY, Availability, BackendError
+from playground.errors import READY, Availability, BackendError, ErrorKind
 from playground.backends.worker_process import Generate, WorkerProcess
-from playground.events import ErrorKind, Event
+from playground.events import Event
 from playground.vision import MULTIMODAL_ONNX_TYPES, onnx_multimodal_inputs, onnx_prompt
 
 if TYPE_CHECKING:

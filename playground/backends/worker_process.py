@@ -10,9 +10,9 @@ child's ``time.perf_counter()`` stamps: on Linux that is CLOCK_MONOTONIC, one cl
 processes. The child leaves when its socket closes, so it never outlives the app.
 
 Parent -> child: ``("load", "module:function", args)``, then ``("gen", id, target, request)``
-and ``("stop", id)``. Child -> parent: ``("ready",)`` or ``("failed", kind, message)``, then
-``("event", id, event)`` and ``("done", id, error | None)``, where an error is
-``(kind, message, retry_after)``. A ``generate`` marked ``sends_in_background`` (the measurement
+and ``("stop", id)``. Child -> parent: ``("ready",)`` or ``("failed", error)``, then
+``("event", id, event)`` and ``("done", id, error | None)``, where an error is a
+``BackendError`` (it pickles as itself). A ``generate`` marked ``sends_in_background`` (the measurement
 process's) never blocks on a send: a sender thread writes what it queues, several messages at
 once as one ``("batch", [...])``.
 """
@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from playground import secrets
-from playground.backends.base import BackendError
+from playground.errors import BackendError, ErrorKind
 from playground.backends.local import Emit, StopFlag
-from playground.events import ErrorKind
+
 
 if TYPE_CHECKING:
     from playground.catalog import Target
@@ -70,7 +70,7 @@ class _Pending:
     emit: Emit
     done: threading.Event = field(default_factory=threading.Event)
     wake: threading.Event = field(default_factory=threading.Event)  # done, or the stop flag was set
-    error: tuple[str, str, float | None] | None = None
+    error: BackendError | None = None
 
     def finish(self) -> None:
         self.done.set()
@@ -137,7 +137,7 @@ class WorkerProcess:
                 raise BackendError(ErrorKind.TIMEOUT, f"{self.name}: loading took over {timeout_s:.0f} s")
         if reply[0] != "ready":
             self.close()
-            raise BackendError(ErrorKind(reply[1]), reply[2])
+            raise reply[1]
         self._last_beat = time.monotonic()  # the load is over: from now on it beats
         threading.Thread(target=self._read, name=f"worker-reader:{self.name}", daemon=True).start()
         return self
@@ -170,18 +170,17 @@ class WorkerProcess:
                     break
                 self._check_heartbeat()
                 if self._dead is not None:  # it died before this request was registered with the reader
-                    pending.error = pending.error or (ErrorKind.INTERNAL.value, f"{self.name}: {self._dead}", None)
+                    pending.error = pending.error or BackendError(ErrorKind.INTERNAL, f"{self.name}: {self._dead}")
                     break
                 if stop.is_set() and not stop_sent:
                     self._send(("stop", request_id))
                     stop_sent = True
         except OSError:
-            pending.error = (ErrorKind.INTERNAL.value, f"{self.name}: the model process is gone", None)
+            pending.error = BackendError(ErrorKind.INTERNAL, f"{self.name}: the model process is gone")
         finally:
             self._pending.pop(request_id, None)
         if pending.error is not None:
-            kind, message, retry_after = pending.error
-            raise BackendError(ErrorKind(kind), message, retry_after)
+            raise pending.error
 
     def _check_heartbeat(self) -> None:
         """A child whose beats stopped is hung (a library holding the GIL for good): kill it, so its
@@ -232,7 +231,7 @@ class WorkerProcess:
         try:
             emit(what)
         except Exception as exc:  # noqa: BLE001
-            pending.error = (ErrorKind.INTERNAL.value, f"its events could not be delivered ({type(exc).__name__})", None)
+            pending.error = BackendError(ErrorKind.INTERNAL, f"its events could not be delivered ({type(exc).__name__})")
             pending.finish()
 
     def _deliver_batch(self, batch: list[tuple[Any, ...]]) -> None:
@@ -291,7 +290,7 @@ class WorkerProcess:
         why = f"its messages could not be read ({failure})" if failure else f"the model process exited (code {code})"
         self._dead = self._dead or f"{why}; the next run starts it again"
         for pending in list(self._pending.values()):
-            pending.error = (ErrorKind.INTERNAL.value, f"{self.name}: {self._dead}", None)
+            pending.error = BackendError(ErrorKind.INTERNAL, f"{self.name}: {self._dead}")
             pending.finish()
 
 
@@ -311,11 +310,8 @@ def _serve(conn: Connection) -> None:
     try:
         module, attr = factory.split(":")
         generate: Generate = getattr(importlib.import_module(module), attr)(*args)
-    except BackendError as exc:
-        conn.send(("failed", exc.kind.value, exc.message))
-        return
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which shows it in the column
-        conn.send(("failed", ErrorKind.INTERNAL.value, f"{type(exc).__name__}: {exc}"))
+        conn.send(("failed", BackendError.wrap(exc)))
         return
     conn.send(("ready",))
     send = send_now
@@ -339,13 +335,11 @@ def _serve(conn: Connection) -> None:
     threading.Thread(target=beat, name="worker-heartbeat", daemon=True).start()
 
     def run(request_id: int, target: Target, request: ChatRequest, stop: threading.Event) -> None:
-        error: tuple[str, str, float | None] | None = None
+        error: BackendError | None = None
         try:
             generate(target, request, lambda event: send(("event", request_id, event)), stop)
-        except BackendError as exc:
-            error = (exc.kind.value, exc.message, exc.retry_after)
         except Exception as exc:  # noqa: BLE001 - reported in the column
-            error = (ErrorKind.INTERNAL.value, f"{type(exc).__name__}: {exc}", None)
+            error = BackendError.wrap(exc)
         finally:
             stops.pop(request_id, None)
         try:
