@@ -59,10 +59,6 @@ class PreparedImage:
     def b64_len(self) -> int:
         return b64_len(len(self.data))
 
-    def describe(self) -> str:
-        kind = self.mime.split("/")[1].upper()
-        return f"{self.name}: {self.width}×{self.height} {kind}, {len(self.data) / 1024:.0f} KB"
-
     def to_pil(self) -> Image.Image:
         with Image.open(io.BytesIO(self.data)) as im:
             return im.convert("RGB")

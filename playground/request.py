@@ -66,10 +66,6 @@ class ChatRequest:
         return replace(self, messages=tuple(
             replace(m, images=tuple(change(i) for i in m.images)) if m.images else m for m in self.messages))
 
-    @property
-    def prompt_chars(self) -> int:
-        return sum(len(m.content) for m in self.messages)
-
 
 class InputError(ValueError):
     """Bad user input, with a message fit to show as is."""

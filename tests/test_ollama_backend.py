@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import subprocess
@@ -155,7 +156,7 @@ def test_availability_is_cached_briefly_per_host(stub):
 
 
 async def test_refresh_off_the_event_loop_fills_the_cache(stub):
-    await ollama_native.refresh_tags_async([target(stub.base_url)])
+    await asyncio.to_thread(ollama_native.refresh_tags, stub.base_url)
     assert len(stub.requests) == 1
     assert OllamaBackend(target(stub.base_url)).availability() == READY
     assert len(stub.requests) == 1  # answered from the cache

@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 
 from playground import models
 from playground.backends import local
-from playground.errors import READY, Availability, BackendError, ErrorKind
+from playground.errors import READY, Availability, BackendError, ErrorKind, first_run
 from playground.events import Event, Progress
 from playground.vision import explain_remote_code_error, hf_image_messages, remote_code_problem, tagged_dicts
 
 if TYPE_CHECKING:
-    from playground.catalog import Target
     from playground.request import ChatRequest
 
 REQUIRED = ("torch", "transformers")
@@ -30,16 +29,9 @@ def hub_cached(repo_id: str, filename: str = "config.json") -> bool:
     return isinstance(try_to_load_from_cache(repo_id, filename), str)
 
 
-class TransformersBackend:
+class TransformersBackend(local.LocalBackend):
     name: ClassVar[str] = "transformers"
     supports_vision: ClassVar[bool] = True  # for targets with vision: true
-
-    def __init__(self, target: Target):
-        self.target = target
-
-    @property
-    def key(self) -> str:
-        return f"transformers:{self.target.source}:{self.target.model}:{self.target.gguf_file}"
 
     def availability(self) -> Availability:
         missing = [m for m in REQUIRED if not models.module_installed(m)]
@@ -48,8 +40,7 @@ class TransformersBackend:
         if self.target.source == "bundled":
             return READY if models.bundled_dir() else Availability("unavailable", models.INSTALL_HINT)
         if self.target.source == "hub" and not hub_cached(self.target.model):
-            size = f"{self.target.download_gb:g} GB" if self.target.download_gb else "the model"
-            return Availability("first_run", f"not downloaded yet: first run downloads {size}")
+            return first_run(self.target.download_gb)
         return READY
 
     def _check_remote_code(self) -> None:

@@ -29,7 +29,6 @@ from playground.events import (
 )
 
 if TYPE_CHECKING:
-    from playground.catalog import Target
     from playground.request import ChatRequest
 
 INSTALL_HINT = "install the llama.cpp extra: pip install -r requirements-llamacpp.txt (compiles ~7 min)"
@@ -112,33 +111,23 @@ class Engine:
     abort: Abort
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(local.LocalBackend):
     name: ClassVar[str] = "llamacpp"
-    supports_vision: ClassVar[bool] = False
-
-    def __init__(self, target: Target):
-        self.target = target
 
     @property
     def key(self) -> str:
-        t = self.target
-        return f"llamacpp:{t.source}:{t.model}:{t.gguf_file}:{t.context_length}"
+        return f"{super().key}:{self.target.context_length}"  # the context is made with the model
 
     def availability(self) -> Availability:
-        if not models.module_installed("llama_cpp"):  # find_spec: never imported here
-            return Availability("unavailable", INSTALL_HINT)
-        source = self.target.source
-        if source == "bundled":
-            return READY if models.bundled_dir() else Availability("unavailable", models.INSTALL_HINT)
-        if source == "hub":
-            if not self.target.gguf_file:
-                return Availability("unavailable", "gguf_file: name the .gguf file in the hub repository")
-            if self._hub_file(local_only=True) is None:
-                size = f"{self.target.download_gb:g} GB" if self.target.download_gb else "the model"
-                return Availability("first_run", f"not downloaded yet: first run downloads {size}")
-            return READY
-        path = self._local_file()
-        return READY if path.is_file() else Availability("unavailable", f"no GGUF file at {path}")
+        if self.target.source == "hub" and not self.target.gguf_file:
+            return Availability("unavailable", "gguf_file: name the .gguf file in the hub repository")
+
+        def on_disk() -> Availability:
+            path = self._local_file()
+            return READY if path.is_file() else Availability("unavailable", f"no GGUF file at {path}")
+
+        return local.availability(self.target, "llama_cpp", INSTALL_HINT,
+                                  lambda: self._hub_file(local_only=True) is not None, on_disk)
 
     def _local_file(self) -> Path:
         path = Path(self.target.model).expanduser()
@@ -171,16 +160,8 @@ class LlamaCppBackend:
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         waited_for_load = not local.is_loaded(self.key)
-        paths: list[Path] = []
-        if waited_for_load:
-            async for progress in local.locate(self._gguf(), paths):
-                yield progress
-        path = paths[-1] if paths else None
         engines: list[Engine] = []
-        async for progress in local.watched(local.load_shared(
-                self.key, lambda: self._load(path),
-                lambda: local.size_on_disk_gb(path) or self.target.download_gb, self.target.label),
-                "loading model…", engines):
+        async for progress in local.find_and_load(self.key, self.target, self._gguf(), self._load, engines):
             yield progress
         engine = engines[0]
 

@@ -14,10 +14,13 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, ClassVar, Protocol
 
-from playground.errors import BackendError, ErrorKind
+from playground.errors import READY, Availability, BackendError, ErrorKind, first_run
 from playground.events import Event, Finished, Notice, Progress, RequestSent, TextDelta, Usage
+
+if TYPE_CHECKING:
+    from playground.catalog import Target
 
 Emit = Callable[[Event], None]
 
@@ -57,6 +60,37 @@ class StopFlag(threading.Event):
         super().set()
         for event in list(self._wakes):
             event.set()
+
+
+class LocalBackend:
+    """What the local backends share as classes: a target, and a key for the model they load."""
+
+    name: ClassVar[str]
+    supports_vision: ClassVar[bool] = False
+
+    def __init__(self, target: Target):
+        self.target = target
+
+    @property
+    def key(self) -> str:
+        """One loaded model per key, shared by every target and session that names the same model."""
+        t = self.target
+        return f"{self.name}:{t.source}:{t.model}:{t.gguf_file}"
+
+
+def availability(target: Any, module: str, install_hint: str, in_cache: Callable[[], bool],
+                 on_disk: Callable[[], Availability]) -> Availability:
+    """What a local target says, offline: its library is missing; the bundled model is (not)
+    installed; a hub model is in the cache, else the first run downloads it; or ``on_disk()``."""
+    from playground import models
+
+    if not models.module_installed(module):  # find_spec: never imported here
+        return Availability("unavailable", install_hint)
+    if target.source == "bundled":
+        return READY if models.bundled_dir() else Availability("unavailable", models.INSTALL_HINT)
+    if target.source == "hub":
+        return READY if in_cache() else first_run(target.download_gb)
+    return on_disk()
 
 
 def local_slots() -> int:
@@ -289,6 +323,22 @@ async def locate(found: AsyncIterator[str | Any], where: list[Any]) -> AsyncIter
         else:
             where.append(item)
     yield Progress("loading model…")
+
+
+async def find_and_load(key: str, target: Any, find: AsyncIterator[str | Any], load: Callable[[Any], Any],
+                        into: list[Any]) -> AsyncIterator[Progress]:
+    """Progress while a model is found (``find`` yields progress lines, then where the model is; it
+    is not run once the model is loaded) and loaded once per process (``load(where)`` in a thread,
+    within the memory budget and the deadline). The loaded model is appended to ``into``."""
+    where: list[Any] = []
+    if not is_loaded(key):
+        async for progress in locate(find, where):
+            yield progress
+    path = where[-1] if where else None
+    async for progress in watched(load_shared(key, lambda: load(path),
+                                              lambda: size_on_disk_gb(path) or target.download_gb, target.label),
+                                  "loading model…", into):
+        yield progress
 
 
 def release_slot(key: str) -> None:

@@ -3,18 +3,16 @@
 Availability comes from ``GET /api/tags``. ``availability()`` is synchronous, so it
 answers from a small per-host cache: a fresh entry is used as is; a stale one is
 refreshed with one bounded GET (``TAGS_TIMEOUT_S``, 0.5 s; a closed port on loopback
-answers in about a millisecond). The UI can keep every page load off the network by
-awaiting ``refresh_tags_async(targets)`` (a worker thread) before it asks.
+answers in about a millisecond). The UI asks from Gradio's worker threads, never on a loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 
 import httpx
 
@@ -96,12 +94,6 @@ def refresh_tags(host: str, timeout_s: float = TAGS_TIMEOUT_S) -> Tags:
     with _tags_lock:
         _tags[host] = entry
     return entry
-
-
-async def refresh_tags_async(targets: Iterable[Target]) -> None:
-    """Refresh every Ollama host among ``targets`` in worker threads, in parallel."""
-    hosts = {host_for(t) for t in targets if t.backend == "ollama"}
-    await asyncio.gather(*(asyncio.to_thread(refresh_tags, h) for h in hosts))
 
 
 def cached_tags(host: str) -> Tags:

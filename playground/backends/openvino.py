@@ -23,7 +23,6 @@ from playground.errors import READY, Availability, BackendError, ErrorKind
 from playground.events import Event, ServerTimings
 
 if TYPE_CHECKING:
-    from playground.catalog import Target
     from playground.request import ChatRequest
 
 INSTALL_HINT = "pip install openvino-genai"
@@ -39,32 +38,17 @@ class Pipeline:
     lock: threading.Lock
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(local.LocalBackend):
     name: ClassVar[str] = "openvino"
-    supports_vision: ClassVar[bool] = False
-
-    def __init__(self, target: Target):
-        self.target = target
-
-    @property
-    def key(self) -> str:
-        t = self.target
-        return f"openvino:{t.source}:{t.model}:{t.gguf_file}"
 
     def availability(self) -> Availability:
-        if not models.module_installed("openvino_genai"):
-            return Availability("unavailable", INSTALL_HINT)
-        source = self.target.source
-        if source == "bundled":
-            return READY if models.bundled_dir() else Availability("unavailable", models.INSTALL_HINT)
-        if source == "hub":
-            if self._hub_folder(local_only=True) is None:
-                size = f"{self.target.download_gb:g} GB" if self.target.download_gb else "the model"
-                return Availability("first_run", f"not downloaded yet: first run downloads {size}")
-            return READY
-        path = Path(self.target.model).expanduser()
-        return READY if _usable(path) else Availability(
-            "unavailable", f"no GGUF file or OpenVINO model ({IR_FILE}) at {path}")
+        def on_disk() -> Availability:
+            path = Path(self.target.model).expanduser()
+            return READY if _usable(path) else Availability(
+                "unavailable", f"no GGUF file or OpenVINO model ({IR_FILE}) at {path}")
+
+        return local.availability(self.target, "openvino_genai", INSTALL_HINT,
+                                  lambda: self._hub_folder(local_only=True) is not None, on_disk)
 
     def _hub_folder(self, local_only: bool) -> Path | None:
         from huggingface_hub import snapshot_download
@@ -93,16 +77,8 @@ class OpenVinoBackend:
         if request.images:
             raise BackendError(ErrorKind.BAD_REQUEST, f"{self.target.label} is a text-only target: it cannot take images")
         waited_for_load = not local.is_loaded(self.key)
-        paths: list[Path] = []
-        if waited_for_load:
-            async for progress in local.locate(self._model_path(), paths):
-                yield progress
-        path = paths[-1] if paths else None
         loaded: list[Pipeline] = []
-        async for progress in local.watched(local.load_shared(
-                self.key, lambda: self._load(path),
-                lambda: local.size_on_disk_gb(path) or self.target.download_gb, self.target.label),
-                "loading model…", loaded):
+        async for progress in local.find_and_load(self.key, self.target, self._model_path(), self._load, loaded):
             yield progress
         pipeline = loaded[0]
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 
 from playground import models
 from playground.backends import local
-from playground.errors import READY, Availability, BackendError, ErrorKind
+from playground.errors import READY, Availability, BackendError, ErrorKind, first_run
 from playground.backends.worker_process import Generate, WorkerProcess
 from playground.events import Event
 from playground.vision import MULTIMODAL_ONNX_TYPES, onnx_multimodal_inputs, onnx_prompt
@@ -26,13 +26,10 @@ if TYPE_CHECKING:
 PROMPT_PIECE = 128  # prompt tokens evaluated at a time
 
 
-class OrtGenAIBackend:
+class OrtGenAIBackend(local.LocalBackend):
     name: ClassVar[str] = "onnx"
     supports_vision: ClassVar[bool] = True  # for phi3v / phi4mm models; a text model refuses images
     stamps_in_own_process: ClassVar[bool] = True  # the model process stamps each token itself
-
-    def __init__(self, target: Target):
-        self.target = target
 
     @property
     def key(self) -> str:
@@ -48,8 +45,7 @@ class OrtGenAIBackend:
                 return Availability("first_run", "first run builds the int4 ONNX model (about a minute on 2 cores)")
             return READY
         if self.target.source == "hub" and self._hub_folder(local_only=True) is None:
-            size = f"{self.target.download_gb:g} GB" if self.target.download_gb else "the model"
-            return Availability("first_run", f"not downloaded yet: first run downloads {size}")
+            return first_run(self.target.download_gb)
         return READY
 
     def _hub_folder(self, local_only: bool) -> Path | None:
@@ -86,15 +82,9 @@ class OrtGenAIBackend:
             local.forget(self.key, worker)
             worker = None
         if worker is None:
-            folders: list[Path] = []
-            async for progress in local.locate(self._model_dir(), folders):
-                yield progress
-            folder = folders[-1] if folders else None
             workers: list[WorkerProcess] = []
-            async for progress in local.watched(local.load_shared(
-                    self.key, lambda: self._start_worker(folder),
-                    lambda: local.size_on_disk_gb(folder) or self.target.download_gb, self.target.label),
-                    "loading model…", workers):
+            async for progress in local.find_and_load(self.key, self.target, self._model_dir(), self._start_worker,
+                                                      workers):
                 yield progress
             worker = workers[0]
 
