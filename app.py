@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from playground import models
-from playground.public import PolicyError
+from playground.settings import SettingsError
 from playground.ui import launch
 
 
@@ -21,5 +21,5 @@ if __name__ == "__main__":
     install_bundled_model_on_a_space()
     try:
         launch()
-    except PolicyError as exc:  # a bad PLAYGROUND_PUBLIC / PLAYGROUND_RATE: one line, not a traceback
+    except SettingsError as exc:  # a setting that cannot be used: its lines, not a traceback
         sys.exit(f"error: {exc}")

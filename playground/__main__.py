@@ -10,11 +10,11 @@ import asyncio
 import json
 import sys
 
-from playground import secrets
+from playground import secrets, settings
 from playground.backends import make_backend
 from playground.catalog import Catalog, CatalogError, load_catalog
 from playground.images import prepare_images
-from playground.public import PolicyError
+from playground.settings import SettingsError
 from playground.request import ChatRequest, InputError, build_messages, make_params
 from playground.report import result_entry, run_document
 from playground.runner import Job, Run
@@ -125,6 +125,9 @@ def cmd_prepare() -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     secrets.redact_logs()
+    if found := settings.problems():
+        print("\n".join(f"error: {line}" for line in found), file=sys.stderr)
+        return EXIT_USAGE
     try:
         catalog = load_catalog(args.catalog)
         if args.command == "targets":
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             launch(catalog, host=args.host, port=args.port)
             return EXIT_OK
         return cmd_run(args, catalog)
-    except (CatalogError, InputError, PolicyError) as exc:
+    except (CatalogError, InputError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -10,7 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from playground import secrets
+from playground import secrets, settings
 from playground.backends import REGISTRY
 
 BUILTIN_CATALOG = Path(__file__).with_name("catalog.yaml")
@@ -163,7 +162,7 @@ def read_catalog_file(path: Path) -> Catalog:
 def load_catalog(user_file: str | Path | None = None) -> Catalog:
     """The built-in catalog, with the user's targets added or overriding by id."""
     catalog = read_catalog_file(BUILTIN_CATALOG)
-    user_file = user_file or os.environ.get(CATALOG_ENV) or None
+    user_file = user_file or settings.catalog_file()
     if not user_file:
         return catalog
     user = read_catalog_file(Path(user_file).expanduser())

@@ -15,7 +15,6 @@ import atexit
 import collections
 import logging
 import math
-import os
 import sys
 import threading
 import time
@@ -23,6 +22,8 @@ import traceback
 import weakref
 from concurrent.futures import Future
 from typing import Any, Coroutine, TypeVar
+
+from playground import settings
 
 T = TypeVar("T")
 log = logging.getLogger("playground.clock")
@@ -75,7 +76,7 @@ class LagMonitor:
         return self.always or self.active > 0
 
     async def run(self) -> None:
-        if os.environ.get("PLAYGROUND_STALL_TRACE"):
+        if settings.stall_trace():
             threading.Thread(target=self._trace_stalls, args=(threading.get_ident(),), daemon=True).start()
         self._loop, self._busy = asyncio.get_running_loop(), asyncio.Event()
         if self.active > 0:

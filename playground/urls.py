@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import socket
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from playground import settings
 from playground.errors import BackendError, ErrorKind
 
 
 
 def private_allowed() -> bool:
-    return os.environ.get("PLAYGROUND_ALLOW_PRIVATE_URLS", "").strip() == "1"
+    return settings.allow_private_urls()
 
 
 NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Iterator
 
-from playground import models
+from playground import models, settings
 from playground.backends import local
 from playground.errors import READY, Availability, BackendError
 from playground.events import (
@@ -42,10 +42,7 @@ def llama_threads() -> int:
     there makes ggml's threads spin against any other busy process (TTFT went from
     0.15 s to 10 s on a shared 2-core machine).
     """
-    try:
-        return max(1, int(os.environ.get("PLAYGROUND_LLAMACPP_THREADS", "")))
-    except ValueError:
-        return max(1, (os.cpu_count() or 2) // 2)
+    return settings.llamacpp_threads() or max(1, (os.cpu_count() or 2) // 2)
 
 
 class Abort:
@@ -297,7 +294,7 @@ def _plain_weight_buffers() -> Iterator[None]:
     """
     import llama_cpp.llama_cpp as low
 
-    if os.environ.get("PLAYGROUND_LLAMACPP_EXTRA_BUFFERS") == "1":
+    if settings.llamacpp_extra_buffers():
         yield
         return
     with _params_lock:

@@ -9,13 +9,13 @@ Loads use ``concurrent.futures`` rather than asyncio futures so that every event
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, ClassVar, Protocol
 
+from playground import settings
 from playground.errors import READY, Availability, BackendError, ErrorKind, first_run
 from playground.events import Event, Finished, Notice, Progress, RequestSent, TextDelta, Usage
 
@@ -93,22 +93,15 @@ def availability(target: Any, module: str, install_hint: str, in_cache: Callable
     return on_disk()
 
 
-def local_slots() -> int:
-    """How many generations may share one loaded model at once (PLAYGROUND_LOCAL_SLOTS)."""
-    try:
-        return max(1, int(os.environ.get("PLAYGROUND_LOCAL_SLOTS", "2")))
-    except ValueError:
-        return 2
+local_slots = settings.local_slots
+queue_timeout_s = settings.queue_timeout_s
 
 
 def memory_budget_gb() -> float:
     """The memory local models may hold together (PLAYGROUND_LOCAL_MEMORY_GB; default a share of RAM)."""
-    raw = os.environ.get("PLAYGROUND_LOCAL_MEMORY_GB", "").strip()
-    if raw:
-        try:
-            return max(0.1, float(raw))
-        except ValueError:
-            pass
+    chosen = settings.local_memory_gb()
+    if chosen is not None:
+        return chosen
     try:
         with open("/proc/meminfo") as meminfo:
             total_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
@@ -258,14 +251,6 @@ def _slot(key: str) -> threading.BoundedSemaphore:
         if key not in _slots:
             _slots[key] = threading.BoundedSemaphore(local_slots())
         return _slots[key]
-
-
-def queue_timeout_s() -> float:
-    """How long a request may wait for a busy model before it gives up (PLAYGROUND_QUEUE_TIMEOUT_S)."""
-    try:
-        return max(1.0, float(os.environ.get("PLAYGROUND_QUEUE_TIMEOUT_S", "300")))
-    except ValueError:
-        return 300.0
 
 
 def wait_to_acquire(lock: threading.Lock | threading.Semaphore, stop: threading.Event, emit: Emit,

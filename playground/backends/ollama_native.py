@@ -8,7 +8,6 @@ answers in about a millisecond). The UI asks from Gradio's worker threads, never
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 
 import httpx
 
-from playground import secrets
+from playground import secrets, settings
 from playground.errors import READY, Availability, BackendError, ErrorKind
 from playground.backends.clients import LoopClients
 from playground.events import Event, Finished, RequestSent, ServerTimings, TextDelta, Usage
@@ -55,7 +54,7 @@ _tags_lock = threading.Lock()
 
 
 def host_for(target: Target) -> str:
-    return target.base_url or os.environ.get("OLLAMA_HOST") or DEFAULT_HOST
+    return target.base_url or settings.ollama_host() or DEFAULT_HOST
 
 
 def new_client(host: str, timeout: httpx.Timeout) -> ollama.AsyncClient:
@@ -65,7 +64,7 @@ def new_client(host: str, timeout: httpx.Timeout) -> ollama.AsyncClient:
 
     client = ollama.AsyncClient(host=host, timeout=timeout)
     key = secrets.env_key("OLLAMA_API_KEY")
-    ours = (os.environ.get("OLLAMA_HOST") or DEFAULT_HOST).rstrip("/") == host.rstrip("/")
+    ours = (settings.ollama_host() or DEFAULT_HOST).rstrip("/") == host.rstrip("/")
     client._client.headers.pop("authorization", None)
     if key and ours:
         client._client.headers["authorization"] = f"Bearer {key}"

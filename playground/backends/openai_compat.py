@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Mapping
 
 import aiohttp
 from openai._streaming import SSEDecoder  # the SDK's spec-compliant decoder, on aiohttp's bytes
 
-from playground import secrets, urls
+from playground import secrets, settings, urls
 from playground.errors import READY, Availability, BackendError, ErrorKind
 from playground.events import Event, Finished, RequestSent, TextDelta, Usage
 
@@ -177,7 +176,7 @@ class OpenAICompatBackend:
             return self.target.base_url, False
         if credentials is not None and (typed := credentials.get(self.target.base_url_env)):
             return typed, True
-        return os.environ.get(self.target.base_url_env or "") or None, False
+        return settings.env(self.target.base_url_env or ""), False
 
     def _key(self, credentials: secrets.Credentials | None = None) -> tuple[str | None, bool]:
         """The key, and whether it is the visitor's own."""
@@ -188,11 +187,11 @@ class OpenAICompatBackend:
     def _model(self, credentials: secrets.Credentials | None = None) -> str:
         name = self.target.model_env
         return (credentials.get(name) if credentials is not None else None) or \
-            (os.environ.get(name or "") or "").strip() or self.target.model
+            settings.env(name or "") or self.target.model
 
     def availability(self) -> Availability:
         missing, problems = [], []
-        if self.target.base_url_env and not self.target.base_url and not os.environ.get(self.target.base_url_env):
+        if self.target.base_url_env and not self.target.base_url and not settings.env(self.target.base_url_env):
             missing.append(self.target.base_url_env)
         if self.target.api_key_env and (problem := secrets.key_problem(self.target.api_key_env)):
             if problem.startswith("set "):

@@ -35,7 +35,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from playground import secrets
+from playground import secrets, settings
 from playground.errors import BackendError, ErrorKind
 from playground.backends.local import Emit, StopFlag
 
@@ -47,12 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def hang_limit_s() -> float:
-    """How long a model process may send nothing while a request waits (PLAYGROUND_MODEL_HANG_S)."""
-    try:
-        return max(2.0, float(os.environ.get("PLAYGROUND_MODEL_HANG_S", "60")))
-    except ValueError:
-        return 60.0
+hang_limit_s = settings.model_hang_s  # how long a model process may send nothing while a request waits
 
 
 Generate = Callable[["Target", "ChatRequest", Emit, threading.Event], None]
