@@ -2,38 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
-from playground import secrets, settings
-from playground.backends import REGISTRY
+from playground import settings
+from playground.backends import REGISTRY, backend_class
+from playground.backends.base import BackendOptions
 
 BUILTIN_CATALOG = Path(__file__).with_name("catalog.yaml")
 CATALOG_ENV = "PLAYGROUND_CATALOG"
 HTTP_BACKENDS = {"openai", "ollama"}
 LOCAL_BACKENDS = {"transformers", "onnx", "llamacpp", "openvino"}
-
-# Fields that only make sense for some backends; any other backend refuses them.
-BACKEND_FIELDS: dict[str, set[str]] = {
-    "base_url": HTTP_BACKENDS,
-    "base_url_env": HTTP_BACKENDS,
-    "model_env": {"openai"},
-    "api_key_env": HTTP_BACKENDS,
-    "connect_timeout_s": HTTP_BACKENDS,
-    "max_image_bytes": HTTP_BACKENDS,
-    "keep_alive": {"ollama"},
-    "source": LOCAL_BACKENDS,
-    "gguf_file": {"transformers", "llamacpp", "openvino"},
-    "hub_subfolder": {"onnx"},
-    "trust_remote_code": {"transformers"},
-    "dtype": {"transformers"},
-    "download_gb": LOCAL_BACKENDS,
-}
-ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
 class CatalogError(ValueError):
@@ -41,58 +23,65 @@ class CatalogError(ValueError):
 
 
 class Target(BaseModel):
+    """A model on a backend: the fields every backend shares, and the backend's own ``options``.
+
+    A catalog entry is flat (``gguf_file: …`` beside ``model: …``); the fields this class does not
+    know go to the backend's ``Options`` model, which refuses any it does not use.
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$", max_length=80)
     label: str = Field(min_length=1, max_length=120)
     backend: str
     model: str = Field(min_length=1)
-    base_url: str | None = None
-    base_url_env: str | None = None
-    model_env: str | None = None  # the model's name from this variable (or a visitor's form), else `model`
-    api_key_env: str | None = None
     vision: bool = False
     context_length: int | None = Field(None, ge=16)
     notes: str | None = None
     timeout_s: float = Field(180.0, gt=0, le=3600)
-    connect_timeout_s: float | None = Field(None, gt=0, le=120)
-    max_image_bytes: int | None = Field(None, ge=1024)  # per image, in characters of base64 (NIM: 180000)
     max_image_side: int | None = Field(None, ge=64, le=8192)  # pixels; the prepared copy is at most 1536
     max_images: int | None = Field(None, ge=1, le=32)  # per request; vision targets default to 4
-    keep_alive: str | None = None
-    source: Literal["bundled", "hub", "path"] | None = None
-    gguf_file: str | None = None
-    hub_subfolder: str | None = None
-    trust_remote_code: bool | None = None
-    dtype: str | None = None
-    download_gb: float | None = Field(None, gt=0)
+    options: SerializeAsAny[BackendOptions] = Field(default_factory=BackendOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_options(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        backend = data.get("backend")
+        if backend not in REGISTRY:
+            raise ValueError(f"backend: unknown backend {backend!r}; known: {', '.join(sorted(REGISTRY))}")
+        common = {k: v for k, v in data.items() if k in cls.model_fields and k != "options"}
+        given = data.get("options") or {}
+        if isinstance(given, BaseModel):
+            given = given.model_dump(exclude_defaults=True)
+        own = {**given, **{k: v for k, v in data.items() if k not in cls.model_fields}}
+        options_model = backend_class(backend).Options
+        try:
+            common["options"] = options_model.model_validate(own)
+        except ValidationError as exc:
+            raise ValueError(_options_problem(exc, backend)) from None
+        return common
 
     @model_validator(mode="after")
-    def _check_backend_fields(self) -> Target:
-        if self.backend not in REGISTRY:
-            raise ValueError(
-                f"backend: unknown backend {self.backend!r}; known: {', '.join(sorted(REGISTRY))}"
-            )
-        for name, allowed in BACKEND_FIELDS.items():
-            if getattr(self, name) is not None and self.backend not in allowed:
-                raise ValueError(f"{name}: not used by backend {self.backend!r}")
-        for name in ("api_key_env", "base_url_env", "model_env"):
-            value = getattr(self, name)
-            if value is not None and not ENV_NAME.match(value):
-                raise ValueError(
-                    f"{name}: must be the NAME of an environment variable (like GITHUB_TOKEN), "
-                    "never the key itself"
-                )
-        for name in ("max_image_bytes", "max_image_side", "max_images"):
+    def _check(self) -> Target:
+        if getattr(self.options, "max_image_bytes", None) is not None and not self.vision:
+            raise ValueError("max_image_bytes: only used by vision targets (vision: true)")
+        for name in ("max_image_side", "max_images"):
             if getattr(self, name) is not None and not self.vision:
                 raise ValueError(f"{name}: only used by vision targets (vision: true)")
-        if self.api_key_env:
-            secrets.watch(self.api_key_env)  # its value is redacted wherever text reaches a user
-        if self.backend == "openai" and not (self.base_url or self.base_url_env):
-            raise ValueError("base_url: required for backend 'openai' (or give base_url_env)")
-        if self.base_url and not re.match(r"^https?://", self.base_url):
-            raise ValueError(f"base_url: must start with http:// or https:// (got {self.base_url!r})")
         return self
+
+
+def _options_problem(exc: ValidationError, backend: str) -> str:
+    """One line for the first problem with a backend's own fields; never the value given."""
+    error = exc.errors()[0]
+    field = ".".join(str(p) for p in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        used_elsewhere = any(field in backend_class(other).Options.model_fields for other in REGISTRY)
+        return f"{field}: not used by backend {backend!r}" if used_elsewhere else f"field {field!r}: unknown field"
+    return f"field {field!r}: {message}" if field else message
 
 
 class Catalog(BaseModel):

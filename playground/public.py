@@ -67,14 +67,15 @@ class Policy:
         """Why ``target`` is not offered here; None when it is."""
         if not self.public:
             return None
-        if target.trust_remote_code:
+        if getattr(target.options, "trust_remote_code", None):
             return f"{target.id} is not offered on this public Space: it runs the model's own code (trust_remote_code)"
         if self.targets is not None:
             return None if target.id in self.targets else \
                 f"{target.id} is not offered on this public Space (not in PLAYGROUND_PUBLIC_TARGETS)"
-        if target.backend in HTTP_BACKENDS or target.source == "bundled":
+        if target.backend in HTTP_BACKENDS or getattr(target.options, "source", None) == "bundled":
             return None
-        size = f" {target.download_gb:g} GB" if target.download_gb else ""
+        download_gb = getattr(target.options, "download_gb", None)
+        size = f" {download_gb:g} GB" if download_gb else ""
         return (f"{target.id} is not offered on this public Space: it downloads{size} into the server "
                 "(the owner can offer it with PLAYGROUND_PUBLIC_TARGETS)")
 

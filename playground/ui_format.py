@@ -123,11 +123,13 @@ def key_availability(target: Target, available: Availability, credentials: Any, 
     """For a keyed target, whose key a run would use: "your key", "the Space's key", or what to set."""
     from playground.errors import Availability
 
-    if not target.api_key_env:
+    options = target.options
+    key = getattr(options, "api_key_env", None)
+    if not key:
         return available
-    needed = [n for n in (target.api_key_env, None if target.base_url else target.base_url_env) if n]
-    if credentials is not None and credentials.get(target.api_key_env):
-        if all(credentials.get(n) or (n != target.api_key_env and settings.env(n)) for n in needed):
+    needed = [n for n in (key, None if options.base_url else options.base_url_env) if n]  # type: ignore[attr-defined]
+    if credentials is not None and credentials.get(key):
+        if all(credentials.get(n) or (n != key and settings.env(n)) for n in needed):
             return Availability("ready", "your key")
         return Availability("unavailable", "also type " + ", ".join(n for n in needed if not credentials.get(n)))
     if available.state == "ready":

@@ -58,7 +58,8 @@ def adapt_request(request: ChatRequest, target: Target, backend_takes_images: bo
             "remove some, or compare on a target that takes more",
         )
     try:
-        fitted = request.map_images(lambda i: fit_image(i, target.max_image_side, target.max_image_bytes))
+        max_bytes = getattr(target.options, "max_image_bytes", None)
+        fitted = request.map_images(lambda i: fit_image(i, target.max_image_side, max_bytes))
     except ImageError as exc:
         raise BackendError(ErrorKind.BAD_REQUEST, str(exc)) from None
     return fitted, [f"{image.name}: {note}" for image in fitted.images for note in image.notes]
@@ -129,7 +130,7 @@ def remote_code_problem(target: Target, cache: Any, version: str) -> str | None:
 
     ``cache`` is a ``DynamicCache()``: the remote code calls methods later versions removed.
     """
-    if not (target.trust_remote_code and is_phi3_vision(target)):
+    if not (getattr(target.options, "trust_remote_code", None) and is_phi3_vision(target)):
         return None
     missing = [name for name in REMOTE_CODE_CACHE_API if not hasattr(cache, name)]
     return remote_code_message(target, version, missing[0]) if missing else None
@@ -144,7 +145,7 @@ def remote_code_message(target: Target, version: str, attribute: str) -> str:
 
 def explain_remote_code_error(exc: BaseException, target: Target, version: str) -> str | None:
     """A clear line for remote code that broke on a newer transformers; None if it is something else."""
-    if not target.trust_remote_code:
+    if not getattr(target.options, "trust_remote_code", None):
         return None
     text = str(exc)
     if isinstance(exc, ImportError):  # the remote code imports what this transformers no longer has

@@ -42,7 +42,7 @@ def test_builtin_catalog_loads() -> None:
     for target in catalog.targets:
         assert target.backend in REGISTRY
         if target.backend == "openai":
-            assert target.base_url or target.base_url_env
+            assert getattr(target.options, "base_url", None) or getattr(target.options, "base_url_env", None)
     with pytest.raises(KeyError, match="nope"):
         catalog.get("nope")
 
@@ -58,7 +58,7 @@ def test_user_catalog_overrides_and_adds_by_id(tmp_path: Path) -> None:
     merged = load_catalog(path)
     assert merged.get("github/phi-4").label == "My Phi-4"
     assert merged.get("github/phi-4").timeout_s == 12
-    assert merged.get("github/phi-4").api_key_env is None  # replaced whole, not field by field
+    assert getattr(merged.get("github/phi-4").options, "api_key_env", None) is None  # replaced whole, not field by field
     assert merged.get("mine/local").model == "m"
     assert len(merged.ids) == len(builtin.ids) + 1
     assert merged.ids.index("github/phi-4") == builtin.ids.index("github/phi-4")  # keeps its place

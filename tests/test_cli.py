@@ -34,8 +34,8 @@ def write_catalog(folder: Path, text: str) -> Path:
 
 
 def expected_reason(target) -> str:
-    missing = [n for n in (target.base_url_env, target.api_key_env)
-               if n and not (n == target.base_url_env and target.base_url)]
+    missing = [n for n in (getattr(target.options, "base_url_env", None), getattr(target.options, "api_key_env", None))
+               if n and not (n == getattr(target.options, "base_url_env", None) and getattr(target.options, "base_url", None))]
     return "set " + " and ".join(missing)
 
 
@@ -51,7 +51,7 @@ def test_targets_lists_every_builtin_target_with_its_availability(builtin_catalo
     for target in builtin_catalog.targets:
         line = lines[target.id]
         assert target.backend in line
-        if target.backend == "openai" and target.api_key_env:
+        if target.backend == "openai" and getattr(target.options, "api_key_env", None):
             assert " no " in line and line.rstrip().endswith(expected_reason(target)), line
     assert "set GITHUB_TOKEN" in lines["github/phi-4"]
     assert " ready " in lines["smollm2-transformers"] + " "

@@ -274,7 +274,7 @@ def test_transformers_inputs_native_and_remote_code(builtin_catalog: Catalog,
 
 def test_remote_code_breakage_is_detected(builtin_catalog: Catalog) -> None:
     phi35v = builtin_catalog.get("hf/phi-3.5-vision-instruct")
-    assert phi35v.trust_remote_code is True
+    assert phi35v.options.trust_remote_code is True
 
     class OldCache:  # what the remote code was written against
         seen_tokens = 0

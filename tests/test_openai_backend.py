@@ -211,7 +211,8 @@ async def test_keys_go_only_where_they_belong(server: ScriptedServer, monkeypatc
     monkeypatch.setenv("OPENAI_API_KEY", "sk-ambient-NOT-FOR-THIS")  # never picked up implicitly
     monkeypatch.setenv("OTHER_TEST_KEY", "sk-other-KEY987654")
     keyless = Target(id="keyless", label="keyless", backend="openai", model="five", base_url=server.base_url)
-    other = target(server.base_url, "close-delimited").model_copy(update={"api_key_env": "OTHER_TEST_KEY"})
+    base = target(server.base_url, "close-delimited")
+    other = Target(**{**base.model_dump(), "api_key_env": "OTHER_TEST_KEY"})  # a catalog entry naming another key
     before = len(server.received)
     columns = await run_to_end([Job(t, request()) for t in (keyless, target(server.base_url, "ten"), other)])
     assert [c.status for c in columns] == ["done"] * 3

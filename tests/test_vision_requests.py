@@ -85,7 +85,7 @@ async def test_vision_and_text_only_targets_in_one_run(server: ScriptedServer, t
     # the catalog's own NIM entry (its 180 KB cap), pointed at loopback
     nim = Target(**{**builtin_catalog.get("nim/phi-3.5-vision").model_dump(exclude_none=True),
                     "base_url": server.base_url, "api_key_env": KEY_ENV})
-    assert nim.max_image_bytes == 180_000
+    assert getattr(nim.options, "max_image_bytes", None) == 180_000
     targets = [target(server.base_url, "vision", vision=True), nim, target(server.base_url, "text")]
     request = ChatRequest(build_messages("What is in the picture?", "be brief", images=(prepared,)),
                           make_params(max_tokens=3))
@@ -210,8 +210,8 @@ def test_builtin_vision_targets(builtin_catalog: Catalog) -> None:
             ("openai", "microsoft/phi-4-multimodal-instruct"), ("onnx", "microsoft/Phi-3.5-vision-instruct-onnx"),
             ("transformers", "microsoft/Phi-4-multimodal-instruct"),
             ("transformers", "microsoft/Phi-3.5-vision-instruct")} <= models
-    nim = [t for t in vision.values() if "integrate.api.nvidia.com" in (t.base_url or "")]
-    assert len(nim) == 2 and all(t.max_image_bytes == 180_000 for t in nim)
-    assert vision["hf/phi-3.5-vision-instruct"].trust_remote_code is True
-    assert not vision["hf/phi-4-multimodal-instruct"].trust_remote_code  # native classes, no remote code
-    assert not any(t.trust_remote_code for t in builtin_catalog.targets if t.id != "hf/phi-3.5-vision-instruct")
+    nim = [t for t in vision.values() if "integrate.api.nvidia.com" in (getattr(t.options, "base_url", None) or "")]
+    assert len(nim) == 2 and all(getattr(t.options, "max_image_bytes", None) == 180_000 for t in nim)
+    assert vision["hf/phi-3.5-vision-instruct"].options.trust_remote_code is True
+    assert not vision["hf/phi-4-multimodal-instruct"].options.trust_remote_code  # native classes, no remote code
+    assert not any(getattr(t.options, "trust_remote_code", None) for t in builtin_catalog.targets if t.id != "hf/phi-3.5-vision-instruct")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, AsyncIterator, ClassVar, Protocol
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from playground import secrets
 from playground.errors import Availability
 from playground.events import Event
 
@@ -12,8 +16,42 @@ if TYPE_CHECKING:
     from playground.request import ChatRequest
 
 
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+class BackendOptions(BaseModel):
+    """A backend's own fields of a catalog entry (the ``Target`` keeps those every backend shares).
+    Each backend subclasses it as its ``Options``; a field another backend uses is refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpOptions(BackendOptions):
+    """What a backend that talks to a server needs to find it and to sign in."""
+
+    base_url: str | None = None
+    base_url_env: str | None = None
+    api_key_env: str | None = None
+    connect_timeout_s: float | None = Field(None, gt=0, le=120)
+    max_image_bytes: int | None = Field(None, ge=1024)  # per image, in characters of base64 (NIM: 180000)
+
+    @model_validator(mode="after")
+    def _check(self) -> HttpOptions:
+        for name in ("api_key_env", "base_url_env", "model_env"):
+            value = getattr(self, name, None)
+            if value is not None and not ENV_NAME.match(value):
+                raise ValueError(f"{name}: must be the NAME of an environment variable (like GITHUB_TOKEN), "
+                                 "never the key itself")
+        if self.base_url and not re.match(r"^https?://", self.base_url):
+            raise ValueError(f"base_url: must start with http:// or https:// (got {self.base_url!r})")
+        if self.api_key_env:
+            secrets.watch(self.api_key_env)  # its value is redacted wherever text reaches a user
+        return self
+
+
 class Backend(Protocol):
     name: ClassVar[str]
+    Options: ClassVar[type[BackendOptions]]
     #: whether this backend can take images at all (the target says whether its model can)
     supports_vision: ClassVar[bool]
     # optional, read with getattr: True where tokens are stamped in another process, so that

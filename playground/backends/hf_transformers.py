@@ -29,18 +29,24 @@ def hub_cached(repo_id: str, filename: str = "config.json") -> bool:
     return isinstance(try_to_load_from_cache(repo_id, filename), str)
 
 
+class TransformersOptions(local.GgufOptions):
+    trust_remote_code: bool | None = None  # run the repository's own model code (Phi-3.5-vision)
+    dtype: str | None = None  # torch dtype to load in (default: the checkpoint's)
+
+
 class TransformersBackend(local.LocalBackend):
     name: ClassVar[str] = "transformers"
+    Options: ClassVar[type[local.LocalOptions]] = TransformersOptions
     supports_vision: ClassVar[bool] = True  # for targets with vision: true
 
     def availability(self) -> Availability:
         missing = [m for m in REQUIRED if not models.module_installed(m)]
         if missing:
             return Availability("unavailable", f"install {' and '.join(missing)}")
-        if self.target.source == "bundled":
+        if self.target.options.source == "bundled":
             return READY if models.bundled_dir() else Availability("unavailable", models.INSTALL_HINT)
-        if self.target.source == "hub" and not hub_cached(self.target.model):
-            return first_run(self.target.download_gb)
+        if self.target.options.source == "hub" and not hub_cached(self.target.model):
+            return first_run(self.target.options.download_gb)
         return READY
 
     def _check_remote_code(self) -> None:
@@ -61,11 +67,11 @@ class TransformersBackend(local.LocalBackend):
     def _size_gb(self) -> float | None:
         """What the loaded model will hold. transformers dequantizes a GGUF: a 4-5 bit file holds
         about 8 times its size once its weights are float32 (the bundled 135M model: 0.1 -> 0.6 GB)."""
-        if self.target.source == "bundled":
+        if self.target.options.source == "bundled":
             folder = models.bundled_dir()
-            on_disk = local.size_on_disk_gb(folder / (self.target.gguf_file or models.BUNDLED_GGUF)) if folder else None
+            on_disk = local.size_on_disk_gb(folder / (self.target.options.gguf_file or models.BUNDLED_GGUF)) if folder else None
             return on_disk * 8 if on_disk else None
-        return self.target.download_gb
+        return self.target.options.download_gb
 
     def _load(self) -> tuple[Any, Any, Any]:
         """(tokenizer, model, processor or None)."""
@@ -74,22 +80,22 @@ class TransformersBackend(local.LocalBackend):
 
         target = self.target
         kwargs: dict[str, Any] = {}
-        if target.source == "bundled":
+        if target.options.source == "bundled":
             folder = models.bundled_dir()
             if folder is None:
                 raise BackendError(ErrorKind.UNAVAILABLE, models.INSTALL_HINT)
             where = str(folder)
-            kwargs["gguf_file"] = target.gguf_file or models.BUNDLED_GGUF
+            kwargs["gguf_file"] = target.options.gguf_file or models.BUNDLED_GGUF
         else:
             where = target.model
-            if target.gguf_file:
-                kwargs["gguf_file"] = target.gguf_file
-        if target.trust_remote_code:
+            if target.options.gguf_file:
+                kwargs["gguf_file"] = target.options.gguf_file
+        if target.options.trust_remote_code:
             kwargs["trust_remote_code"] = True
-        model_kwargs = {"attn_implementation": "eager"} if target.trust_remote_code and target.vision else {}
+        model_kwargs = {"attn_implementation": "eager"} if target.options.trust_remote_code and target.vision else {}
         processor = AutoProcessor.from_pretrained(where, **kwargs) if target.vision else None
         tokenizer = getattr(processor, "tokenizer", None) or AutoTokenizer.from_pretrained(where, **kwargs)
-        dtype = getattr(torch, target.dtype) if target.dtype else "auto"
+        dtype = getattr(torch, target.options.dtype) if target.options.dtype else "auto"
         # Phi-3.5-vision's config asks for flash-attention, which a CPU install lacks
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs, **model_kwargs)
         model.eval()
@@ -99,9 +105,9 @@ class TransformersBackend(local.LocalBackend):
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         if request.images and not self.target.vision:
             raise BackendError(ErrorKind.BAD_REQUEST, f"{self.target.label} is not a vision target: it cannot take images")
-        if self.target.trust_remote_code:
+        if self.target.options.trust_remote_code:
             await asyncio.to_thread(self._check_remote_code)  # importing transformers takes seconds
-        what = f"{'downloading and loading' if self.target.source == 'hub' else 'loading'} model…"
+        what = f"{'downloading and loading' if self.target.options.source == 'hub' else 'loading'} model…"
         if not local.is_loaded(self.key):
             yield Progress(what)
         loaded: list[Any] = []
@@ -141,7 +147,7 @@ class TransformersBackend(local.LocalBackend):
             return tokenizer.apply_chat_template(
                 request.as_dicts(), add_generation_prompt=True, return_tensors="pt", return_dict=True
             )
-        if self.target.trust_remote_code:  # Phi-3.5-vision's processor: tags in the text, images beside
+        if self.target.options.trust_remote_code:  # Phi-3.5-vision's processor: tags in the text, images beside
             prompt = tokenizer.apply_chat_template(tagged_dicts(request), add_generation_prompt=True, tokenize=False)
             return processor(prompt, [image.to_pil() for image in request.images], return_tensors="pt")
         return processor.apply_chat_template(

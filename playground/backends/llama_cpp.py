@@ -110,13 +110,14 @@ class Engine:
 
 class LlamaCppBackend(local.LocalBackend):
     name: ClassVar[str] = "llamacpp"
+    Options: ClassVar[type[local.LocalOptions]] = local.GgufOptions
 
     @property
     def key(self) -> str:
         return f"{super().key}:{self.target.context_length}"  # the context is made with the model
 
     def availability(self) -> Availability:
-        if self.target.source == "hub" and not self.target.gguf_file:
+        if self.target.options.source == "hub" and not self.target.options.gguf_file:
             return Availability("unavailable", "gguf_file: name the .gguf file in the hub repository")
 
         def on_disk() -> Availability:
@@ -128,29 +129,29 @@ class LlamaCppBackend(local.LocalBackend):
 
     def _local_file(self) -> Path:
         path = Path(self.target.model).expanduser()
-        return path / self.target.gguf_file if self.target.gguf_file else path
+        return path / self.target.options.gguf_file if self.target.options.gguf_file else path
 
     def _hub_file(self, local_only: bool) -> Path | None:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 
         try:
-            return Path(hf_hub_download(self.target.model, self.target.gguf_file or "",
+            return Path(hf_hub_download(self.target.model, self.target.options.gguf_file or "",
                                         local_files_only=local_only))
         except LocalEntryNotFoundError:
             return None
 
     async def _gguf(self) -> AsyncIterator[str | Path]:
         """Progress lines, then the GGUF path."""
-        source = self.target.source
+        source = self.target.options.source
         if source == "bundled":
             folder = models.bundled_dir()
             if folder is None:
                 raise BackendError(ErrorKind.UNAVAILABLE, models.INSTALL_HINT)
-            yield folder / (self.target.gguf_file or models.BUNDLED_GGUF)
+            yield folder / (self.target.options.gguf_file or models.BUNDLED_GGUF)
         elif source == "hub":
             async for item in local.fetch_from_hub(self._hub_file, self.target,
-                                                   f"{self.target.gguf_file} not found in {self.target.model}"):
+                                                   f"{self.target.options.gguf_file} not found in {self.target.model}"):
                 yield item
         else:
             yield self._local_file()

@@ -13,9 +13,12 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, ClassVar, Literal, Protocol
+
+from pydantic import Field
 
 from playground import settings
+from playground.backends.base import BackendOptions
 from playground.errors import READY, Availability, BackendError, ErrorKind, first_run
 from playground.events import Event, Finished, Notice, Progress, RequestSent, TextDelta, Usage
 
@@ -62,10 +65,23 @@ class StopFlag(threading.Event):
             event.set()
 
 
+class LocalOptions(BackendOptions):
+    """Where a local backend finds its model: the bundled one, the hub (downloaded once into the
+    cache), or a path; and about how big a download it is."""
+
+    source: Literal["bundled", "hub", "path"] | None = None
+    download_gb: float | None = Field(None, gt=0)
+
+
+class GgufOptions(LocalOptions):
+    gguf_file: str | None = None  # the file in the bundled package, the hub repository or the folder
+
+
 class LocalBackend:
     """What the local backends share as classes: a target, and a key for the model they load."""
 
     name: ClassVar[str]
+    Options: ClassVar[type[LocalOptions]] = LocalOptions
     supports_vision: ClassVar[bool] = False
 
     def __init__(self, target: Target):
@@ -75,7 +91,7 @@ class LocalBackend:
     def key(self) -> str:
         """One loaded model per key, shared by every target and session that names the same model."""
         t = self.target
-        return f"{self.name}:{t.source}:{t.model}:{t.gguf_file}"
+        return f"{self.name}:{t.options.source}:{t.model}:{getattr(t.options, 'gguf_file', None)}"
 
 
 def availability(target: Any, module: str, install_hint: str, in_cache: Callable[[], bool],
@@ -86,10 +102,10 @@ def availability(target: Any, module: str, install_hint: str, in_cache: Callable
 
     if not models.module_installed(module):  # find_spec: never imported here
         return Availability("unavailable", install_hint)
-    if target.source == "bundled":
+    if target.options.source == "bundled":
         return READY if models.bundled_dir() else Availability("unavailable", models.INSTALL_HINT)
-    if target.source == "hub":
-        return READY if in_cache() else first_run(target.download_gb)
+    if target.options.source == "hub":
+        return READY if in_cache() else first_run(target.options.download_gb)
     return on_disk()
 
 
@@ -282,7 +298,7 @@ async def fetch_from_hub(find: Callable[[bool], Any], target: Any, missing: str)
     """Progress lines, then what ``find(local_only)`` found: the cache first, else a download."""
     found = await asyncio.to_thread(find, True)
     if found is None:
-        what = f"downloading {target.model} ({target.download_gb or '?'} GB)…"
+        what = f"downloading {target.model} ({target.options.download_gb or '?'} GB)…"
         yield what
         try:
             box: list[Any] = []
@@ -321,7 +337,8 @@ async def find_and_load(key: str, target: Any, find: AsyncIterator[str | Any], l
             yield progress
     path = where[-1] if where else None
     async for progress in watched(load_shared(key, lambda: load(path),
-                                              lambda: size_on_disk_gb(path) or target.download_gb, target.label),
+                                              lambda: size_on_disk_gb(path) or target.options.download_gb,
+                                              target.label),
                                   "loading model…", into):
         yield progress
 

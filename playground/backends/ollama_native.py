@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 import httpx
 
 from playground import secrets, settings
+from playground.backends.base import HttpOptions
 from playground.errors import READY, Availability, BackendError, ErrorKind
 from playground.backends.clients import LoopClients
 from playground.events import Event, Finished, RequestSent, ServerTimings, TextDelta, Usage
@@ -54,7 +55,7 @@ _tags_lock = threading.Lock()
 
 
 def host_for(target: Target) -> str:
-    return target.base_url or settings.ollama_host() or DEFAULT_HOST
+    return target.options.base_url or settings.ollama_host() or DEFAULT_HOST
 
 
 def new_client(host: str, timeout: httpx.Timeout) -> ollama.AsyncClient:
@@ -172,8 +173,13 @@ def timings(final: Any) -> ServerTimings:
     )
 
 
+class OllamaOptions(HttpOptions):
+    keep_alive: str | None = None  # how long Ollama keeps the model loaded after a request ("5m", "-1")
+
+
 class OllamaBackend:
     name: ClassVar[str] = "ollama"
+    Options: ClassVar[type[HttpOptions]] = OllamaOptions
     supports_vision: ClassVar[bool] = True
 
     def __init__(self, target: Target):
@@ -190,7 +196,7 @@ class OllamaBackend:
 
     async def _client(self) -> ollama.AsyncClient:
         """One client per host and event loop, its connection opened before any clock starts."""
-        connect = self.target.connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S
+        connect = self.target.options.connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S
         client, new = await _clients.get(self.host, lambda: new_client(
             self.host, httpx.Timeout(self.target.timeout_s, connect=connect)))
         if new:
@@ -223,7 +229,7 @@ class OllamaBackend:
                 messages=request.as_ollama_dicts(),
                 stream=True,
                 options=self._options(request),
-                keep_alive=self.target.keep_alive,
+                keep_alive=self.target.options.keep_alive,
             )
             async for chunk in chunks:
                 if chunk.message is not None and chunk.message.content:

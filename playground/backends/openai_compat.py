@@ -19,6 +19,8 @@ import aiohttp
 from openai._streaming import SSEDecoder  # the SDK's spec-compliant decoder, on aiohttp's bytes
 
 from playground import secrets, settings, urls
+from pydantic import model_validator
+from playground.backends.base import HttpOptions
 from playground.errors import READY, Availability, BackendError, ErrorKind
 from playground.events import Event, Finished, RequestSent, TextDelta, Usage
 
@@ -85,12 +87,12 @@ def status_error(code: int, body: bytes, headers: Mapping[str, str], target: Tar
 
 
 def _by_status(code: int, body: bytes, headers: Mapping[str, str], target: Target, key: str | None) -> BackendError:
-    where = f"{target.model} at {target.base_url or target.base_url_env}"
+    where = f"{target.model} at {target.options.base_url or target.options.base_url_env}"
     detail = redact(_error_detail(body, code), key)
     if code == 401:
-        return BackendError(ErrorKind.AUTH, f"401 unauthorized: check {target.api_key_env or 'the API key'} ({detail})")
+        return BackendError(ErrorKind.AUTH, f"401 unauthorized: check {target.options.api_key_env or 'the API key'} ({detail})")
     if code == 403:
-        return BackendError(ErrorKind.AUTH, f"403 forbidden: the key in {target.api_key_env} may lack access to {target.model} ({detail})")
+        return BackendError(ErrorKind.AUTH, f"403 forbidden: the key in {target.options.api_key_env} may lack access to {target.model} ({detail})")
     if code == 404:
         return BackendError(ErrorKind.NOT_FOUND, f"404 not found: {where} ({detail})")
     if code == 429:
@@ -104,7 +106,7 @@ def _by_status(code: int, body: bytes, headers: Mapping[str, str], target: Targe
 
 def transport_error(exc: BaseException, target: Target, key: str | None, mid_stream: bool) -> BackendError:
     """A failure of the connection or of the stream's content."""
-    where = f"{target.model} at {target.base_url or target.base_url_env}"
+    where = f"{target.model} at {target.options.base_url or target.options.base_url_env}"
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return BackendError(ErrorKind.TIMEOUT, f"timed out connecting to {where}")
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
@@ -163,8 +165,19 @@ def openai_messages(request: ChatRequest) -> list[dict[str, Any]]:
     return out
 
 
+class OpenAIOptions(HttpOptions):
+    model_env: str | None = None  # the model's name from this variable (or a visitor's form), else `model`
+
+    @model_validator(mode="after")
+    def _needs_a_url(self) -> OpenAIOptions:
+        if not (self.base_url or self.base_url_env):
+            raise ValueError("base_url: required for backend 'openai' (or give base_url_env)")
+        return self
+
+
 class OpenAICompatBackend:
     name: ClassVar[str] = "openai"
+    Options: ClassVar[type[HttpOptions]] = OpenAIOptions
     supports_vision: ClassVar[bool] = True
 
     def __init__(self, target: Target):
@@ -172,30 +185,30 @@ class OpenAICompatBackend:
 
     def _base_url(self, credentials: secrets.Credentials | None = None) -> tuple[str | None, bool]:
         """The endpoint, and whether a visitor typed it (a catalog's fixed URL is never replaced)."""
-        if self.target.base_url:
-            return self.target.base_url, False
-        if credentials is not None and (typed := credentials.get(self.target.base_url_env)):
+        if self.target.options.base_url:
+            return self.target.options.base_url, False
+        if credentials is not None and (typed := credentials.get(self.target.options.base_url_env)):
             return typed, True
-        return settings.env(self.target.base_url_env or ""), False
+        return settings.env(self.target.options.base_url_env or ""), False
 
     def _key(self, credentials: secrets.Credentials | None = None) -> tuple[str | None, bool]:
         """The key, and whether it is the visitor's own."""
-        if credentials is not None and (typed := credentials.get(self.target.api_key_env)):
+        if credentials is not None and (typed := credentials.get(self.target.options.api_key_env)):
             return typed, True
-        return secrets.env_key(self.target.api_key_env), False
+        return secrets.env_key(self.target.options.api_key_env), False
 
     def _model(self, credentials: secrets.Credentials | None = None) -> str:
-        name = self.target.model_env
+        name = self.target.options.model_env
         return (credentials.get(name) if credentials is not None else None) or \
             settings.env(name or "") or self.target.model
 
     def availability(self) -> Availability:
         missing, problems = [], []
-        if self.target.base_url_env and not self.target.base_url and not settings.env(self.target.base_url_env):
-            missing.append(self.target.base_url_env)
-        if self.target.api_key_env and (problem := secrets.key_problem(self.target.api_key_env)):
+        if self.target.options.base_url_env and not self.target.options.base_url and not settings.env(self.target.options.base_url_env):
+            missing.append(self.target.options.base_url_env)
+        if self.target.options.api_key_env and (problem := secrets.key_problem(self.target.options.api_key_env)):
             if problem.startswith("set "):
-                missing.append(self.target.api_key_env)
+                missing.append(self.target.options.api_key_env)
             else:
                 problems.append(problem)
         if missing:
@@ -208,7 +221,7 @@ class OpenAICompatBackend:
         return {"Authorization": f"Bearer {key or 'not-needed'}", "Accept": "text/event-stream"}
 
     def _timeout(self) -> aiohttp.ClientTimeout:
-        connect = self.target.connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S
+        connect = self.target.options.connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S
         return aiohttp.ClientTimeout(total=None, connect=connect, sock_read=self.target.timeout_s)
 
     async def _warm(self, session: aiohttp.ClientSession, base_url: str, key: str | None) -> None:
@@ -224,14 +237,14 @@ class OpenAICompatBackend:
         credentials = request.credentials
         (base_url, typed_url), (key, own_key) = self._base_url(credentials), self._key(credentials)
         if not base_url:
-            raise BackendError(ErrorKind.UNAVAILABLE, f"set {self.target.base_url_env}")
-        if credentials is not None and (typed_problem := credentials.problem(self.target.api_key_env)):
+            raise BackendError(ErrorKind.UNAVAILABLE, f"set {self.target.options.base_url_env}")
+        if credentials is not None and (typed_problem := credentials.problem(self.target.options.api_key_env)):
             raise BackendError(ErrorKind.UNAVAILABLE, typed_problem)
-        if self.target.api_key_env and not key:
-            raise BackendError(ErrorKind.UNAVAILABLE, secrets.key_problem(self.target.api_key_env) or "no key")
+        if self.target.options.api_key_env and not key:
+            raise BackendError(ErrorKind.UNAVAILABLE, secrets.key_problem(self.target.options.api_key_env) or "no key")
         if typed_url and key and not own_key:
             raise BackendError(ErrorKind.UNAVAILABLE, f"an endpoint you typed needs your own key too "
-                                                      f"({self.target.api_key_env}): this server's keys go only to its own endpoints")
+                                                      f"({self.target.options.api_key_env}): this server's keys go only to its own endpoints")
         base_url = base_url.rstrip("/")
         public_only = typed_url and credentials is not None and credentials.public_only
         if public_only:

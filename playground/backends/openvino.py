@@ -40,6 +40,7 @@ class Pipeline:
 
 class OpenVinoBackend(local.LocalBackend):
     name: ClassVar[str] = "openvino"
+    Options: ClassVar[type[local.LocalOptions]] = local.GgufOptions
 
     def availability(self) -> Availability:
         def on_disk() -> Availability:
@@ -61,12 +62,12 @@ class OpenVinoBackend(local.LocalBackend):
         return folder if _usable(folder) else None
 
     async def _model_path(self) -> AsyncIterator[str | Path]:
-        if self.target.source == "bundled":
+        if self.target.options.source == "bundled":
             folder = models.bundled_dir()
             if folder is None:
                 raise BackendError(ErrorKind.UNAVAILABLE, models.INSTALL_HINT)
-            yield folder / (self.target.gguf_file or models.BUNDLED_GGUF)
-        elif self.target.source == "hub":
+            yield folder / (self.target.options.gguf_file or models.BUNDLED_GGUF)
+        elif self.target.options.source == "hub":
             async for item in local.fetch_from_hub(self._hub_folder, self.target,
                                                    f"{self.target.model} has no {IR_FILE} or GGUF file"):
                 yield item

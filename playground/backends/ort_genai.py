@@ -26,33 +26,38 @@ if TYPE_CHECKING:
 PROMPT_PIECE = 128  # prompt tokens evaluated at a time
 
 
+class OnnxOptions(local.LocalOptions):
+    hub_subfolder: str | None = None  # the folder of the hub repository that holds genai_config.json
+
+
 class OrtGenAIBackend(local.LocalBackend):
     name: ClassVar[str] = "onnx"
+    Options: ClassVar[type[local.LocalOptions]] = OnnxOptions
     supports_vision: ClassVar[bool] = True  # for phi3v / phi4mm models; a text model refuses images
     stamps_in_own_process: ClassVar[bool] = True  # the model process stamps each token itself
 
     @property
     def key(self) -> str:
-        return f"onnx:{self.target.source}:{self.target.model}:{self.target.hub_subfolder}"
+        return f"onnx:{self.target.options.source}:{self.target.model}:{self.target.options.hub_subfolder}"
 
     def availability(self) -> Availability:
         if not models.module_installed("onnxruntime_genai"):
             return Availability("unavailable", "install onnxruntime-genai")
-        if self.target.source == "bundled":
+        if self.target.options.source == "bundled":
             if not models.bundled_dir():
                 return Availability("unavailable", models.INSTALL_HINT)
             if not models.is_complete(models.bundled_onnx_dir()):
                 return Availability("first_run", "first run builds the int4 ONNX model (about a minute on 2 cores)")
             return READY
-        if self.target.source == "hub" and self._hub_folder(local_only=True) is None:
-            return first_run(self.target.download_gb)
+        if self.target.options.source == "hub" and self._hub_folder(local_only=True) is None:
+            return first_run(self.target.options.download_gb)
         return READY
 
     def _hub_folder(self, local_only: bool) -> Path | None:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 
-        sub = self.target.hub_subfolder
+        sub = self.target.options.hub_subfolder
         try:
             root = snapshot_download(
                 self.target.model, allow_patterns=[f"{sub}/*"] if sub else None, local_files_only=local_only
@@ -63,14 +68,14 @@ class OrtGenAIBackend(local.LocalBackend):
         return folder if (folder / "genai_config.json").is_file() else None
 
     async def _model_dir(self) -> AsyncIterator[str | Path]:
-        if self.target.source == "bundled":
+        if self.target.options.source == "bundled":
             from playground.onnx_build import ensure_bundled_onnx
 
             async for line in ensure_bundled_onnx():
                 yield line
             yield models.bundled_onnx_dir()
-        elif self.target.source == "hub":
-            missing = f"{self.target.model} has no genai_config.json in {self.target.hub_subfolder}"
+        elif self.target.options.source == "hub":
+            missing = f"{self.target.model} has no genai_config.json in {self.target.options.hub_subfolder}"
             async for item in local.fetch_from_hub(self._hub_folder, self.target, missing):
                 yield item
         else:
