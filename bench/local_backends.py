@@ -1,13 +1,14 @@
 """Local backends on the bundled SmolLM2: the playground against a bare loop over each library.
 
-For onnx, transformers and llamacpp, on the same prompt, greedy, 128 new tokens, each in its
+For onnx, transformers, llamacpp and openvino, on the same prompt, greedy, 128 new tokens, each in its
 own subprocess (so peak memory does not mix), the script prints one Markdown table:
 
 - TTFT and decode tok/s as the playground measures them, through ``playground.runner.Run``
   with its default frame pacing: worker thread, events, queue, metrics;
 - the same two figures from a bare streaming loop over the same library and the same loaded
   model: ``og.Generator`` with ``generate_next_token`` and the tokenizer stream;
-  ``model.generate`` with a minimal ``BaseStreamer``; ``Llama.generate`` with ``detokenize``.
+  ``model.generate`` with a minimal ``BaseStreamer``; ``Llama.generate`` with ``detokenize``;
+  ``LLMPipeline.generate`` with a minimal ``StreamerBase`` that decodes each token id.
   Each decodes every token to text, as any streaming client must;
 - overhead: how much slower the playground decodes than the bare loop (aim < 5 %);
 - peak RSS of the subprocess (``ru_maxrss``): the model loaded once, both loops on it. The
@@ -50,7 +51,7 @@ from playground.request import ChatRequest, build_messages, make_params  # noqa:
 from playground.runner import Job, Run  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
-BACKENDS = ("onnx", "transformers", "llamacpp")
+BACKENDS = ("onnx", "transformers", "llamacpp", "openvino")
 Stamps = tuple[float, list[float]]  # (when the request was handed over, one time per token)
 
 
@@ -116,7 +117,7 @@ def bare_llamacpp(engine: Any, request: ChatRequest, backend: Any) -> Stamps:
     import llama_cpp
 
     llm = engine.llm
-    ids = backend._prompt_ids(engine, request, lambda event: None)
+    ids = backend.prompt_ids(engine, request, lambda event: None)
     vocab, times = llm._model.vocab, []
     llm.reset()
     started = time.perf_counter()
@@ -128,6 +129,33 @@ def bare_llamacpp(engine: Any, request: ChatRequest, backend: Any) -> Stamps:
         times.append(now)
         if len(times) >= request.params.max_tokens:
             break
+    return started, times
+
+
+def bare_openvino(pipeline: Any, request: ChatRequest) -> Stamps:
+    import openvino_genai as ov
+
+    tokenizer, times = pipeline.tokenizer, []
+    prompt = tokenizer.apply_chat_template(request.as_dicts(), add_generation_prompt=True)
+    inputs = tokenizer.encode(prompt, add_special_tokens=False)
+
+    class Stamper(ov.StreamerBase):
+        def write(self, token: Any) -> Any:
+            now = time.perf_counter()
+            for token_id in token if isinstance(token, list) else [token]:
+                if token_id in pipeline.eos:
+                    return ov.StreamingStatus.STOP
+                tokenizer.decode([token_id])
+                times.append(now)
+            return ov.StreamingStatus.RUNNING
+
+        def end(self) -> None:
+            pass
+
+    config = ov.GenerationConfig()
+    config.max_new_tokens, config.do_sample = request.params.max_tokens, False
+    started = time.perf_counter()
+    pipeline.pipe.generate(inputs, config, Stamper())
     return started, times
 
 
@@ -151,11 +179,12 @@ async def measure_one(name: str, repeats: int, tokens: int) -> dict[str, Any]:
     worker_pid = None
     if name == "onnx":  # the playground's model lives in its own process; the bare loop loads one here
         worker_pid = loaded.pid
-        loaded = backend._load(models.bundled_onnx_dir())
+        loaded = backend.load_model(models.bundled_onnx_dir())
     bare: Callable[[], Stamps] = {
         "onnx": lambda: bare_onnx(loaded, request),
         "transformers": lambda: bare_transformers(loaded, request),
         "llamacpp": lambda: bare_llamacpp(loaded, request, backend),
+        "openvino": lambda: bare_openvino(loaded, request),
     }[name]
     bare()  # warm-up of the bare path too
     async def bare_run() -> tuple[float | None, float | None, int]:

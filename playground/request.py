@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -45,14 +45,8 @@ class ChatRequest:
     credentials: Credentials | None = field(default=None, repr=False, compare=False)  # a visitor's own keys
 
     def as_dicts(self) -> list[dict[str, str]]:
-        """Text only: images are never in here (see ``as_ollama_dicts`` and the backends)."""
+        """Text only: images are never in here (each backend shapes them its own way)."""
         return [{"role": m.role, "content": m.content} for m in self.messages]
-
-    def as_ollama_dicts(self) -> list[dict[str, Any]]:
-        """Ollama's ``/api/chat`` messages: a user message's pictures as ``images`` (raw bytes;
-        the ollama client base64-encodes them)."""
-        return [{"role": m.role, "content": m.content, **({"images": [i.data for i in m.images]} if m.images else {})}
-                for m in self.messages]
 
     @property
     def images(self) -> tuple[PreparedImage, ...]:

@@ -22,6 +22,7 @@ if not os.access(flow.CHROMIUM, os.X_OK):
     pytest.skip(f"no Chromium at {flow.CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
 ONNX, TRANSFORMERS = flow.BUNDLED
+OPENVINO = "smollm2-openvino"
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +128,20 @@ def test_compare_two_targets_stream_download_and_stop(app_url: str, page_at: Any
     assert [row[-1] for row in stop.table] == ["stopped", "stopped"], stop.table
     stopped_tokens = [int(re.search(r"tokens ~?(\d+)", s).group(1)) for s in stop.statuses_later]
     assert all(0 < n < flow.LONG_MAX_TOKENS for n in stopped_tokens), stopped_tokens
+
+
+def test_openvino_streams_beside_onnx(app_url: str, page_at: Any, tmp_path: Path) -> None:
+    """The fourth local runtime on the bundled model, picked in the page like any other."""
+    pytest.importorskip("openvino_genai", reason="pip install openvino-genai")
+    page = page_at(flow.DESKTOP)
+    run = flow.compare(page, app_url, tmp_path, targets=(OPENVINO, ONNX))
+    assert all("done" in status for status in run.statuses), run.statuses
+    assert [n for n in run.streaming_lengths(0) if n > 0], "OpenVINO's answer did not appear while it streamed"
+    assert [row[1] for row in run.table] == ["openvino", "onnx"], run.table
+    with open(run.csv_path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["id"] for r in rows] == [OPENVINO, ONNX]
+    assert all(r["status"] == "ok" and r["text"].strip() and r["tokens_source"] == "counted" for r in rows), rows
 
 
 def test_layout_side_by_side_on_desktop_stacked_on_a_phone(app_url: str, page_at: Any) -> None:

@@ -17,17 +17,16 @@ from PIL import Image
 from playground import models
 from playground.backends import local
 from playground.errors import BackendError
-from playground.backends.hf_transformers import TransformersBackend
-from playground.backends.ort_genai import OrtGenAIBackend
+from playground.backends.hf_transformers import (
+    TransformersBackend, explain_remote_code_error, hf_image_messages, remote_code_problem,
+)
+from playground.backends.ort_genai import OrtGenAIBackend, onnx_multimodal_inputs, onnx_prompt, phi_prompt
 from playground.catalog import Catalog, Target
 from playground.events import ErrorKind, Event, Finished, RequestSent, TextDelta, Usage
 from playground.images import PreparedImage, prepare_image
 from playground.request import ChatRequest, Message, build_messages, make_params
 from playground.runner import Job, run_to_end
-from playground.vision import (
-    explain_remote_code_error, hf_image_messages, onnx_multimodal_inputs, onnx_prompt, phi_prompt,
-    remote_code_problem, tagged_dicts,
-)
+from playground.vision import tagged_dicts
 
 og = pytest.importorskip("onnxruntime_genai")
 
@@ -168,7 +167,7 @@ class InProcessModel:
         self.loaded = loaded
 
     def generate(self, target: Target, request: ChatRequest, emit: Any, stop: Any) -> None:
-        OrtGenAIBackend(target)._generate(self.loaded, request, emit, stop)
+        OrtGenAIBackend(target).generate(self.loaded, request, emit, stop)
 
 
 async def collect(backend: Any, request: ChatRequest) -> list[Event]:
@@ -259,13 +258,13 @@ def test_transformers_inputs_native_and_remote_code(builtin_catalog: Catalog,
 
     request = ChatRequest((Message("user", "Read the chart.", pictures[:1]),))
     native = TransformersBackend(builtin_catalog.get("hf/phi-4-multimodal-instruct"))
-    assert native._inputs(Recorder(), Recorder(), request) == "PROMPT"
+    assert native.inputs(Recorder(), Recorder(), request) == "PROMPT"
     kind, messages, kwargs = calls.pop()
     assert kind == "template" and messages[0]["content"][0]["type"] == "image"
     assert kwargs == {"add_generation_prompt": True, "tokenize": True, "return_dict": True, "return_tensors": "pt"}
 
     remote = TransformersBackend(builtin_catalog.get("hf/phi-3.5-vision-instruct"))
-    assert remote._inputs(Recorder(), Recorder(), request) == "INPUTS"
+    assert remote.inputs(Recorder(), Recorder(), request) == "INPUTS"
     (kind, (prompt, images), kwargs), = calls[-1:]
     assert calls[-2][1] == [{"role": "user", "content": "<|image_1|>\nRead the chart."}]  # tags for remote code
     assert kind == "call" and prompt == "PROMPT" and kwargs == {"return_tensors": "pt"}

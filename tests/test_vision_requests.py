@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 from sse_server import Script, ScriptedServer, module_server, openai_target, text_of
 
+from playground.backends.ollama_native import ollama_messages
 from playground.catalog import Catalog, Target
 from playground.events import ErrorKind
 from playground.images import PreparedImage, prepare_image
@@ -149,10 +150,10 @@ def test_ollama_messages_carry_raw_image_bytes(tmp_path: Path) -> None:
     quadrants((20, 10)).save(picture)
     prepared: PreparedImage = prepare_image(picture)
     request = ChatRequest(build_messages("hi", "sys", images=(prepared,)))
-    dicts = request.as_ollama_dicts()
+    dicts = ollama_messages(request)
     assert dicts[0] == {"role": "system", "content": "sys"}
     assert dicts[1] == {"role": "user", "content": "hi", "images": [prepared.data]}
-    assert request.without_images().as_ollama_dicts()[1] == {"role": "user", "content": "hi"}
+    assert ollama_messages(request.without_images())[1] == {"role": "user", "content": "hi"}
     assert request.as_dicts()[1] == {"role": "user", "content": "hi"}  # text only, always
 
 

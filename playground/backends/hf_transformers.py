@@ -8,16 +8,19 @@ image parts; remote code (Phi-3.5-vision, only with ``trust_remote_code: true``)
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
-from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar
 
 from playground import models
 from playground.backends import local
 from playground.errors import READY, Availability, BackendError, ErrorKind, first_run
 from playground.events import Event, Progress
-from playground.vision import explain_remote_code_error, hf_image_messages, remote_code_problem, tagged_dicts
+from playground.images import PreparedImage
+from playground.vision import tagged_dicts
 
 if TYPE_CHECKING:
+    from playground.catalog import Target
     from playground.request import ChatRequest
 
 REQUIRED = ("torch", "transformers")
@@ -27,6 +30,8 @@ def hub_cached(repo_id: str, filename: str = "config.json") -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     return isinstance(try_to_load_from_cache(repo_id, filename), str)
+#: what Phi-3(.5)-vision's remote code (modeling_phi3_v.py) calls on transformers' DynamicCache
+REMOTE_CODE_CACHE_API = ("get_max_length", "seen_tokens", "get_usable_length", "from_legacy_cache")
 
 
 class TransformersOptions(local.GgufOptions):
@@ -129,7 +134,7 @@ class TransformersBackend(local.LocalBackend):
         context = self.target.context_length or getattr(model.config, "max_position_embeddings", None)
 
         def work(emit: local.Emit, stop: threading.Event) -> None:
-            inputs = self._inputs(tokenizer, processor, request)
+            inputs = self.inputs(tokenizer, processor, request)
             try:
                 self._generate(tokenizer, model, inputs, request, context, emit, stop)
             except AttributeError as exc:
@@ -141,7 +146,7 @@ class TransformersBackend(local.LocalBackend):
         async for event in local.stream_from_thread(work):
             yield event
 
-    def _inputs(self, tokenizer: Any, processor: Any, request: ChatRequest) -> Any:
+    def inputs(self, tokenizer: Any, processor: Any, request: ChatRequest) -> Any:
         """Token ids (and pixel values) for ``generate``."""
         if not request.images:
             return tokenizer.apply_chat_template(
@@ -265,3 +270,56 @@ def stop_between_layers(model: Any) -> None:
         if isinstance(module, torch.nn.ModuleList):
             for layer in module:
                 layer.register_forward_pre_hook(_check_stop)
+
+
+# --- image messages and Phi-3(.5)-vision's remote code ---------------------------------
+def hf_image_messages(request: ChatRequest, to_pil: Callable[[PreparedImage], Any] | None = None
+                      ) -> list[dict[str, Any]]:
+    """Chat-template messages with image parts (``{"type": "image", "image": PIL}``) for an
+    ``AutoProcessor``: images first, then the text, as Phi's own prompts place them."""
+    to_pil = to_pil or (lambda image: image.to_pil())
+    return [{"role": m.role, "content": [{"type": "image", "image": to_pil(i)} for i in m.images]
+             + [{"type": "text", "text": m.content}]} for m in request.messages]
+
+
+def is_phi3_vision(target: Target) -> bool:
+    name = target.model.lower().replace("_", "-")
+    return "phi-3" in name and "vision" in name
+
+
+def remote_code_problem(target: Target, cache: Any, version: str) -> str | None:
+    """Why Phi-3(.5)-vision's remote code cannot run on this transformers, before any download.
+
+    ``cache`` is a ``DynamicCache()``: the remote code calls methods later versions removed.
+    """
+    if not (getattr(target.options, "trust_remote_code", None) and is_phi3_vision(target)):
+        return None
+    missing = [name for name in REMOTE_CODE_CACHE_API if not hasattr(cache, name)]
+    return remote_code_message(target, version, missing[0]) if missing else None
+
+
+def remote_code_message(target: Target, version: str, attribute: str) -> str:
+    model = "Phi-3.5-vision" if "3.5" in target.model else "Phi-3-vision"
+    major_minor = ".".join(version.split(".")[:2])
+    return (f"{model}'s remote code does not work with transformers {major_minor} "
+            f"(DynamicCache.{attribute} was removed); use the ONNX or a cloud target")
+
+
+def explain_remote_code_error(exc: BaseException, target: Target, version: str) -> str | None:
+    """A clear line for remote code that broke on a newer transformers; None if it is something else."""
+    if not getattr(target.options, "trust_remote_code", None):
+        return None
+    text = str(exc)
+    if isinstance(exc, ImportError):  # the remote code imports what this transformers no longer has
+        version = ".".join(version.split(".")[:2])
+        return (f"the remote code of {target.model} does not work with transformers {version} ({text}); "
+                "use the ONNX or a cloud target")
+    if not isinstance(exc, AttributeError):
+        return None
+    for name in REMOTE_CODE_CACHE_API:
+        if re.search(rf"\b{name}\b", text):
+            return remote_code_message(target, version, name)
+    if "Cache" in text and "has no attribute" in text:
+        found = re.search(r"has no attribute '(\w+)'", text)
+        return remote_code_message(target, version, found.group(1) if found else "?")
+    return None

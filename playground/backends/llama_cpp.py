@@ -198,7 +198,7 @@ class LlamaCppBackend(local.LocalBackend):
         atexit.register(_close_at_exit, weakref.ref(llm))
         return Engine(llm, formatter, load_s, threading.Lock(), Abort(llm.ctx))
 
-    def _prompt_ids(self, engine: Engine, request: ChatRequest, emit: local.Emit) -> list[int]:
+    def prompt_ids(self, engine: Engine, request: ChatRequest, emit: local.Emit) -> list[int]:
         """The conversation through the GGUF's own chat template, as token ids."""
         from llama_cpp import llama_chat_format
 
@@ -216,7 +216,7 @@ class LlamaCppBackend(local.LocalBackend):
         import llama_cpp
 
         llm = engine.llm
-        ids = self._prompt_ids(engine, request, emit)
+        ids = self.prompt_ids(engine, request, emit)
         params = request.params
         decoder = local.IncrementalDecoder(lambda t: llm.detokenize(t).decode("utf-8", errors="replace"))
         vocab = llm._model.vocab

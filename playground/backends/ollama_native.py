@@ -226,7 +226,7 @@ class OllamaBackend:
         try:
             chunks = await client.chat(
                 model=self.target.model,
-                messages=request.as_ollama_dicts(),
+                messages=ollama_messages(request),
                 stream=True,
                 options=self._options(request),
                 keep_alive=self.target.options.keep_alive,
@@ -244,3 +244,10 @@ class OllamaBackend:
             yield Usage(final.prompt_eval_count, final.eval_count, "server")
         yield timings(final)
         yield Finished(final.done_reason or "stop")
+
+
+def ollama_messages(request: ChatRequest) -> list[dict[str, Any]]:
+    """Ollama's ``/api/chat`` messages: a user message's pictures as ``images`` (raw bytes; the
+    ollama client base64-encodes them)."""
+    return [{"role": m.role, "content": m.content, **({"images": [i.data for i in m.images]} if m.images else {})}
+            for m in request.messages]

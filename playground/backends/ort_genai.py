@@ -7,23 +7,26 @@ while it computes a token: in the app's process it would stall the event loop an
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar
 
 from playground import models
 from playground.backends import local
 from playground.errors import READY, Availability, BackendError, ErrorKind, first_run
 from playground.backends.worker_process import Generate, WorkerProcess
 from playground.events import Event
-from playground.vision import MULTIMODAL_ONNX_TYPES, onnx_multimodal_inputs, onnx_prompt
+from playground.vision import tagged_dicts
 
 if TYPE_CHECKING:
     from playground.catalog import Target
+    from playground.images import PreparedImage
     from playground.request import ChatRequest
 
 
 PROMPT_PIECE = 128  # prompt tokens evaluated at a time
+MULTIMODAL_ONNX_TYPES = ("phi3v", "phi4mm")
 
 
 class OnnxOptions(local.LocalOptions):
@@ -103,7 +106,7 @@ class OrtGenAIBackend(local.LocalBackend):
         name = f"ONNX model {self.target.model}"
         return WorkerProcess(name, f"{__name__}:serve_in_worker", (self.target, folder)).start()
 
-    def _load(self, folder: Path | None) -> dict[str, Any]:
+    def load_model(self, folder: Path | None) -> dict[str, Any]:
         import onnxruntime_genai as og
 
         if folder is None or not (folder / "genai_config.json").is_file():
@@ -137,7 +140,7 @@ class OrtGenAIBackend(local.LocalBackend):
         inputs = onnx_multimodal_inputs(og, processor, prompt, request.images)
         return inputs, None, int(inputs["input_ids"].as_numpy().shape[-1])
 
-    def _generate(self, loaded: dict[str, Any], request: ChatRequest, emit: local.Emit, stop: threading.Event) -> None:
+    def generate(self, loaded: dict[str, Any], request: ChatRequest, emit: local.Emit, stop: threading.Event) -> None:
         og, tokenizer = loaded["og"], loaded["tokenizer"]
         inputs, ids, n_prompt = self._prompt(loaded, request)
         params = request.params
@@ -174,9 +177,40 @@ class OrtGenAIBackend(local.LocalBackend):
 
 def serve_in_worker(target: Target, folder: Path | None) -> Generate:
     """Runs in the model's process: load once, then generate for any target on this model."""
-    loaded = OrtGenAIBackend(target)._load(folder)
+    loaded = OrtGenAIBackend(target).load_model(folder)
 
     def generate(target: Target, request: ChatRequest, emit: local.Emit, stop: threading.Event) -> None:
-        OrtGenAIBackend(target)._generate(loaded, request, emit, stop)
+        OrtGenAIBackend(target).generate(loaded, request, emit, stop)
 
     return generate
+
+
+# --- prompts and inputs of the multimodal Phi ONNX models ------------------------------
+def phi_prompt(messages: list[dict[str, str]], model_type: str) -> str:
+    """The chat format of a multimodal Phi, for when the model's own template cannot be used."""
+    sep = "\n" if model_type == "phi3v" else ""
+    turns = "".join(f"<|{m['role']}|>{sep}{m['content']}<|end|>{sep}" for m in messages)
+    return f"{turns}<|assistant|>{sep}"
+
+
+def onnx_prompt(apply_template: Callable[[str], str] | None, request: ChatRequest, model_type: str) -> str:
+    """The prompt text for a phi3v / phi4mm ONNX model: the model's own chat template over the
+    tagged messages, or Phi's format when that template cannot be used."""
+    messages = tagged_dicts(request)
+    if apply_template is not None:
+        try:
+            prompt = apply_template(json.dumps(messages))
+            if all(f"<|image_{n}|>" in prompt for n in range(1, len(request.images) + 1)):
+                return prompt
+        except Exception:  # noqa: BLE001 - a template the runtime cannot render
+            pass
+    return phi_prompt(messages, model_type)
+
+
+def onnx_multimodal_inputs(og: Any, processor: Any, prompt: str, images: tuple[PreparedImage, ...]) -> Any:
+    """``processor(prompt, images=og.Images...)`` with the prepared bytes (no temp files)."""
+    tags = sorted(int(n) for n in set(re.findall(r"<\|image_(\d+)\|>", prompt)))
+    if tags != list(range(1, len(images) + 1)):
+        raise BackendError(ErrorKind.INTERNAL, f"the prompt's image tags {tags} do not match {len(images)} images")
+    loaded = og.Images.open_bytes(*[image.data for image in images]) if images else None
+    return processor(prompt, images=loaded)
