@@ -19,9 +19,8 @@ import time
 from collections import deque
 from typing import IO, AsyncIterator
 
-from playground import models
+from playground import models, settings
 from playground.errors import BackendError, ErrorKind
-from playground.backends.local import queue_timeout_s
 
 
 LAYER_LINE = re.compile(r"Reading layer (\d+)")
@@ -54,7 +53,7 @@ async def _run(cmd: list[str], on_line: "callable[[str], str | None]") -> AsyncI
 async def _take_build_lock(lock_file: IO[str]) -> AsyncIterator[str]:
     """Take the build lock; while another process builds, say so each second, up to
     PLAYGROUND_QUEUE_TIMEOUT_S (polled: a thread blocked in ``flock`` could not be called off)."""
-    started, limit, shown = time.monotonic(), queue_timeout_s(), -1
+    started, limit, shown = time.monotonic(), settings.queue_timeout_s(), -1
     while True:
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)

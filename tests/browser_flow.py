@@ -240,6 +240,26 @@ def new_page(browser: Any, viewport: dict[str, int]) -> Any:
     return page
 
 
+@contextmanager
+def page_factory(browser: Any) -> Iterator[Callable[..., Any]]:
+    """Makes pages (each in a context of its own) at a viewport; on the way out every context is
+    closed, and it fails if any page tried to reach beyond loopback."""
+    contexts: list[Any] = []
+
+    def make(viewport: dict[str, int] = DESKTOP) -> Any:
+        page = new_page(browser, viewport)
+        contexts.append(page.context)
+        return page
+
+    try:
+        yield make
+    finally:
+        blocked = [url for context in contexts for url in context.blocked]
+        for context in contexts:
+            context.close()
+    assert not blocked, f"the page tried to reach beyond loopback: {blocked[:5]}"
+
+
 def open_app(page: Any, url: str) -> None:
     page.goto(url, wait_until="domcontentloaded")
     for selector in ("#col-0-target input", "#col-1-chat", "#prompt textarea", "#run", "#stop", "#results"):

@@ -41,18 +41,8 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def page_at(browser: Any) -> Iterator[Any]:
     """A factory of pages at a viewport; every context it opened is closed, and none reached off loopback."""
-    contexts = []
-
-    def make(viewport: dict[str, int]) -> Any:
-        page = flow.new_page(browser, viewport)
-        contexts.append(page.context)
-        return page
-
-    yield make
-    blocked = [url for context in contexts for url in context.blocked]
-    for context in contexts:
-        context.close()
-    assert not blocked, f"the page tried to reach beyond loopback: {blocked[:5]}"
+    with flow.page_factory(browser) as make:
+        yield make
 
 
 def number(text: str) -> float:

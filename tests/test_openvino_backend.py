@@ -124,3 +124,13 @@ def test_it_leaves_the_gil_free_while_it_computes(target: Target) -> None:
     # holding the GIL through a token (about 20 ms here) or the prompt would show as gaps that long
     assert gaps[int(len(gaps) * 0.95)] < 0.010, f"p95 gap {gaps[int(len(gaps) * 0.95)] * 1000:.1f} ms"
     assert len(gaps) > 100
+
+
+async def test_a_catalog_entry_may_name_a_gguf_on_disk(bundled_gguf: Path) -> None:
+    target = Target(id="ov-path", label="OpenVINO from a path", backend="openvino", model=str(bundled_gguf),
+                    source="path")
+    assert make_backend(target).availability().state == "ready"
+    assert any(isinstance(e, TextDelta) for e in await collect(target, chat("Hi", 3)))
+    missing = Target(id="ov-missing", label="missing", backend="openvino", model="/nowhere/model.gguf", source="path")
+    state = make_backend(missing).availability()
+    assert state.state == "unavailable" and "no GGUF file or OpenVINO model (openvino_model.xml) at /nowhere" in state.reason

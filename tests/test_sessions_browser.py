@@ -61,18 +61,8 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def pages(browser: Any) -> Iterator[Any]:
-    contexts: list[Any] = []
-
-    def make() -> Any:
-        page = flow.new_page(browser, flow.DESKTOP)
-        contexts.append(page.context)
-        return page
-
-    yield make
-    blocked = [url for context in contexts for url in context.blocked]
-    for context in contexts:
-        context.close()
-    assert not blocked, f"the page tried to reach beyond loopback: {blocked[:5]}"
+    with flow.page_factory(browser) as make:
+        yield make
 
 
 def open_keys(page: Any) -> None:
