@@ -49,12 +49,14 @@ class Target(BaseModel):
         if not isinstance(data, dict):
             return data
         backend = data.get("backend")
-        if backend not in REGISTRY:
+        if not isinstance(backend, str) or backend not in REGISTRY:
             raise ValueError(f"backend: unknown backend {backend!r}; known: {', '.join(sorted(REGISTRY))}")
         common = {k: v for k, v in data.items() if k in cls.model_fields and k != "options"}
         given = data.get("options") or {}
         if isinstance(given, BaseModel):
             given = given.model_dump(exclude_defaults=True)
+        if not isinstance(given, dict):
+            raise ValueError("options: must be a mapping of the backend's own fields (or give them beside model:)")
         own = {**given, **{k: v for k, v in data.items() if k not in cls.model_fields}}
         options_model = backend_class(backend).Options
         try:

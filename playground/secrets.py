@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import json
 import re
 import threading
 import unicodedata
@@ -94,10 +95,11 @@ def _secrets() -> frozenset[str]:
 def _forms(secret: str) -> set[str]:
     forms = set()
     for s in {secret, secret.strip()}:
-        # latin-1 of the UTF-8: how a server that reads header bytes as latin-1 echoes a non-ASCII key
-        mojibake = s.encode().decode("latin-1")
-        forms |= {s, repr(s)[1:-1], repr(s.encode())[2:-1], quote(s, safe=""), quote_plus(s), mojibake,
-                  repr(mojibake)[1:-1]}
+        # the UTF-8 bytes read as latin-1 or cp1252: how a server that reads header bytes as one of
+        # those echoes a non-ASCII key; and JSON's escapes, as json.dumps writes it by default
+        mojibake = {s.encode().decode("latin-1"), s.encode().decode("cp1252", "replace")}
+        forms |= {s, repr(s)[1:-1], repr(s.encode())[2:-1], quote(s, safe=""), quote_plus(s), json.dumps(s)[1:-1],
+                  *mojibake, *(repr(m)[1:-1] for m in mojibake)}
     return {f for f in forms if len(f) >= MIN_SECRET_LEN and f.lower() not in NOT_SECRETS}
 
 

@@ -9,6 +9,7 @@ those lines. Library code never exits the process. Keys are the one exception to
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -37,7 +38,7 @@ def _number(name: str, default: N, kind: type[N], low: float, high: float | None
     except ValueError:
         what = "a whole number" if kind is int else "a number"
         raise SettingsError(f"{name} must be {what} (got {raw!r})") from None
-    if value < low or (high is not None and value > high):
+    if not math.isfinite(value) or value < low or (high is not None and value > high):
         bounds = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
         raise SettingsError(f"{name} must be {bounds} (got {raw})")
     return value
@@ -111,6 +112,13 @@ def rate() -> str | None:
     return env("PLAYGROUND_RATE")
 
 
+def _rate_checked() -> object:
+    from playground.public import parse_rate  # it knows the format ("6/min", "off")
+
+    raw = rate()
+    return parse_rate(raw) if raw else None
+
+
 def public_targets() -> frozenset[str] | None:
     listed = env("PLAYGROUND_PUBLIC_TARGETS")
     return frozenset(t.strip() for t in listed.split(",") if t.strip()) if listed else None
@@ -160,7 +168,7 @@ def measure_priority() -> str:
 
 
 def stall_trace() -> bool:
-    return env("PLAYGROUND_STALL_TRACE") is not None
+    return bool(_flag("PLAYGROUND_STALL_TRACE"))
 
 
 # --- servers ----------------------------------------------------------------------------------------
@@ -169,8 +177,8 @@ def ollama_host() -> str | None:
 
 
 CHECKED: list[Callable[[], object]] = [
-    from_env, public_mode, public_targets, allow_private_urls, local_slots, local_memory_gb, queue_timeout_s,
-    model_hang_s, llamacpp_threads, llamacpp_extra_buffers, measure_process, measure_priority,
+    from_env, public_mode, _rate_checked, public_targets, allow_private_urls, local_slots, local_memory_gb, queue_timeout_s,
+    model_hang_s, llamacpp_threads, llamacpp_extra_buffers, measure_process, measure_priority, stall_trace,
 ]
 
 

@@ -60,6 +60,7 @@ class OllamaStub:
         self._thread: threading.Thread | None = None
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self.port = 0
 
     @property
@@ -98,6 +99,8 @@ class OllamaStub:
             self._server.close()
         for writer in list(self._writers):
             writer.close()
+        for task in list(self._handlers):  # a hanging chat ends with the server
+            task.cancel()
         if self._server is not None:
             await asyncio.wait_for(self._server.wait_closed(), 5)
 
@@ -110,6 +113,10 @@ class OllamaStub:
     # --- HTTP ------------------------------------------------------------------------
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         try:
             for _ in range(MAX_REQUESTS_PER_CONNECTION):
                 head = await reader.readuntil(b"\r\n\r\n")

@@ -90,6 +90,11 @@ BAD = {
                             "dtype: float16}", "t6", "dtype"),
     "http_field_on_local": ("targets:\n  - {id: t7, label: L, backend: transformers, model: m, "
                             "api_key_env: HF_TOKEN}", "t7", "api_key_env"),
+    "key_on_ollama": ("targets:\n  - {id: t8, label: L, backend: ollama, model: m, api_key_env: MY_KEY}",
+                      "t8", "api_key_env"),
+    "options_not_a_mapping": ("targets:\n  - {id: t9, label: L, backend: onnx, model: m, options: fast}",
+                              "t9", "options"),
+    "backend_not_a_name": ("targets:\n  - {id: t10, label: L, backend: [onnx], model: m}", "t10", "backend"),
 }
 
 

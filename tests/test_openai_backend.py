@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
@@ -297,3 +298,14 @@ async def test_no_key_in_any_error_or_export(server: ScriptedServer) -> None:
     document = run_document("hello", "be brief", make_params(), columns)
     assert KEY not in repr(document)
     assert all(KEY not in (c.error or "") for c in columns)
+
+
+def test_an_error_is_redacted_before_it_is_cut_short() -> None:
+    from playground.backends.openai_compat import status_error
+
+    key = "sk-test-SECRET123456"
+    target = Target(id="t", label="t", backend="openai", model="m", base_url="http://127.0.0.1:9/v1",
+                    api_key_env="TEST_KEY")
+    body = json.dumps({"error": {"message": "x" * 290 + " " + key}}).encode()  # the key across the cut
+    message = status_error(401, body, {}, target, key).message
+    assert "sk-test-SEC" not in message and "sk-t" not in message

@@ -134,3 +134,9 @@ async def test_a_catalog_entry_may_name_a_gguf_on_disk(bundled_gguf: Path) -> No
     missing = Target(id="ov-missing", label="missing", backend="openvino", model="/nowhere/model.gguf", source="path")
     state = make_backend(missing).availability()
     assert state.state == "unavailable" and "no GGUF file or OpenVINO model (openvino_model.xml) at /nowhere" in state.reason
+
+
+def test_a_folder_and_a_gguf_file_name(bundled_gguf: Path) -> None:
+    target = Target(id="ov-folder", label="OpenVINO from a folder", backend="openvino",
+                    model=str(bundled_gguf.parent), source="path", gguf_file=bundled_gguf.name)
+    assert make_backend(target).availability().state == "ready"

@@ -168,3 +168,12 @@ def test_csv_cells_never_run_as_formulas() -> None:
 
     assert csv_safe("=HYPERLINK(\"http://x.test\")") == "'=HYPERLINK(\"http://x.test\")"
     assert [csv_safe(v) for v in ("+1", "-2", "@SUM(A1)", "plain", 3.5)] == ["'+1", "'-2", "'@SUM(A1)", "plain", 3.5]
+
+
+def test_a_non_ascii_key_is_blanked_as_servers_echo_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "sk-ünï-中文-€-key-4417"
+    monkeypatch.setenv("UNICODE_API_KEY", key)
+    for echoed in (key, json.dumps(key)[1:-1], key.encode().decode("latin-1"), key.encode().decode("cp1252", "replace"),
+                   quote(key, safe="")):
+        clean = secrets.redact(f"bad key: {echoed}.")
+        assert "4417" not in clean and clean.startswith("bad key: ***"), (echoed, clean)

@@ -39,6 +39,10 @@ def test_no_module_but_settings_and_secrets_reads_the_environment() -> None:
     ("PLAYGROUND_PORT", "70000", "PLAYGROUND_PORT must be between 1 and 65535 (got 70000)"),
     ("PLAYGROUND_MEASURE_PRIORITY", "high", "PLAYGROUND_MEASURE_PRIORITY must be one of realtime, nice, normal"),
     ("PLAYGROUND_ALLOW_PRIVATE_URLS", "yes", "PLAYGROUND_ALLOW_PRIVATE_URLS must be 0 or 1 (got 'yes')"),
+    ("PLAYGROUND_QUEUE_TIMEOUT_S", "nan", "PLAYGROUND_QUEUE_TIMEOUT_S must be at least 1 (got nan)"),
+    ("PLAYGROUND_MODEL_HANG_S", "inf", "PLAYGROUND_MODEL_HANG_S must be at least 2 (got inf)"),
+    ("PLAYGROUND_STALL_TRACE", "0x", "PLAYGROUND_STALL_TRACE must be 0 or 1"),
+    ("PLAYGROUND_RATE", "fast", "PLAYGROUND_RATE must look like 6/min"),
 ])
 def test_a_bad_value_is_refused_by_name_and_never_exits(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
                                                         message: str) -> None:

@@ -27,23 +27,32 @@ class BackendOptions(BaseModel):
 
 
 class HttpOptions(BackendOptions):
-    """What a backend that talks to a server needs to find it and to sign in."""
+    """What a backend that talks to a server needs to find it."""
 
     base_url: str | None = None
-    base_url_env: str | None = None
-    api_key_env: str | None = None
     connect_timeout_s: float | None = Field(None, gt=0, le=120)
     max_image_bytes: int | None = Field(None, ge=1024)  # per image, in characters of base64 (NIM: 180000)
 
     @model_validator(mode="after")
-    def _check(self) -> HttpOptions:
+    def _check_url(self) -> HttpOptions:
+        if self.base_url and not re.match(r"^https?://", self.base_url):
+            raise ValueError(f"base_url: must start with http:// or https:// (got {self.base_url!r})")
+        return self
+
+
+class KeyedHttpOptions(HttpOptions):
+    """A server found through variables and signed in to with a key, each named by its variable."""
+
+    base_url_env: str | None = None
+    api_key_env: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> KeyedHttpOptions:
         for name in ("api_key_env", "base_url_env", "model_env"):
             value = getattr(self, name, None)
             if value is not None and not ENV_NAME.match(value):
                 raise ValueError(f"{name}: must be the NAME of an environment variable (like GITHUB_TOKEN), "
                                  "never the key itself")
-        if self.base_url and not re.match(r"^https?://", self.base_url):
-            raise ValueError(f"base_url: must start with http:// or https:// (got {self.base_url!r})")
         if self.api_key_env:
             secrets.watch(self.api_key_env)  # its value is redacted wherever text reaches a user
         return self

@@ -62,7 +62,10 @@ class Abort:
         self._byte = ctypes.create_string_buffer(2)
         self._lock = threading.Lock()
         self._owner: object | None = None
-        strlen = ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value
+        try:
+            strlen = ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value
+        except (OSError, AttributeError, TypeError):  # no C library to ask (Windows): Stop waits for a token
+            return
         self._callback = llama_cpp.ggml_abort_callback(strlen)  # kept alive as long as the context
         llama_cpp.llama_set_abort_callback(ctx, self._callback, ctypes.cast(self._byte, ctypes.c_void_p))
 

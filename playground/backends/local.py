@@ -332,11 +332,19 @@ async def find_and_load(key: str, target: Any, find: AsyncIterator[str | Any], l
     is not run once the model is loaded) and loaded once per process (``load(where)`` in a thread,
     within the memory budget and the deadline). The loaded model is appended to ``into``."""
     where: list[Any] = []
-    if not is_loaded(key):
+    looked = not is_loaded(key)
+    if looked:
         async for progress in locate(find, where):
             yield progress
     path = where[-1] if where else None
-    async for progress in watched(load_shared(key, lambda: load(path),
+
+    def load_it() -> Any:
+        if not looked:  # it was loaded at the look above, and unloaded since
+            raise BackendError(ErrorKind.UNAVAILABLE, f"{target.label} was unloaded to make room for another model "
+                               "just now: run it again")
+        return load(path)
+
+    async for progress in watched(load_shared(key, load_it,
                                               lambda: size_on_disk_gb(path) or target.options.download_gb,
                                               target.label),
                                   "loading model…", into):

@@ -174,6 +174,8 @@ def timings(final: Any) -> ServerTimings:
 
 
 class OllamaOptions(HttpOptions):
+    """The server (``base_url``, else OLLAMA_HOST); its key, if any, is OLLAMA_API_KEY, for that host only."""
+
     keep_alive: str | None = None  # how long Ollama keeps the model loaded after a request ("5m", "-1")
 
 

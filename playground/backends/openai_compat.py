@@ -20,7 +20,7 @@ from openai._streaming import SSEDecoder  # the SDK's spec-compliant decoder, on
 
 from playground import secrets, settings, urls
 from pydantic import model_validator
-from playground.backends.base import HttpOptions
+from playground.backends.base import HttpOptions, KeyedHttpOptions
 from playground.errors import READY, Availability, BackendError, ErrorKind
 from playground.events import Event, Finished, RequestSent, TextDelta, Usage
 
@@ -88,7 +88,7 @@ def status_error(code: int, body: bytes, headers: Mapping[str, str], target: Tar
 
 def _by_status(code: int, body: bytes, headers: Mapping[str, str], target: Target, key: str | None) -> BackendError:
     where = f"{target.model} at {target.options.base_url or target.options.base_url_env}"
-    detail = redact(_error_detail(body, code), key)
+    detail = redact(_error_detail(body, code), key)[:300]  # redacted whole, then cut: no half key
     if code == 401:
         return BackendError(ErrorKind.AUTH, f"401 unauthorized: check {target.options.api_key_env or 'the API key'} ({detail})")
     if code == 403:
@@ -125,6 +125,7 @@ def transport_error(exc: BaseException, target: Target, key: str | None, mid_str
 
 
 def _error_detail(body: bytes, code: int) -> str:
+    """The server's own words about an error, whole: the caller redacts them, then cuts them short."""
     text = body.decode("utf-8", "replace")
     try:
         data: Any = json.loads(text)
@@ -133,13 +134,13 @@ def _error_detail(body: bytes, code: int) -> str:
     if isinstance(data, dict):
         inner = data.get("error", data)
         if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])[:300]
+            return str(inner["message"])
         if isinstance(inner, str):
-            return inner[:300]
+            return inner
         if isinstance(inner, dict) and isinstance(inner.get("detail"), str):  # FastAPI: transformers serve
-            return inner["detail"][:300]
+            return inner["detail"]
     first = text.strip().splitlines()[0] if text.strip() else f"HTTP {code}"
-    return first[:300]
+    return first
 
 
 def _stream_error(data: Any) -> str | None:
@@ -165,7 +166,7 @@ def openai_messages(request: ChatRequest) -> list[dict[str, Any]]:
     return out
 
 
-class OpenAIOptions(HttpOptions):
+class OpenAIOptions(KeyedHttpOptions):
     model_env: str | None = None  # the model's name from this variable (or a visitor's form), else `model`
 
     @model_validator(mode="after")

@@ -44,7 +44,7 @@ class OpenVinoBackend(local.LocalBackend):
 
     def availability(self) -> Availability:
         def on_disk() -> Availability:
-            path = Path(self.target.model).expanduser()
+            path = self._local_path()
             return READY if _usable(path) else Availability(
                 "unavailable", f"no GGUF file or OpenVINO model ({IR_FILE}) at {path}")
 
@@ -55,11 +55,14 @@ class OpenVinoBackend(local.LocalBackend):
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 
-        try:
-            folder = Path(snapshot_download(self.target.model, local_files_only=local_only))
+        gguf = self.target.options.gguf_file
+        try:  # a GGUF repository holds many quantisations: fetch only the one named
+            folder = Path(snapshot_download(self.target.model, local_files_only=local_only,
+                                            allow_patterns=[gguf] if gguf else None))
         except LocalEntryNotFoundError:
             return None
-        return folder if _usable(folder) else None
+        path = folder / gguf if gguf else folder
+        return path if _usable(path) else None
 
     async def _model_path(self) -> AsyncIterator[str | Path]:
         if self.target.options.source == "bundled":
@@ -72,7 +75,11 @@ class OpenVinoBackend(local.LocalBackend):
                                                    f"{self.target.model} has no {IR_FILE} or GGUF file"):
                 yield item
         else:
-            yield Path(self.target.model).expanduser()
+            yield self._local_path()
+
+    def _local_path(self) -> Path:
+        path = Path(self.target.model).expanduser()
+        return path / self.target.options.gguf_file if self.target.options.gguf_file else path
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         if request.images:
