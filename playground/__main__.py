@@ -1,4 +1,4 @@
-"""Command line: ``serve`` | ``run`` | ``targets`` | ``prepare``. Same engine as the UI.
+"""Command line: ``serve`` | ``run`` | ``bench`` | ``targets`` | ``prepare``. Same engine as the UI.
 
 Exit codes: 0 every target answered, 1 any target failed, 2 bad usage.
 """
@@ -9,10 +9,11 @@ import argparse
 import asyncio
 import json
 import sys
+from typing import Any
 
 from playground import secrets, settings
 from playground.backends import make_backend
-from playground.catalog import Catalog, CatalogError, load_catalog
+from playground.catalog import Catalog, CatalogError, Target, load_catalog
 from playground.images import prepare_images
 from playground.settings import SettingsError
 from playground.request import ChatRequest, InputError, build_messages, make_params
@@ -27,21 +28,27 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("targets", "list every target and whether it can run now"),
                        ("run", "send one prompt to several targets and print the answers"),
+                       ("bench", "run one prompt on several targets many times and print statistics"),
                        ("serve", "launch the web UI"),
                        ("prepare", "build the bundled model's ONNX cache now (the Docker image does this at build time)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--catalog", help="a user catalog YAML file (adds to or overrides the built-in targets)")
-    run = sub.choices["run"]
-    run.add_argument("--targets", required=True, help="comma-separated target ids")
-    run.add_argument("--prompt", required=True)
-    run.add_argument("--system")
-    run.add_argument("--image", action="append", default=[], metavar="PATH",
-                     help="an image to send with the prompt (repeatable); targets without vision get the text alone")
-    run.add_argument("--max-tokens", type=int)
-    run.add_argument("--temperature", type=float)
-    run.add_argument("--top-p", type=float)
-    run.add_argument("--seed", type=int)
-    run.add_argument("--json", action="store_true", help="print one JSON object")
+    for run in (sub.choices["run"], sub.choices["bench"]):
+        run.add_argument("--targets", required=True, help="comma-separated target ids")
+        run.add_argument("--prompt", required=True)
+        run.add_argument("--system")
+        run.add_argument("--image", action="append", default=[], metavar="PATH",
+                         help="an image to send with the prompt (repeatable); targets without vision get the text alone")
+        run.add_argument("--max-tokens", type=int)
+        run.add_argument("--temperature", type=float)
+        run.add_argument("--top-p", type=float)
+        run.add_argument("--seed", type=int)
+        run.add_argument("--json", action="store_true", help="print one JSON object")
+    bench = sub.choices["bench"]
+    bench.add_argument("--repeat", type=int, default=5, help="measured runs per target (1-100; default 5)")
+    bench.add_argument("--warmup", type=int, default=1, help="warm-up runs per target, not counted (0-10; default 1)")
+    bench.add_argument("--goodput", metavar="ttft:MS,tps:N", help="objectives a run must meet, e.g. ttft:500,tps:20")
+    bench.add_argument("--csv", action="store_true", help="print one CSV row per run")
     serve = sub.choices["serve"]
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
@@ -69,7 +76,7 @@ async def _run(jobs: list[Job], quiet: bool) -> list:
     return columns
 
 
-def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
+def _request(args: argparse.Namespace, catalog: Catalog) -> tuple[list[Target], ChatRequest, tuple[Any, ...]]:
     ids = [t.strip() for t in args.targets.split(",") if t.strip()]
     if not ids:
         raise InputError("--targets: give at least one target id")
@@ -83,8 +90,13 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     for image in images:
         for note in image.notes:
             print(f"{image.name}: {note}", file=sys.stderr)
-    messages = build_messages(args.prompt, args.system, images=images)
-    jobs = [Job(t, ChatRequest(messages, params)) for t in targets]
+    return targets, ChatRequest(build_messages(args.prompt, args.system, images=images), params), images
+
+
+def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
+    targets, request, images = _request(args, catalog)
+    params = request.params
+    jobs = [Job(t, request) for t in targets]
     columns = asyncio.run(_run(jobs, quiet=args.json or not sys.stderr.isatty()))
     if args.json:
         document = run_document(args.prompt, args.system, params, columns, images)
@@ -122,6 +134,37 @@ def cmd_prepare() -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace, catalog: Catalog) -> int:
+    from playground import repeats, stats
+
+    if not 1 <= args.repeat <= 100:
+        raise InputError(f"--repeat: must be from 1 to 100 (got {args.repeat})")
+    if not 0 <= args.warmup <= 10:
+        raise InputError(f"--warmup: must be from 0 to 10 (got {args.warmup})")
+    try:
+        objectives = stats.Objectives.parse(args.goodput) if args.goodput else None
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    targets, request, _ = _request(args, catalog)
+    quiet = args.json or args.csv or not sys.stderr.isatty()
+
+    def progress(sample: repeats.Sample) -> None:
+        if not quiet:
+            kind = "warm-up" if sample.warmup else "run"
+            print(f"{sample.target}: {kind} {sample.run} {sample.status}", file=sys.stderr, flush=True)
+
+    results = asyncio.run(repeats.bench(targets, request, args.repeat, args.warmup, progress))
+    document = repeats.document(targets, results, request, args.prompt, args.repeat, args.warmup, objectives)
+    if args.json:
+        print(json.dumps(document, ensure_ascii=False, indent=2))
+    elif args.csv:
+        print(repeats.csv_text(document), end="")
+    else:
+        print(repeats.text_report(document))
+    failed = any(entry["failed_runs"] for entry in document["targets"])
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     secrets.redact_logs()
@@ -139,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
 
             launch(catalog, host=args.host, port=args.port)
             return EXIT_OK
+        if args.command == "bench":
+            return cmd_bench(args, catalog)
         return cmd_run(args, catalog)
     except (CatalogError, InputError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

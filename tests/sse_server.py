@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class Script:
     chunked: bool = True  # False: close-delimited body
     prompt_tokens: int = 11
     usage_tokens: int | None = None  # completion_tokens to report, when chunks are not one token each
+    ttft_jitter_s: float = 0.0  # each request's TTFT gets a uniform extra in [0, this), seeded by its arrival
 
     def token(self, i: int) -> str:
         return f"t{i} "
@@ -315,13 +317,14 @@ async def _stream(writer: asyncio.StreamWriter, script: Script, request: Receive
     await conn.head(200, headers)
     loop = asyncio.get_running_loop()
     start = loop.time() - (time.perf_counter() - request.at)  # the request's arrival on the loop clock
+    ttft = script.ttft_s + random.Random(int(request.at * 1e6)).uniform(0, script.ttft_jitter_s)
     if script.empty_first_chunk:
         await conn.event({"choices": [], "created": 0, "id": "", "model": "", "object": "",
                           "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]})
     await conn.event(_chunk(cid, model, [_choice({"role": "assistant", "content": "", "refusal": None})], usage))
     cut = script.fault_after if script.fault in ("drop", "no_finish", "malformed", "error_event") else None
     for i in range(count if cut is None else min(cut, count)):
-        await asyncio.sleep(max(0.0, start + script.ttft_s + i * script.interval_s - loop.time()))
+        await asyncio.sleep(max(0.0, start + ttft + i * script.interval_s - loop.time()))
         await conn.event(_chunk(cid, model, [_choice({"content": script.token(i)})], usage))
         request.events.append(time.perf_counter())
         request.first_token_at = request.first_token_at or request.events[-1]

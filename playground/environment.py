@@ -1,0 +1,122 @@
+"""What produced a set of numbers: the playground's version, Python and library versions, the
+machine, and per target the model file or the endpoint. Benchmark exports carry it, so that two
+exports can be compared without guessing what differed."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from playground import models
+
+if TYPE_CHECKING:
+    from playground.catalog import Target
+
+LIBRARIES = ("gradio", "openai", "ollama", "aiohttp", "transformers", "torch", "onnxruntime-genai",
+             "openvino-genai", "llama-cpp-python")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def machine() -> dict[str, Any]:
+    """The software and the machine, once per process."""
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "playground": _version(),
+        "git_revision": _git_revision(),
+        "python": platform.python_version(),
+        "libraries": versions,
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gb": _memory_gb(),
+        "os": f"{platform.system()} {platform.release()}",
+    }
+
+
+def target_facts(target: Target) -> dict[str, Any]:
+    """The model file a local target loads (name, size, quantisation, a short hash) or the endpoint."""
+    options = target.options
+    base_url = getattr(options, "base_url", None) or (
+        f"${options.base_url_env}" if getattr(options, "base_url_env", None) else None)  # type: ignore[attr-defined]
+    if base_url is not None or target.backend in ("openai", "ollama"):
+        return {"id": target.id, "backend": target.backend, "model": target.model, "endpoint": base_url}
+    path = _model_file(target)
+    facts: dict[str, Any] = {"id": target.id, "backend": target.backend, "model": target.model}
+    if path is not None and path.is_file():
+        facts.update(file=path.name, size_mb=round(path.stat().st_size / 1024**2, 1),
+                     quantisation=_quantisation(path.name), sha256_16=_short_hash(str(path)))
+    return facts
+
+
+def _model_file(target: Target) -> Path | None:
+    options = target.options
+    gguf = getattr(options, "gguf_file", None)
+    if getattr(options, "source", None) == "bundled":
+        folder = models.bundled_dir()
+        return folder / (gguf or models.BUNDLED_GGUF) if folder else None
+    if getattr(options, "source", None) == "path":
+        path = Path(target.model).expanduser()
+        return path / gguf if gguf else path
+    return None
+
+
+def _quantisation(name: str) -> str | None:
+    for part in reversed(Path(name).stem.split(".")):
+        if part.upper().startswith(("Q", "F16", "F32", "BF16", "IQ")):
+            return part
+    return None
+
+
+@functools.cache
+def _short_hash(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _version() -> str | None:
+    try:
+        return metadata.version("phi-playground")
+    except metadata.PackageNotFoundError:
+        text = (ROOT / "pyproject.toml").read_text(encoding="utf-8") if (ROOT / "pyproject.toml").is_file() else ""
+        line = next((ln for ln in text.splitlines() if ln.strip().startswith("version")), "")
+        return line.split("=", 1)[1].strip().strip('"') if "=" in line else None
+
+
+def _git_revision() -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            return next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), None)
+    except OSError:
+        return platform.processor() or None
+
+
+def _memory_gb() -> float | None:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as meminfo:
+            kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
+        return round(kb / 1024**2, 1)
+    except (OSError, StopIteration, ValueError):
+        return None

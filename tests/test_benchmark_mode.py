@@ -1,0 +1,89 @@
+"""Benchmark mode: statistics checked by hand on fixed samples, a reproducible bootstrap, and
+``python -m playground bench`` against a scripted server whose own timestamps are the truth."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from playground import stats
+from tests.sse_server import Script, ServerProcess
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_statistics_of_a_fixed_sample_by_hand() -> None:
+    s = stats.summarize([4.0, 1.0, 100.0, 3.0, 2.0, None])  # None: a run without that metric
+    assert s is not None and s.n == 5
+    assert s.mean == 22.0 and s.p50 == 3.0 and s.min == 1.0 and s.max == 100.0
+    assert math.isclose(s.p90, 4 + 0.6 * 96) and math.isclose(s.p95, 4 + 0.8 * 96)  # linear between ranks
+    assert math.isclose(s.std, statistics.stdev([1, 2, 3, 4, 100]))
+    assert s.ci_low <= s.p50 <= s.ci_high and 1.0 <= s.ci_low and s.ci_high <= 100.0
+    again = stats.summarize([4.0, 1.0, 100.0, 3.0, 2.0])
+    assert (again.ci_low, again.ci_high) == (s.ci_low, s.ci_high)  # the same seed, the same interval
+    one = stats.summarize([0.5])
+    assert one is not None and one.std is None and one.ci_low == one.ci_high == 0.5
+    assert stats.summarize([None, None]) is None
+
+
+def test_goodput_counts_runs_that_meet_every_objective() -> None:
+    objectives = stats.Objectives.parse("ttft:500,tps:20")
+    assert objectives == stats.Objectives(500.0, 20.0)
+    runs = [(0.2, 30.0), (0.6, 30.0), (0.2, 10.0), (None, None)]  # the last one failed
+    assert stats.goodput(runs, objectives) == 0.25
+    assert stats.goodput(runs, stats.Objectives.parse("ttft:700")) == 0.75
+    for bad, message in (("speed:3", "unknown objective 'speed'"), ("ttft:fast", "needs a number"),
+                         ("tps:-1", "must be above 0")):
+        with pytest.raises(ValueError, match=message):
+            stats.Objectives.parse(bad)
+
+
+def test_where_greedy_answers_first_differ() -> None:
+    assert stats.first_difference(["abc", "abc"]) is None
+    assert stats.first_difference(["abc", "abc", "abX"]) == (2, 2)
+    assert stats.first_difference(["abc", "ab"]) == (1, 2)
+
+
+def test_bench_reports_medians_within_10_ms_and_2_percent_of_the_servers_own_timings(
+        tmp_path: Path, clean_env: Any) -> None:
+    script = Script(tokens=30, ttft_s=0.15, interval_s=0.01, ttft_jitter_s=0.1)
+    with ServerProcess({"jittery": script}) as server:
+        catalog = tmp_path / "catalog.yaml"
+        catalog.write_text(json.dumps({"targets": [{"id": "jittery", "label": "jittery", "backend": "openai",
+                                                    "model": "jittery", "base_url": server.base_url}]}))
+        done = subprocess.run([sys.executable, "-m", "playground", "bench", "--catalog", str(catalog),
+                               "--targets", "jittery", "--prompt", "hi", "--repeat", "10", "--warmup", "1",
+                               "--temperature", "0", "--goodput", "ttft:200", "--json"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300, env=clean_env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    [entry] = json.loads(done.stdout)["targets"]
+    requests = [r for r in server.received if r.path.endswith("/chat/completions")][1:]  # after the warm-up
+    assert len(requests) == 10 and entry["measured_runs"] == 10 and entry["failed_runs"] == 0
+    true_ttft = statistics.median(r.first_token_at - r.at for r in requests)
+    true_decode = statistics.median((len(r.events) - 1) / (r.events[-1] - r.events[0]) for r in requests)
+    ttft, decode = entry["statistics"]["ttft_s"], entry["statistics"]["decode_tokens_per_s"]
+    assert abs(ttft["p50"] - true_ttft) < 0.010, (ttft, true_ttft)
+    assert abs(decode["p50"] - true_decode) / true_decode < 0.02, (decode, true_decode)
+    assert ttft["ci_low"] - 0.002 <= true_ttft <= ttft["ci_high"] + 0.002  # a loopback hop of slack
+    assert ttft["max"] - ttft["min"] > 0.02  # the jitter was there to measure
+    assert entry["cold_samples"] == 0 and entry["identical_across_repeats"] is True
+    truly_met = sum(r.first_token_at - r.at <= 0.2 for r in requests) / 10
+    assert abs(entry["goodput"] - truly_met) <= 0.1  # a run within a ms of the line may fall either way
+    assert "libraries" in json.loads(done.stdout)["environment"]
+
+
+def test_bench_refuses_bad_options_by_name(tmp_path: Path, clean_env: Any) -> None:
+    for args, message in ((["--repeat", "0"], "--repeat: must be from 1 to 100"),
+                          (["--warmup", "11"], "--warmup: must be from 0 to 10"),
+                          (["--goodput", "fast"], "goodput: unknown objective 'fast'")):
+        done = subprocess.run([sys.executable, "-m", "playground", "bench", "--targets", "smollm2-onnx",
+                               "--prompt", "hi", *args], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                              env=clean_env())
+        assert done.returncode == 2 and message in done.stderr, done.stderr
