@@ -140,3 +140,22 @@ def test_a_folder_and_a_gguf_file_name(bundled_gguf: Path) -> None:
     target = Target(id="ov-folder", label="OpenVINO from a folder", backend="openvino",
                     model=str(bundled_gguf.parent), source="path", gguf_file=bundled_gguf.name)
     assert make_backend(target).availability().state == "ready"
+
+
+async def test_an_openvino_ir_folder_as_optimum_intel_writes_it(bundled_gguf: Path, tmp_path: Path) -> None:
+    """A folder with openvino_model.xml and the tokenizer's IR (here written by OpenVINO's own GGUF
+    reader, as optimum-intel's export writes them) loads with no GGUF in sight."""
+    import shutil
+
+    import openvino_genai as ov
+
+    shutil.copy(bundled_gguf, tmp_path / bundled_gguf.name)
+    ov.LLMPipeline(str(tmp_path / bundled_gguf.name), "CPU", enable_save_ov_model=True)
+    (tmp_path / bundled_gguf.name).unlink()
+    assert (tmp_path / "openvino_model.xml").is_file() and (tmp_path / "openvino_tokenizer.xml").is_file()
+    target = Target(id="ov-ir", label="OpenVINO IR", backend="openvino", model=str(tmp_path), source="path")
+    assert make_backend(target).availability().state == "ready"
+    events = await collect(target, chat("Name three colours.", 6))
+    usage = next(e for e in events if isinstance(e, Usage))
+    assert usage.completion_tokens == len([e for e in events if isinstance(e, TextDelta)]) > 0
+    assert usage.prompt_tokens == 34  # the chat template travelled with the tokenizer's IR
