@@ -17,7 +17,7 @@ from playground.catalog import Catalog, CatalogError, Target, load_catalog
 from playground.images import prepare_images
 from playground.settings import SettingsError
 from playground.request import ChatRequest, InputError, build_messages, make_params
-from playground.report import result_entry, run_document
+from playground.report import result_entry, run_document, with_environment
 from playground.runner import Job, Run
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -99,7 +99,7 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     jobs = [Job(t, request) for t in targets]
     columns = asyncio.run(_run(jobs, quiet=args.json or not sys.stderr.isatty()))
     if args.json:
-        document = run_document(args.prompt, args.system, params, columns, images)
+        document = with_environment(run_document(args.prompt, args.system, params, columns, images), targets)
         print(json.dumps(document, ensure_ascii=False, indent=2))
     else:
         for column in columns:

@@ -77,6 +77,19 @@ def run_document(prompt: str, system: str | None, params: GenerationParams, colu
     }
 
 
+def with_environment(document: dict[str, Any], targets: list[Any]) -> dict[str, Any]:
+    """The document with what produced it: versions, the machine, and each target's model file or
+    endpoint. Slow the first time (library metadata, a model file's hash): call it off any loop."""
+    from playground import environment
+
+    return {**document, "environment": {**environment.machine(),
+                                        "targets": [environment.target_facts(t) for t in targets]}}
+
+
+ENVIRONMENT_COLUMNS = ("playground", "git_revision", "python", "cpu", "cores", "memory_gb", "os")
+MODEL_COLUMNS = ("file", "size_mb", "quantisation", "fingerprint", "endpoint")
+
+
 def image_entry(image: PreparedImage) -> dict[str, Any]:
     return {"name": image.name, "mime": image.mime, "width": image.width, "height": image.height,
             "bytes": len(image.data), "notes": list(image.notes)}
@@ -128,6 +141,11 @@ def write_exports(document: dict[str, Any], folder: Path) -> tuple[Path, Path]:
             row[f"server_{key}"] = server.get(key)
         row.update(prompt=document["prompt"], system=document["system"], images=len(document.get("images", [])),
                    **document["parameters"])
+        env = document.get("environment")
+        if env:  # in every row, so that rows of two exports can be compared on their own
+            row.update({f"env_{k}": env.get(k) for k in ENVIRONMENT_COLUMNS})
+            facts = next((t for t in env.get("targets", []) if t.get("id") == result.get("id")), {})
+            row.update({f"model_{k}": facts.get(k) for k in MODEL_COLUMNS})
         rows.append(row)
     pd.DataFrame([{k: csv_safe(v) for k, v in row.items()} for row in rows]).to_csv(csv_path, index=False)
     return csv_path, json_path

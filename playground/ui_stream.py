@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 import gradio as gr
 
 from playground import exports
-from playground.report import results_frame, run_document, write_exports
+from playground.report import results_frame, run_document, with_environment, write_exports
 from playground.runner import Job, Run
 from playground.settings import MAX_COLUMNS
 from playground.ui_format import Turn, finished_turn, live_answer, status_markdown, transcript
@@ -182,6 +182,7 @@ async def _paced(source: AsyncIterator[list[Column]], min_gap_s: float) -> Async
 def _results(session: str, table: gr.Dataframe, download: gr.DownloadButton, document: dict[str, Any],
              columns: list[Column]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The results table and the two downloads, as the page receives them (file writes: in a thread)."""
+    document = with_environment(document, [c.target for c in columns])
     csv_path, json_path = write_exports(document, exports.new_folder(session))
     return (table.postprocess(results_frame(columns)).model_dump(),
             download.postprocess(str(csv_path)).model_dump(), download.postprocess(str(json_path)).model_dump())

@@ -18,7 +18,7 @@ import logging
 import threading
 from typing import Any
 
-from playground import measure_process, tokens
+from playground import environment, measure_process, tokens
 from playground.backends import REGISTRY
 from playground.clock import measure_loop
 
@@ -104,6 +104,7 @@ def _warm() -> None:
     measure_loop()
     warm_sdks(stream=not measure_process.enabled())  # with the process on, HTTP streams run there
     tokens.preload(wait=True)
+    environment.machine()  # library versions and the git revision, for the downloads
     if measure_process.enabled():
         try:
             measure_process.worker()

@@ -77,8 +77,14 @@ def test_downloads_hold_the_run_without_keys(client: Client, monkeypatch: pytest
     assert document["results"][0]["id"] == "smollm2-onnx"
     assert document["results"][0]["status"] == "ok"
     header = Path(csv_path).read_text().splitlines()[0]
-    for name in ("id", "backend", "ttft_s", "decode_tokens_per_s", "output_tokens", "tokens_source", "text", "prompt"):
+    for name in ("id", "backend", "ttft_s", "decode_tokens_per_s", "output_tokens", "tokens_source", "text", "prompt",
+                 "env_playground", "env_python", "env_cpu", "model_file", "model_fingerprint"):
         assert name in header
+    # the environment that produced the numbers travels with them
+    env = document["environment"]
+    assert env["python"] and env["cores"] and env["libraries"]["gradio"]
+    [facts] = env["targets"]
+    assert facts["id"] == "smollm2-onnx" and facts["file"].endswith(".gguf") and len(facts["fingerprint"]) == 16
 
 
 @pytest.mark.parametrize(
