@@ -216,7 +216,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         gr.Markdown(policy.describe(), elem_id="mode")
         histories = gr.State([[] for _ in range(MAX_COLUMNS)])
         n_cols = gr.Slider(1, MAX_COLUMNS, value=n_initial, step=1, label="Columns", elem_id="n-columns")
-        slots, pickers, chats, lives, statuses, column_stops = [], [], [], [], [], []
+        slots, pickers, chats, lives, statuses, column_stops, codes = [], [], [], [], [], [], []
         with gr.Row(equal_height=False, elem_id="columns"):
             for i in range(MAX_COLUMNS):
                 with gr.Column(visible=i < n_initial, min_width=300, elem_id=f"col-{i}",
@@ -232,6 +232,9 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                                             autoscroll=True, elem_id=f"col-{i}-live", elem_classes=["pp-live"]))
                     statuses.append(gr.Markdown("", elem_id=f"col-{i}-status", elem_classes=["pp-status"]))
                     column_stops.append(gr.Button("■ Stop this column", size="sm", elem_id=f"col-{i}-stop"))
+                    with gr.Accordion("Code", open=False, elem_id=f"col-{i}-code-box"):
+                        codes.append(gr.Code(language="python", interactive=False, show_label=False,
+                                             elem_id=f"col-{i}-code"))
                 slots.append(slot)
         prompt = gr.MultimodalTextbox(
             lines=1, max_lines=12, label="Prompt", file_types=["image"], file_count="multiple",
@@ -376,7 +379,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         results = gr.State(None)
         gr.on([prompt.submit, run_btn.click], run_from_page, inputs=[*settings_in, picked, *key_boxes],
               outputs=[*chats, *statuses, histories, results, *lives], api_name=False, show_progress_on=[run_btn],
-              **streaming).success(ui_stream.results_values, results, [table, csv_btn, json_btn], api_name=False,
+              **streaming).success(ui_stream.results_values, results, [table, csv_btn, json_btn, *codes], api_name=False,
                                    show_progress="hidden", show_progress_on=[run_btn], postprocess=False
                                    ).then(quota_status, None, quota_line, api_name=False, show_progress="hidden")
         api_run = gr.Button(visible=False)

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 import gradio as gr
 
 from playground import exports
+from playground.request import ChatRequest
+from playground.snippets import snippet
 from playground.report import results_frame, run_document, with_environment, write_exports
 from playground.runner import Job, Run
 from playground.settings import MAX_COLUMNS
@@ -73,6 +75,7 @@ class Outcome:
     table: dict[str, Any]
     csv_file: dict[str, Any]
     json_file: dict[str, Any]
+    codes: list[str]  # per column: the program that sends its request (snippets)
 
 
 @dataclass
@@ -126,7 +129,8 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
         histories[i].append(finished_turn(plan.shown_prompt, column))
         histories[i][-1].sent_user = plan.prompt_text
     document = run_document(plan.prompt_text, plan.system_text, plan.params, run.columns, plan.images)
-    results, _ = await asyncio.gather(asyncio.to_thread(_results, plan.session, table, download, document, run.columns),
+    results, _ = await asyncio.gather(asyncio.to_thread(_results, plan.session, table, download, document, run.columns,
+                                                        [job.request for job in plan.jobs]),
                                       asyncio.sleep(OUTCOME_AFTER_S))
     final = [status_markdown(c) for c in run.columns] + statuses[plan.count:]
     yield Frame(run.columns, final, Outcome(histories, *results))
@@ -180,12 +184,15 @@ async def _paced(source: AsyncIterator[list[Column]], min_gap_s: float) -> Async
 
 
 def _results(session: str, table: gr.Dataframe, download: gr.DownloadButton, document: dict[str, Any],
-             columns: list[Column]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The results table and the two downloads, as the page receives them (file writes: in a thread)."""
+             columns: list[Column], requests: list[ChatRequest]
+             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]:
+    """The results table, the two downloads (file writes: in a thread) and each column's code."""
     document = with_environment(document, [c.target for c in columns])
     csv_path, json_path = write_exports(document, exports.new_folder(session))
+    codes = [snippet(c.target, r) for c, r in zip(columns, requests)]
     return (table.postprocess(results_frame(columns)).model_dump(),
-            download.postprocess(str(csv_path)).model_dump(), download.postprocess(str(json_path)).model_dump())
+            download.postprocess(str(csv_path)).model_dump(), download.postprocess(str(json_path)).model_dump(),
+            codes)
 
 
 def _tail(frame: Frame, plan: Plan, empty_table: dict[str, Any], first: bool) -> list[Any]:
@@ -237,14 +244,17 @@ async def page_values(plan: Plan, stream: AsyncIterator[Frame]) -> AsyncIterator
             lives = ([gr.update(visible=True if i < plan.count else "hidden", value=t) for i, t in enumerate(texts)]
                      if first else texts)
         out = frame.outcome
-        states = [plan.histories, None] if out is None else [out.histories, (out.table, out.csv_file, out.json_file)]
+        states = [plan.histories, None] if out is None else [
+            out.histories, (out.table, out.csv_file, out.json_file, out.codes)]
         yield chats + frame.statuses + states + lives
         first = False
 
 
-def results_values(results: tuple[dict[str, Any], dict[str, Any], dict[str, Any]] | None) -> list[Any]:
-    """The results table and the two downloads of the run that just ended (the page's follow-up event)."""
+def results_values(results: tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]] | None) -> list[Any]:
+    """The results table, the two downloads and each column's code, of the run that just ended (the
+    page's follow-up event)."""
     if results is None:  # the run failed before it began
-        return [gr.skip()] * 3
-    table, csv_file, json_file = results
-    return [table, gr.update(value=csv_file, visible=True), gr.update(value=json_file, visible=True)]
+        return [gr.skip()] * (3 + MAX_COLUMNS)
+    table, csv_file, json_file, codes = results
+    return [table, gr.update(value=csv_file, visible=True), gr.update(value=json_file, visible=True),
+            *codes, *[gr.skip()] * (MAX_COLUMNS - len(codes))]

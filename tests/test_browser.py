@@ -133,6 +133,14 @@ def test_openvino_streams_beside_onnx(app_url: str, page_at: Any, tmp_path: Path
     assert [r["id"] for r in rows] == [OPENVINO, ONNX]
     assert all(r["status"] == "ok" and r["text"].strip() and r["tokens_source"] == "counted" for r in rows), rows
 
+    # each column's Code shows the program that sends the same request through the backend's library
+    for column, library in ((0, "openvino_genai"), (1, "onnxruntime_genai")):
+        page.locator(f"#col-{column}-code-box").get_by_text("Code", exact=True).click()
+        code = page.locator(f"#col-{column}-code .cm-content")
+        code.wait_for(state="visible", timeout=30_000)
+        text = code.inner_text()
+        assert f"import {library}" in text and flow.COMPARE_PROMPT in text, text[:400]
+
 
 def test_layout_side_by_side_on_desktop_stacked_on_a_phone(app_url: str, page_at: Any) -> None:
     desktop = page_at(flow.DESKTOP)

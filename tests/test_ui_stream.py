@@ -93,7 +93,7 @@ def test_the_page_streams_into_the_live_box_and_renders_the_chat_once_at_the_end
     histories = [[Turn("q0", "a0", ok=True)]] + [[] for _ in range(MAX_COLUMNS - 1)]
     plan = Plan("s", "q1", "q1", "", None, (), [Job(target, None)], histories)  # type: ignore[arg-type]
     done = [[Turn("q0", "a0", ok=True), Turn("q1", "**t0 t1**", ok=True)]] + histories[1:]
-    outcome = Outcome(done, {"data": []}, {"path": "a.csv"}, {"path": "a.json"})
+    outcome = Outcome(done, {"data": []}, {"path": "a.csv"}, {"path": "a.json"}, ["print('the code')"])
     waiting = Frame([column], ["s"] * MAX_COLUMNS)
     values = page_frames(plan, [waiting, waiting, Frame([column], ["s"] * MAX_COLUMNS, outcome)])
     chats = slice(0, MAX_COLUMNS)
@@ -111,5 +111,6 @@ def test_the_page_streams_into_the_live_box_and_renders_the_chat_once_at_the_end
                                             {"role": "user", "content": "q1"},
                                             {"role": "assistant", "content": "**t0 t1**"}])
     assert last[2 * MAX_COLUMNS] == done and last[2 * MAX_COLUMNS + 1][0] == {"data": []}
-    table, csv_file, _ = results_values(last[2 * MAX_COLUMNS + 1])
+    table, csv_file, _, code, *others = results_values(last[2 * MAX_COLUMNS + 1])
     assert table == {"data": []} and csv_file["visible"] is True and csv_file["value"] == {"path": "a.csv"}
+    assert code == "print('the code')" and len(others) == MAX_COLUMNS - 1  # the other columns' code stays

@@ -1,0 +1,89 @@
+"""The code behind each column: every backend's snippet runs as a program of its own against the
+loopback servers and the bundled model, and answers; no snippet holds a key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from playground.catalog import Catalog, Target
+from playground.models import module_installed
+from playground.request import ChatRequest, build_messages, make_params
+from playground.snippets import snippet
+from tests.ollama_server import OllamaStub
+from tests.sse_server import Script, ScriptedServer
+from tests.test_local_backends import onnx_model_dir  # noqa: F401  (a fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "sk-snippet-SECRET-5150"
+# On this kind of VM the CPU reports AMX that faults, and llama.cpp would use it; the playground
+# loads around it (llama_cpp._plain_weight_buffers), and so does the program here, for the test only.
+AROUND_AMX = ("from playground.backends.llama_cpp import _plain_weight_buffers\n"
+              "_around_amx = _plain_weight_buffers()\n_around_amx.__enter__()\n")
+
+
+def chat(**params: Any) -> ChatRequest:
+    return ChatRequest(build_messages("Name a colour.", "Answer in a few words."),
+                       make_params(temperature=0, max_tokens=8, **params))
+
+
+def run(code: str, env: dict[str, str], prefix: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", prefix + code], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT, env=env)
+
+
+def test_the_openai_snippet_answers_and_reads_its_key_from_the_variable(clean_env: Any) -> None:
+    with ScriptedServer({"five": Script(tokens=5)}) as server:
+        target = Target(id="s", label="scripted", backend="openai", model="five", base_url=server.base_url,
+                        api_key_env="SNIPPET_KEY")
+        code = snippet(target, chat(seed=7))
+        done = run(code, clean_env(SNIPPET_KEY=KEY))
+        sent = server.chat_requests("five")[-1]
+    assert KEY not in code and "os.environ['SNIPPET_KEY']" in code
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert done.stdout.strip() == "t0 t1 t2 t3 t4"
+    assert sent.headers["authorization"] == f"Bearer {KEY}"
+    assert sent.body["messages"] == [{"role": "system", "content": "Answer in a few words."},
+                                     {"role": "user", "content": "Name a colour."}]
+    assert (sent.body["temperature"], sent.body["max_tokens"], sent.body["seed"]) == (0.0, 8, 7)
+
+
+def test_a_typed_url_and_key_stay_in_their_variables() -> None:
+    target = Target(id="yours/openai", label="Your endpoint", backend="openai", model="(your model)",
+                    base_url_env="PLAYGROUND_USER_BASE_URL", model_env="PLAYGROUND_USER_MODEL",
+                    api_key_env="PLAYGROUND_USER_API_KEY")
+    code = snippet(target, chat())
+    assert "os.environ['PLAYGROUND_USER_BASE_URL']" in code and "os.environ['PLAYGROUND_USER_API_KEY']" in code
+    assert "os.environ.get('PLAYGROUND_USER_MODEL')" in code
+
+
+def test_the_ollama_snippet_answers(clean_env: Any) -> None:
+    with OllamaStub() as stub:
+        target = Target(id="o", label="ollama", backend="ollama", model="phi3.5")
+        done = run(snippet(target, chat()), clean_env(OLLAMA_HOST=stub.base_url))
+        [(_, _, body)] = [r for r in stub.requests if r[1] == "/api/chat"]
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert done.stdout.strip() == "Hello from Ollama!"
+    assert body["options"]["num_predict"] == 8 and body["messages"][1]["content"] == "Name a colour."
+
+
+@pytest.mark.parametrize("target_id", ["smollm2-llamacpp", "smollm2-openvino", "smollm2-transformers",
+                                       "smollm2-onnx"])
+def test_each_local_snippet_answers_on_the_bundled_model(target_id: str, builtin_catalog: Catalog,
+                                                         bundled_gguf: Path, clean_env: Any,
+                                                         request: pytest.FixtureRequest) -> None:
+    module = {"smollm2-llamacpp": "llama_cpp", "smollm2-openvino": "openvino_genai"}.get(target_id)
+    if module and not module_installed(module):
+        pytest.skip(f"{module} is not installed")
+    if target_id == "smollm2-onnx":
+        request.getfixturevalue("onnx_model_dir")
+    code = snippet(builtin_catalog.get(target_id), chat())
+    done = run(code, clean_env(), AROUND_AMX if target_id == "smollm2-llamacpp" else "")
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert done.stdout.strip(), "the program printed no answer"
+    compile(code, target_id, "exec")  # and it stands alone, without the test's prefix
+
