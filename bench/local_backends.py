@@ -45,7 +45,7 @@ sys.path[:0] = [str(ROOT)]
 
 from playground.backends import local, make_backend  # noqa: E402
 from playground.catalog import BUILTIN_CATALOG, read_catalog_file  # noqa: E402
-from playground import models  # noqa: E402
+from playground import models, roofline  # noqa: E402
 from playground.models import module_installed  # noqa: E402
 from playground.request import ChatRequest, build_messages, make_params  # noqa: E402
 from playground.runner import Job, Run  # noqa: E402
@@ -211,8 +211,15 @@ async def measure_one(name: str, repeats: int, tokens: int) -> dict[str, Any]:
         "decode": best(ours, 1, max),
         "bare_decode": best(theirs, 1, max),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "ceiling_tok_s": roofline_ceiling(target),
         "model_process_rss_mb": peak_rss_mb(worker_pid) if worker_pid else None,
     }
+
+
+def roofline_ceiling(target: Any) -> float | None:
+    """This machine's decode ceiling for the target: measured bandwidth ÷ the weights read a token."""
+    size = roofline.model_bytes(target)
+    return roofline.ceiling(target.backend, size).tokens_per_s if size else None
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -236,18 +243,22 @@ def available(name: str) -> str | None:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| backend | tokens | TTFT playground (s) | TTFT bare (s) | decode tok/s playground "
-             "| decode tok/s bare | overhead (best) | overhead (median pair) | peak RSS (MB) | model process peak RSS (MB) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| decode tok/s bare | overhead (best) | overhead (median pair) | roofline playground | roofline bare "
+             "| peak RSS (MB) | model process peak RSS (MB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['backend']} | skipped: {r['skipped']} ||||||||| ")
+            lines.append(f"| {r['backend']} | skipped: {r['skipped']} ||||||||||| ")
             continue
         overhead = (r["bare_decode"] - r["decode"]) / r["bare_decode"] * 100
         worker = f"{r['model_process_rss_mb']:.0f}" if r.get("model_process_rss_mb") else "in process"
         tokens = f"{r['tokens']}" + ("" if r["tokens"] == r["bare_tokens"] else f" (bare {r['bare_tokens']})")
+        ceiling = r.get("ceiling_tok_s")
+        roof = (f"{r['decode'] / ceiling * 100:.0f} % | {r['bare_decode'] / ceiling * 100:.0f} %" if ceiling
+                else "– | –")
         lines.append(f"| {r['backend']} | {tokens} | {r['ttft_s']:.3f} | {r['bare_ttft_s']:.3f} | "
                      f"{r['decode']:.1f} | {r['bare_decode']:.1f} | {overhead:+.1f} % | "
-                     f"{r['pair_overhead_pct']:+.1f} % | {r['peak_rss_mb']:.0f} | {worker} |")
+                     f"{r['pair_overhead_pct']:+.1f} % | {roof} | {r['peak_rss_mb']:.0f} | {worker} |")
     return "\n".join(lines)
 
 

@@ -51,7 +51,7 @@ def target_facts(target: Target) -> dict[str, Any]:
         f"${options.base_url_env}" if getattr(options, "base_url_env", None) else None)  # type: ignore[attr-defined]
     if base_url is not None or target.backend in ("openai", "ollama"):
         return {"id": target.id, "backend": target.backend, "model": target.model, "endpoint": base_url}
-    path = _model_file(target)
+    path = model_file(target)
     facts: dict[str, Any] = {"id": target.id, "backend": target.backend, "model": target.model}
     if path is not None and path.is_file():
         facts.update(file=path.name, size_mb=round(path.stat().st_size / 1024**2, 1),
@@ -59,7 +59,7 @@ def target_facts(target: Target) -> dict[str, Any]:
     return facts
 
 
-def _model_file(target: Target) -> Path | None:
+def model_file(target: Target) -> Path | None:
     options = target.options
     gguf = getattr(options, "gguf_file", None)
     if getattr(options, "source", None) == "bundled":

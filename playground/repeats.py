@@ -12,8 +12,8 @@ import asyncio
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from playground import environment, stats
-from playground.catalog import Target
+from playground import environment, roofline, stats
+from playground.catalog import LOCAL_BACKENDS, Target
 from playground.request import ChatRequest
 from playground.runner import Column, Job, Run
 
@@ -87,6 +87,14 @@ def summary(target: Target, samples: list[Sample], objectives: stats.Objectives 
                        for name in METRICS},
         "runs": [asdict(s) for s in samples],
     }
+    decode = entry["statistics"]["decode_tokens_per_s"]
+    size = roofline.model_bytes(target) if target.backend in LOCAL_BACKENDS else None
+    if size and decode:
+        ceiling = roofline.ceiling(target.backend, size)
+        entry["roofline"] = {"bandwidth_gb_s": ceiling.bandwidth_gb_s, "bytes_per_token": ceiling.bytes_per_token,
+                             "ceiling_tokens_per_s": ceiling.tokens_per_s,
+                             "share_of_ceiling": ceiling.share(decode["p50"]),
+                             "text": ceiling.describe(decode["p50"])}
     if objectives is not None:
         entry["goodput"] = stats.goodput([(s.ttft_s, s.decode_tokens_per_s) for s in measured], objectives)
     if greedy:
@@ -119,6 +127,7 @@ STATISTICS = {
     "ci_low/ci_high": "95 % percentile-bootstrap interval of the median (2000 resamples, seed 0)",
     "goodput": "share of measured runs meeting every objective (a failed run meets none)",
     "cold_samples": "measured runs that were their target's first request in this process",
+    "roofline": "decode p50 as a share of bandwidth ÷ bytes of weights read a token (local targets; see roofline.py)",
 }
 
 
@@ -149,6 +158,8 @@ def text_report(document: dict[str, Any]) -> str:
                 continue
             cells = "".join(f"{_figure(s[k], name):>11}" for k in ("mean", "p50", "p90", "p95", "min", "max", "std"))
             lines.append(f"{name:<22}{s['n']:>4}{cells}  {_figure(s['ci_low'], name)} – {_figure(s['ci_high'], name)}")
+        if "roofline" in entry:
+            lines.append(f"decode p50 is {entry['roofline']['text']}")
         if "goodput" in entry and entry["goodput"] is not None:
             objectives = stats.Objectives(**document["objectives"]).describe()
             lines.append(f"goodput: {entry['goodput'] * 100:.0f} % of runs met {objectives}")

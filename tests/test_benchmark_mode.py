@@ -87,3 +87,20 @@ def test_bench_refuses_bad_options_by_name(tmp_path: Path, clean_env: Any) -> No
                                "--prompt", "hi", *args], capture_output=True, text=True, cwd=ROOT, timeout=60,
                               env=clean_env())
         assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_a_local_targets_decode_is_shown_against_this_machines_ceiling(builtin_catalog: Any,
+                                                                        bundled_gguf: Path) -> None:
+    from playground import repeats, roofline
+
+    target = builtin_catalog.get("smollm2-llamacpp")
+    assert roofline.model_bytes(target) == bundled_gguf.stat().st_size  # the file it loads
+    samples = [repeats.Sample(target.id, i, False, False, "done", None, "x", 0.1, rate, 0.02, 0.03, 1.0, 20, "counted")
+               for i, rate in enumerate((40.0, 50.0, 60.0), start=1)]
+    entry = repeats.summary(target, samples, None, greedy=False)
+    roof = entry["roofline"]
+    assert math.isclose(roof["ceiling_tokens_per_s"], roof["bandwidth_gb_s"] * 1e9 / bundled_gguf.stat().st_size)
+    assert math.isclose(roof["share_of_ceiling"], 50.0 / roof["ceiling_tokens_per_s"])
+    assert roof["text"].startswith(f"{50.0 / roof['ceiling_tokens_per_s'] * 100:.0f} % of this machine's ceiling")
+    fp32 = roofline.ceiling("transformers", bundled_gguf.stat().st_size)  # dequantized: 8 times the Q4 file
+    assert math.isclose(fp32.bytes_per_token, 8 * bundled_gguf.stat().st_size)
