@@ -14,10 +14,6 @@ from playground.backends.base import BackendOptions
 
 BUILTIN_CATALOG = Path(__file__).with_name("catalog.yaml")
 CATALOG_ENV = "PLAYGROUND_CATALOG"
-HTTP_BACKENDS = {"openai", "ollama"}
-LOCAL_BACKENDS = {"transformers", "onnx", "llamacpp", "openvino"}
-
-
 class CatalogError(ValueError):
     """A catalog that cannot be used, with a message naming the file, target and field."""
 

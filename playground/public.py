@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 
 from playground import settings
+from playground.backends import http_backends
 from playground.catalog import Catalog, Target
 
-HTTP_BACKENDS = frozenset({"openai", "ollama"})
 DEFAULT_RATE = "6/min"
 MAX_SAME_TARGET = 2
 UNITS_S = {"s": 1, "sec": 1, "second": 1, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
@@ -72,7 +72,7 @@ class Policy:
         if self.targets is not None:
             return None if target.id in self.targets else \
                 f"{target.id} is not offered on this public Space (not in PLAYGROUND_PUBLIC_TARGETS)"
-        if target.backend in HTTP_BACKENDS or getattr(target.options, "source", None) == "bundled":
+        if target.backend in http_backends() or getattr(target.options, "source", None) == "bundled":
             return None
         download_gb = getattr(target.options, "download_gb", None)
         size = f" {download_gb:g} GB" if download_gb else ""

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from playground import environment, roofline, stats
-from playground.catalog import LOCAL_BACKENDS, Target
+from playground.backends import local_backends
+from playground.catalog import Target
 from playground.request import ChatRequest
 from playground.runner import Column, Job, Run
 
@@ -88,7 +89,7 @@ def summary(target: Target, samples: list[Sample], objectives: stats.Objectives 
         "runs": [asdict(s) for s in samples],
     }
     decode = entry["statistics"]["decode_tokens_per_s"]
-    size = roofline.model_bytes(target) if target.backend in LOCAL_BACKENDS else None
+    size = roofline.model_bytes(target) if target.backend in local_backends() else None
     if size and decode:
         ceiling = roofline.ceiling(target.backend, size)
         entry["roofline"] = {"bandwidth_gb_s": ceiling.bandwidth_gb_s, "bytes_per_token": ceiling.bytes_per_token,

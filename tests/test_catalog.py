@@ -164,13 +164,14 @@ def test_catalog_and_availability_import_no_heavy_library() -> None:
 
 def test_the_registry_the_catalog_and_the_readme_agree_on_the_backends() -> None:
     from playground.backends import REGISTRY, backend_class
-    from playground.catalog import HTTP_BACKENDS, LOCAL_BACKENDS
+    from playground.backends import http_backends, local_backends
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     table = readme.split("| backend | module | library | runs |", 1)[1].split("\n\n", 1)[0]
     rows = {line.split("|")[1].strip(" `"): line.split("|")[2].strip(" `")
             for line in table.strip().splitlines()[1:]}
-    assert set(REGISTRY) == HTTP_BACKENDS | LOCAL_BACKENDS == set(rows)
+    assert set(REGISTRY) == http_backends() | local_backends() == set(rows)
+    assert not http_backends() & local_backends()
     for name, module in rows.items():
         assert REGISTRY[name].split(":")[0] == f"playground.backends.{module.removesuffix('.py')}"
         assert backend_class(name).name == name

@@ -21,9 +21,9 @@ from tests.test_local_backends import onnx_model_dir  # noqa: F401  (a fixture)
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-snippet-SECRET-5150"
 # On this kind of VM the CPU reports AMX that faults, and llama.cpp would use it; the playground
-# loads around it (llama_cpp._plain_weight_buffers), and so does the program here, for the test only.
-AROUND_AMX = ("from playground.backends.llama_cpp import _plain_weight_buffers\n"
-              "_around_amx = _plain_weight_buffers()\n_around_amx.__enter__()\n")
+# loads around it (llama_cpp.plain_weight_buffers), and so does the program here, for the test only.
+AROUND_AMX = ("from playground.backends.llama_cpp import plain_weight_buffers\n"
+              "_around_amx = plain_weight_buffers()\n_around_amx.__enter__()\n")
 
 
 def chat(**params: Any) -> ChatRequest:

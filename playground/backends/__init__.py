@@ -30,3 +30,17 @@ def backend_class(name: str) -> type[Backend]:
 
 def make_backend(target: Target) -> Backend:
     return backend_class(target.backend)(target)
+
+
+def local_backends() -> frozenset[str]:
+    """The backends that run a model in this app: their catalog fields are ``LocalOptions``."""
+    from playground.backends.local import LocalOptions
+
+    return frozenset(n for n in REGISTRY if issubclass(backend_class(n).Options, LocalOptions))
+
+
+def http_backends() -> frozenset[str]:
+    """The backends that talk to a server: their catalog fields are ``HttpOptions``."""
+    from playground.backends.base import HttpOptions
+
+    return frozenset(n for n in REGISTRY if issubclass(backend_class(n).Options, HttpOptions))

@@ -58,6 +58,17 @@ class KeyedHttpOptions(HttpOptions):
         return self
 
 
+class HttpBackend:
+    """What the backends that talk to a server share as classes: a target; images they can send."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[HttpOptions]] = HttpOptions
+    supports_vision: ClassVar[bool] = True
+
+    def __init__(self, target: Target):
+        self.target = target
+
+
 class Backend(Protocol):
     name: ClassVar[str]
     Options: ClassVar[type[BackendOptions]]

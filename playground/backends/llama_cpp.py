@@ -181,7 +181,7 @@ class LlamaCppBackend(local.LocalBackend):
         started = time.perf_counter()
         try:
             threads = llama_threads()
-            with _plain_weight_buffers():
+            with plain_weight_buffers():
                 llm = llama_cpp.Llama(model_path=str(path), n_ctx=self.target.context_length or DEFAULT_CONTEXT,
                                       n_threads=threads, n_threads_batch=threads, verbose=False)
         except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
@@ -287,7 +287,7 @@ def engine_timings(perf: Any, tokens: int, prompt_tokens: int, load_s: float) ->
 
 
 @contextlib.contextmanager
-def _plain_weight_buffers() -> Iterator[None]:
+def plain_weight_buffers() -> Iterator[None]:
     """Load weights into plain CPU buffers, not llama.cpp's "extra" ones (AMX, repacked).
 
     A build compiled for the machine (pip builds llama.cpp with GGML_NATIVE) uses AMX wherever

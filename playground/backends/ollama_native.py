@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 import httpx
 
 from playground import secrets, settings
-from playground.backends.base import HttpOptions
+from playground.backends.base import HttpBackend, HttpOptions
 from playground.errors import READY, Availability, BackendError, ErrorKind
 from playground.backends.clients import LoopClients
 from playground.events import Event, Finished, RequestSent, ServerTimings, TextDelta, Usage
@@ -179,13 +179,12 @@ class OllamaOptions(HttpOptions):
     keep_alive: str | None = None  # how long Ollama keeps the model loaded after a request ("5m", "-1")
 
 
-class OllamaBackend:
+class OllamaBackend(HttpBackend):
     name: ClassVar[str] = "ollama"
     Options: ClassVar[type[HttpOptions]] = OllamaOptions
-    supports_vision: ClassVar[bool] = True
 
     def __init__(self, target: Target):
-        self.target = target
+        super().__init__(target)
         self.host = host_for(target)
 
     def availability(self) -> Availability:

@@ -20,7 +20,7 @@ from openai._streaming import SSEDecoder  # the SDK's spec-compliant decoder, on
 
 from playground import secrets, settings, urls
 from pydantic import model_validator
-from playground.backends.base import HttpOptions, KeyedHttpOptions
+from playground.backends.base import HttpBackend, HttpOptions, KeyedHttpOptions
 from playground.errors import READY, Availability, BackendError, ErrorKind
 from playground.events import Event, Finished, RequestSent, TextDelta, Usage
 
@@ -176,13 +176,9 @@ class OpenAIOptions(KeyedHttpOptions):
         return self
 
 
-class OpenAICompatBackend:
+class OpenAICompatBackend(HttpBackend):
     name: ClassVar[str] = "openai"
     Options: ClassVar[type[HttpOptions]] = OpenAIOptions
-    supports_vision: ClassVar[bool] = True
-
-    def __init__(self, target: Target):
-        self.target = target
 
     def _base_url(self, credentials: secrets.Credentials | None = None) -> tuple[str | None, bool]:
         """The endpoint, and whether a visitor typed it (a catalog's fixed URL is never replaced)."""
