@@ -98,10 +98,14 @@ def fingerprint(path: str) -> str:
 def _version() -> str | None:
     try:
         return metadata.version("phi-playground")
-    except metadata.PackageNotFoundError:
-        text = (ROOT / "pyproject.toml").read_text(encoding="utf-8") if (ROOT / "pyproject.toml").is_file() else ""
-        line = next((ln for ln in text.splitlines() if ln.strip().startswith("version")), "")
-        return line.split("=", 1)[1].strip().strip('"') if "=" in line else None
+    except metadata.PackageNotFoundError:  # run from a checkout: the project file says
+        try:
+            import tomllib  # Python 3.11+
+
+            with open(ROOT / "pyproject.toml", "rb") as handle:
+                return tomllib.load(handle).get("project", {}).get("version")
+        except (ImportError, OSError, ValueError):  # TOMLDecodeError is a ValueError
+            return None
 
 
 def _git_revision() -> str | None:

@@ -14,6 +14,10 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from playground.catalog import Target
 
 BUFFER_BYTES = 256 << 20
 PASSES = 4
@@ -57,16 +61,16 @@ def ceiling(backend: str, model_file_bytes: int) -> Ceiling:
     return Ceiling(bandwidth_gb_s(), model_file_bytes * DEQUANTIZED.get(backend, 1.0))
 
 
-def model_bytes(target: object) -> int | None:
+def model_bytes(target: Target) -> int | None:
     """The size of the weights a local target loads: its GGUF, or for the bundled ONNX model the
     int4 files the playground built from it."""
     from pathlib import Path
 
     from playground import environment, models
 
-    if getattr(target, "backend", None) == "onnx" and getattr(target.options, "source", None) == "bundled":  # type: ignore[attr-defined]
+    if target.backend == "onnx" and getattr(target.options, "source", None) == "bundled":
         folder = models.bundled_onnx_dir()
         files = [p for p in folder.glob("*.onnx*") if p.is_file()] if folder.is_dir() else []
         return sum(p.stat().st_size for p in files) or None
-    path = environment.model_file(target)  # type: ignore[arg-type]
+    path = environment.model_file(target)
     return Path(path).stat().st_size if path is not None and Path(path).is_file() else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -80,3 +80,22 @@ async def close_clients():
     from playground.backends import clients
 
     await clients.aclose_here()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium through Playwright (tests/browser_flow.py), one per test module."""
+    import browser_flow as flow
+
+    with flow.chromium() as chromium:
+        yield chromium
+
+
+@pytest.fixture
+def page_at(browser: Any) -> Iterator[Any]:
+    """A factory of pages at a viewport (desktop by default); every context it opened is closed,
+    and none reached off loopback."""
+    import browser_flow as flow
+
+    with flow.page_factory(browser) as make:
+        yield make

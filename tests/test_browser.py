@@ -32,19 +32,6 @@ def app_url(bundled_gguf: Path) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with flow.chromium() as browser:
-        yield browser
-
-
-@pytest.fixture
-def page_at(browser: Any) -> Iterator[Any]:
-    """A factory of pages at a viewport; every context it opened is closed, and none reached off loopback."""
-    with flow.page_factory(browser) as make:
-        yield make
-
-
 def number(text: str) -> float:
     return float(text.lstrip("~"))
 

@@ -6,6 +6,7 @@ model never imports torch, transformers or onnxruntime_genai.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,7 @@ def make_backend(target: Target) -> Backend:
     return backend_class(target.backend)(target)
 
 
+@functools.cache
 def local_backends() -> frozenset[str]:
     """The backends that run a model in this app: their catalog fields are ``LocalOptions``."""
     from playground.backends.local import LocalOptions
@@ -39,6 +41,7 @@ def local_backends() -> frozenset[str]:
     return frozenset(n for n in REGISTRY if issubclass(backend_class(n).Options, LocalOptions))
 
 
+@functools.cache
 def http_backends() -> frozenset[str]:
     """The backends that talk to a server: their catalog fields are ``HttpOptions``."""
     from playground.backends.base import HttpOptions

@@ -58,15 +58,22 @@ class KeyedHttpOptions(HttpOptions):
         return self
 
 
-class HttpBackend:
-    """What the backends that talk to a server share as classes: a target; images they can send."""
+class TargetBackend:
+    """What every backend class shares: the target it serves, and its catalog fields' model."""
 
     name: ClassVar[str]
-    Options: ClassVar[type[HttpOptions]] = HttpOptions
-    supports_vision: ClassVar[bool] = True
+    Options: ClassVar[type[BackendOptions]] = BackendOptions
+    supports_vision: ClassVar[bool] = False
 
     def __init__(self, target: Target):
         self.target = target
+
+
+class HttpBackend(TargetBackend):
+    """A backend that talks to a server; servers take images where their models do."""
+
+    Options = HttpOptions
+    supports_vision: ClassVar[bool] = True
 
 
 class Backend(Protocol):

@@ -41,7 +41,7 @@ class TransformersOptions(local.GgufOptions):
 
 class TransformersBackend(local.LocalBackend):
     name: ClassVar[str] = "transformers"
-    Options: ClassVar[type[local.LocalOptions]] = TransformersOptions
+    Options = TransformersOptions
     supports_vision: ClassVar[bool] = True  # for targets with vision: true
 
     def availability(self) -> Availability:

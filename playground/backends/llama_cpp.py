@@ -113,7 +113,7 @@ class Engine:
 
 class LlamaCppBackend(local.LocalBackend):
     name: ClassVar[str] = "llamacpp"
-    Options: ClassVar[type[local.LocalOptions]] = local.GgufOptions
+    Options = local.GgufOptions
 
     @property
     def key(self) -> str:

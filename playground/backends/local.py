@@ -13,17 +13,17 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Literal, Protocol
 
 from pydantic import Field
 
 from playground import settings
-from playground.backends.base import BackendOptions
+from playground.backends.base import BackendOptions, TargetBackend
 from playground.errors import READY, Availability, BackendError, ErrorKind, first_run
 from playground.events import Event, Finished, Notice, Progress, RequestSent, TextDelta, Usage
 
 if TYPE_CHECKING:
-    from playground.catalog import Target
+    pass
 
 Emit = Callable[[Event], None]
 
@@ -77,15 +77,10 @@ class GgufOptions(LocalOptions):
     gguf_file: str | None = None  # the file in the bundled package, the hub repository or the folder
 
 
-class LocalBackend:
-    """What the local backends share as classes: a target, and a key for the model they load."""
+class LocalBackend(TargetBackend):
+    """A backend that runs its model in this app; ``key`` names the model it loads and shares."""
 
-    name: ClassVar[str]
-    Options: ClassVar[type[LocalOptions]] = LocalOptions
-    supports_vision: ClassVar[bool] = False
-
-    def __init__(self, target: Target):
-        self.target = target
+    Options = LocalOptions
 
     @property
     def key(self) -> str:

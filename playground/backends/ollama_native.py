@@ -181,7 +181,7 @@ class OllamaOptions(HttpOptions):
 
 class OllamaBackend(HttpBackend):
     name: ClassVar[str] = "ollama"
-    Options: ClassVar[type[HttpOptions]] = OllamaOptions
+    Options = OllamaOptions
 
     def __init__(self, target: Target):
         super().__init__(target)

@@ -20,7 +20,7 @@ from openai._streaming import SSEDecoder  # the SDK's spec-compliant decoder, on
 
 from playground import secrets, settings, urls
 from pydantic import model_validator
-from playground.backends.base import HttpBackend, HttpOptions, KeyedHttpOptions
+from playground.backends.base import HttpBackend, KeyedHttpOptions
 from playground.errors import READY, Availability, BackendError, ErrorKind
 from playground.events import Event, Finished, RequestSent, TextDelta, Usage
 
@@ -178,7 +178,7 @@ class OpenAIOptions(KeyedHttpOptions):
 
 class OpenAICompatBackend(HttpBackend):
     name: ClassVar[str] = "openai"
-    Options: ClassVar[type[HttpOptions]] = OpenAIOptions
+    Options = OpenAIOptions
 
     def _base_url(self, credentials: secrets.Credentials | None = None) -> tuple[str | None, bool]:
         """The endpoint, and whether a visitor typed it (a catalog's fixed URL is never replaced)."""

@@ -40,7 +40,7 @@ class Pipeline:
 
 class OpenVinoBackend(local.LocalBackend):
     name: ClassVar[str] = "openvino"
-    Options: ClassVar[type[local.LocalOptions]] = local.GgufOptions
+    Options = local.GgufOptions
 
     def availability(self) -> Availability:
         def on_disk() -> Availability:

@@ -35,7 +35,7 @@ class OnnxOptions(local.LocalOptions):
 
 class OrtGenAIBackend(local.LocalBackend):
     name: ClassVar[str] = "onnx"
-    Options: ClassVar[type[local.LocalOptions]] = OnnxOptions
+    Options = OnnxOptions
     supports_vision: ClassVar[bool] = True  # for phi3v / phi4mm models; a text model refuses images
     stamps_in_own_process: ClassVar[bool] = True  # the model process stamps each token itself
 
