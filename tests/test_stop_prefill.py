@@ -66,6 +66,8 @@ async def test_stop_during_a_long_prompt_ends_it_and_frees_the_model(target: Tar
         await task
     ended = time.perf_counter() - stopped
     assert wait_for_no_generate_thread(2.0) == [], "the generation went on after Stop"
-    assert ended < 2.0, f"Stop took {ended:.2f} s to reach the prompt's evaluation"
+    # at most one piece of the prompt (ONNX, in its model process, under a busy test run) and the hop
+    # there; without the fix Stop waits for the whole prompt (tens of seconds) or the 5 s join bound
+    assert ended < 4.0, f"Stop took {ended:.2f} s to reach the prompt's evaluation"
     waited = await first_event_after_start(target)
     assert waited < 2.0, f"the next request waited {waited:.2f} s for the stopped one's slot"
