@@ -49,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=1, help="warm-up runs per target, not counted (0-10; default 1)")
     bench.add_argument("--goodput", metavar="ttft:MS,tps:N", help="objectives a run must meet, e.g. ttft:500,tps:20")
     bench.add_argument("--csv", action="store_true", help="print one CSV row per run")
+    bench.add_argument("--fair", action=argparse.BooleanOptionalAction, default=None,
+                       help="local targets take turns for the CPU (default: on with two or more local targets)")
     serve = sub.choices["serve"]
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
@@ -153,8 +155,9 @@ def cmd_bench(args: argparse.Namespace, catalog: Catalog) -> int:
             kind = "warm-up" if sample.warmup else "run"
             print(f"{sample.target}: {kind} {sample.run} {sample.status}", file=sys.stderr, flush=True)
 
-    results = asyncio.run(repeats.bench(targets, request, args.repeat, args.warmup, progress))
-    document = repeats.document(targets, results, request, args.prompt, args.repeat, args.warmup, objectives)
+    fair = repeats.fair_by_default(targets, args.repeat, args.warmup) if args.fair is None else args.fair
+    results = asyncio.run(repeats.bench(targets, request, args.repeat, args.warmup, fair, progress))
+    document = repeats.document(targets, results, request, args.prompt, args.repeat, args.warmup, objectives, fair)
     if args.json:
         print(json.dumps(document, ensure_ascii=False, indent=2))
     elif args.csv:

@@ -9,12 +9,14 @@ runs are run and reported, never counted.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
-from playground import environment, roofline, stats
+from playground import environment, metrics, roofline, stats
 from playground.backends import local_backends
 from playground.catalog import Target
+from playground.errors import ErrorKind
 from playground.request import ChatRequest
 from playground.runner import Column, Job, Run
 
@@ -53,27 +55,162 @@ def _sample(column: Column, run: int, warmup: bool, cold: bool) -> Sample:
                   m.decode_tokens_per_s, m.itl_p50_s, m.itl_p95_s, m.e2e_s, m.output_tokens, m.tokens_source)
 
 
-async def repeat_target(target: Target, request: ChatRequest, repeat: int, warmup: int,
-                        on_sample: Callable[[Sample], None] | None = None) -> list[Sample]:
-    """``warmup`` runs, then ``repeat`` measured ones, one after another."""
-    samples = []
-    for run in range(1, warmup + repeat + 1):
-        cold = target.id not in _asked
-        _asked.add(target.id)
-        columns: list[Column] = []
-        async for columns in Run([Job(target, request)]).frames():
-            pass
-        sample = _sample(columns[0], run, run <= warmup, cold)
-        samples.append(sample)
-        if on_sample is not None:
-            on_sample(sample)
-    return samples
+FAIR_WAIT = "waiting for the CPU (fair mode)"
+# a run that failed with one of these will fail the same way again: the column's repeats end there
+FINAL_ERRORS = frozenset({ErrorKind.AUTH, ErrorKind.RATE_LIMITED, ErrorKind.NOT_FOUND, ErrorKind.BAD_REQUEST,
+                          ErrorKind.UNAVAILABLE})
 
 
-async def bench(targets: list[Target], request: ChatRequest, repeat: int, warmup: int,
+def fair_by_default(targets: list[Target], repeat: int, warmup: int) -> bool:
+    """Fair mode's default: in benchmark mode, when two or more local targets share the machine."""
+    benchmark = repeat > 1 or warmup > 0
+    return benchmark and sum(t.backend in local_backends() for t in targets) >= 2
+
+
+class RepeatedRun:
+    """Benchmark mode: each column runs ``warmup`` runs, then ``repeat`` measured ones, one after
+    another, while the columns run at the same time. In fair mode the local columns take turns, one
+    local generation at a time (remote ones still run at once): two local models on one machine
+    would otherwise measure their contention for its cores.
+
+    The same interface as ``runner.Run`` (``columns``, ``frames()``, ``stop()``, ``stop_column()``):
+    ``columns`` holds each column's current run; ``samples`` each column's finished runs."""
+
+    def __init__(self, jobs: list[Job], repeat: int, warmup: int, fair: bool):
+        now = time.perf_counter()
+        self.jobs, self.repeat, self.warmup, self.fair = jobs, repeat, warmup, fair
+        self.columns = [Column(job.target, metrics.Timeline(started=now)) for job in jobs]
+        self.samples: list[list[Sample]] = [[] for _ in jobs]
+        self.phase = [""] * len(jobs)  # "warm-up 1 of 2", "run 3 of 10"
+        self._runs: list[Run | None] = [None] * len(jobs)
+        self._stopped = False
+        self._halted: set[int] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: asyncio.Event | None = None
+        self._halt: list[asyncio.Event] = []
+        self._cpu: asyncio.Lock | None = None
+
+    def stop(self) -> None:
+        self._stopped = True
+        for i in range(len(self.jobs)):
+            self.stop_column(i)
+
+    def stop_column(self, index: int) -> None:
+        """From any thread: this column's current run stops, and no further run starts."""
+        self._halted.add(index)
+        run = self._runs[index]
+        if run is not None:
+            run.stop()
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and self._halt:
+            loop.call_soon_threadsafe(self._halt[index].set)
+
+    def _show(self, index: int, column: Column) -> None:
+        self.columns[index] = column
+        assert self._changed is not None
+        self._changed.set()
+
+    async def frames(self) -> AsyncIterator[list[Column]]:
+        self._loop = asyncio.get_running_loop()
+        self._changed, self._cpu = asyncio.Event(), asyncio.Lock()
+        self._halt = [asyncio.Event() for _ in self.jobs]
+        for index in self._halted:
+            self._halt[index].set()
+        tasks = [asyncio.create_task(self._column(i)) for i in range(len(self.jobs))]
+        try:
+            while True:
+                await self._changed.wait()
+                self._changed.clear()
+                ended = all(task.done() for task in tasks)
+                yield self.columns
+                if ended:
+                    break
+            for task in tasks:
+                task.result()  # a bug in a column's loop is not swallowed
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _column(self, index: int) -> None:
+        try:
+            await self._runs_of(index)
+        finally:
+            assert self._changed is not None
+            self._changed.set()
+
+    async def _runs_of(self, index: int) -> None:
+        job = self.jobs[index]
+        takes_turns = self.fair and job.target.backend in local_backends()
+        for number in range(1, self.warmup + self.repeat + 1):
+            if index in self._halted:
+                return
+            warm = number <= self.warmup
+            self.phase[index] = (f"warm-up {number} of {self.warmup}" if warm
+                                 else f"run {number - self.warmup} of {self.repeat}")
+            if takes_turns and not await self._take_turn(index):
+                return
+            try:
+                column = await self._one_run(index, job, number, warm)
+            finally:
+                if takes_turns:
+                    assert self._cpu is not None
+                    self._cpu.release()
+            if column.status == "stopped" or (column.status == "error" and column.error_kind in FINAL_ERRORS):
+                return
+
+    async def _take_turn(self, index: int) -> bool:
+        """Wait for the CPU; False when the column was stopped meanwhile."""
+        assert self._cpu is not None
+        if not self._cpu.locked():
+            await self._cpu.acquire()  # free: taken at once, before any other column looks
+            return True
+        self._show(index, Column(self.jobs[index].target, metrics.Timeline(started=time.perf_counter()),
+                                 detail=FAIR_WAIT))
+        turn = asyncio.ensure_future(self._cpu.acquire())
+        halted = asyncio.ensure_future(self._halt[index].wait())
+        await asyncio.wait({turn, halted}, return_when=asyncio.FIRST_COMPLETED)
+        halted.cancel()
+        if index not in self._halted:
+            await turn
+            return True
+        if turn.done() and not turn.cancelled():
+            self._cpu.release()
+        else:
+            turn.cancel()
+        waiting = self.columns[index]
+        if not waiting.final:
+            waiting.status, waiting.detail = "stopped", ""
+            self._show(index, waiting)
+        return False
+
+    async def _one_run(self, index: int, job: Job, number: int, warm: bool) -> Column:
+        cold = job.target.id not in _asked
+        _asked.add(job.target.id)
+        run = self._runs[index] = Run([job])
+        if index in self._halted:
+            run.stop()
+        column = run.columns[0]
+        async for columns in run.frames():
+            column = columns[0]
+            self._show(index, column)
+        self._runs[index] = None
+        self.samples[index].append(_sample(column, number, warm, cold))
+        return column
+
+
+async def bench(targets: list[Target], request: ChatRequest, repeat: int, warmup: int, fair: bool = False,
                 on_sample: Callable[[Sample], None] | None = None) -> list[list[Sample]]:
-    """Every target at once, each its runs in turn."""
-    return list(await asyncio.gather(*(repeat_target(t, request, repeat, warmup, on_sample) for t in targets)))
+    """Every target at once, each its runs in turn (the command line's benchmark)."""
+    run = RepeatedRun([Job(t, request) for t in targets], repeat, warmup, fair)
+    reported = [0] * len(targets)
+    async for _ in run.frames():
+        for i, samples in enumerate(run.samples):
+            for sample in samples[reported[i]:]:
+                if on_sample is not None:
+                    on_sample(sample)
+            reported[i] = len(samples)
+    return run.samples
 
 
 def summary(target: Target, samples: list[Sample], objectives: stats.Objectives | None, greedy: bool
@@ -107,7 +244,7 @@ def summary(target: Target, samples: list[Sample], objectives: stats.Objectives 
 
 
 def document(targets: list[Target], results: list[list[Sample]], request: ChatRequest, prompt: str,
-             repeat: int, warmup: int, objectives: stats.Objectives | None) -> dict[str, Any]:
+             repeat: int, warmup: int, objectives: stats.Objectives | None, fair: bool = False) -> dict[str, Any]:
     greedy = request.params.greedy
     return {
         "kind": "benchmark",
@@ -115,11 +252,39 @@ def document(targets: list[Target], results: list[list[Sample]], request: ChatRe
         "parameters": request.params.model_dump(),
         "repeat": repeat,
         "warmup": warmup,
+        # which mode produced the numbers: local columns one at a time (fair) or all at once
+        "fair_mode": fair,
         "objectives": asdict(objectives) if objectives else None,
         "environment": environment.machine(),
         "definitions": {**METRICS, **STATISTICS},
         "targets": [summary(t, s, objectives, greedy) for t, s in zip(targets, results)],
+        "across_targets": across_targets(targets, results) if greedy else [],
     }
+
+
+def across_targets(targets: list[Target], results: list[list[Sample]]) -> list[dict[str, Any]]:
+    """Greedy answers of targets of the same model (each target's first measured answer): the same,
+    or where one first leaves the first target's: what a quantisation or a backend changes."""
+    groups: dict[str, list[tuple[Target, str]]] = {}
+    for target, samples in zip(targets, results):
+        ok = [s for s in samples if not s.warmup and s.status == "done"]
+        if ok:
+            groups.setdefault(target.model or target.id, []).append((target, ok[0].text))
+    compared = []
+    for model, members in groups.items():
+        if len({t.id for t, _ in members}) < 2:
+            continue
+        entry: dict[str, Any] = {"model": model, "targets": [t.id for t, _ in members]}
+        difference = stats.first_difference([text for _, text in members])
+        entry["identical"] = difference is None
+        if difference is not None:
+            index, at = difference
+            (first, theirs), (other, ours) = members[0], members[index]
+            entry["first_difference"] = {"target": other.id, "against": first.id, "character": at,
+                                         "common": theirs[max(0, at - 30):at], "theirs": theirs[at:at + 20],
+                                         "ours": ours[at:at + 20]}
+        compared.append(entry)
+    return compared
 
 
 STATISTICS = {
@@ -128,6 +293,7 @@ STATISTICS = {
     "ci_low/ci_high": "95 % percentile-bootstrap interval of the median (2000 resamples, seed 0)",
     "goodput": "share of measured runs meeting every objective (a failed run meets none)",
     "cold_samples": "measured runs that were their target's first request in this process",
+    "fair_mode": "local targets took turns, one local generation at a time (remote ones ran at once)",
     "roofline": "decode p50 as a share of bandwidth ÷ bytes of weights read a token (local targets; see roofline.py)",
 }
 
@@ -146,7 +312,8 @@ def text_report(document: dict[str, Any]) -> str:
     """Per target: each metric's statistics over the measured runs, goodput, and whether greedy
     answers were the same."""
     lines = [f"{document['repeat']} measured runs per target after {document['warmup']} warm-up"
-             f" run{'s' if document['warmup'] != 1 else ''}; prompt: {document['prompt'][:60]!r}"]
+             f" run{'s' if document['warmup'] != 1 else ''}; prompt: {document['prompt'][:60]!r}"
+             + ("; fair mode: local targets took turns" if document.get("fair_mode") else "")]
     for entry in document["targets"]:
         lines += ["", f"== {entry['label']} ({entry['id']}): {entry['measured_runs'] - entry['failed_runs']} ok, "
                       f"{entry['failed_runs']} failed, {entry['cold_samples']} cold"]
@@ -172,10 +339,80 @@ def text_report(document: dict[str, Any]) -> str:
         for run in entry["runs"]:
             if run["error"]:
                 lines.append(f"run {run['run']}: {run['status']}: {run['error']}")
+    for entry in document.get("across_targets", []):
+        lines += ["", across_text(entry)]
     env = document["environment"]
     lines += ["", f"playground {env['playground']} ({env['git_revision'] or 'no git'}), Python {env['python']}, "
                   f"{env['cpu']}, {env['cores']} cores, {env['memory_gb']} GB, {env['os']}"]
     return "\n".join(lines)
+
+
+TABLE_METRICS = {  # metric -> (row label, factor from the document's unit, digits)
+    "ttft_s": ("TTFT (ms)", 1000.0, 1),
+    "decode_tokens_per_s": ("decode (tok/s)", 1.0, 1),
+    "itl_p50_s": ("ITL p50 (ms)", 1000.0, 2),
+    "itl_p95_s": ("ITL p95 (ms)", 1000.0, 2),
+    "e2e_s": ("E2E (s)", 1.0, 3),
+    "output_tokens": ("output tokens", 1.0, 1),
+}
+STAT_COLUMNS = ["target", "metric", "n", "mean", "p50", "p90", "p95", "min", "max", "std", "CI low", "CI high"]
+
+
+def statistics_frame(document: dict[str, Any]) -> Any:
+    """The page's statistics table: a row per target and metric, over the measured runs."""
+    import pandas as pd
+
+    rows = []
+    for entry in document["targets"]:
+        for name, (label, factor, digits) in TABLE_METRICS.items():
+            s = entry["statistics"][name]
+            if s is None:
+                continue
+
+            def fig(value: float | None) -> float | None:
+                return None if value is None else round(value * factor, digits)
+
+            rows.append({"target": entry["label"], "metric": label, "n": s["n"], "mean": fig(s["mean"]),
+                         "p50": fig(s["p50"]), "p90": fig(s["p90"]), "p95": fig(s["p95"]), "min": fig(s["min"]),
+                         "max": fig(s["max"]), "std": fig(s["std"]), "CI low": fig(s["ci_low"]),
+                         "CI high": fig(s["ci_high"])})
+    return pd.DataFrame(rows, columns=STAT_COLUMNS)
+
+
+def summary_markdown(document: dict[str, Any]) -> str:
+    """Above the statistics: what was measured, and per target what the table cannot show."""
+    mode = ("fair mode: local targets took turns for the CPU" if document.get("fair_mode")
+            else "all targets at once")
+    lines = [f"**Benchmark:** {document['repeat']} measured run{'s' if document['repeat'] != 1 else ''} per target "
+             f"after {document['warmup']} warm-up; {mode}. Statistics over the measured runs (CI: 95 % "
+             "bootstrap interval of the median)."]
+    objectives = document.get("objectives")
+    for entry in document["targets"]:
+        bits = [f"{entry['measured_runs'] - entry['failed_runs']} ok", f"{entry['failed_runs']} failed",
+                f"{entry['cold_samples']} cold"]
+        if entry.get("goodput") is not None and objectives:
+            bits.append(f"goodput {entry['goodput'] * 100:.0f} % ({stats.Objectives(**objectives).describe()})")
+        if "roofline" in entry:
+            bits.append(f"decode p50 is {entry['roofline']['text']}")
+        if "identical_across_repeats" in entry:
+            if entry["identical_across_repeats"]:
+                bits.append("greedy answers identical across repeats")
+            else:
+                d = entry["first_difference"]
+                bits.append(f"greedy answer of run {d['run']} differs from the first at character {d['character']}")
+        lines.append(f"- **{entry['label']}**: " + " · ".join(bits))
+    for entry in document.get("across_targets", []):
+        lines.append(f"- {across_text(entry)}")
+    return "\n".join(lines)
+
+
+def across_text(entry: dict[str, Any]) -> str:
+    """One line on the greedy answers of one model's targets."""
+    if entry["identical"]:
+        return f"greedy answers of {entry['model']}: identical on {', '.join(entry['targets'])}"
+    d = entry["first_difference"]
+    return (f"greedy answers of {entry['model']}: {d['target']} leaves {d['against']} at character {d['character']}, "
+            f"after {d['common'][-20:]!r}: {d['ours']!r} where {d['against']} has {d['theirs']!r}")
 
 
 def csv_text(document: dict[str, Any]) -> str:

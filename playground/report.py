@@ -151,6 +151,17 @@ def write_exports(document: dict[str, Any], folder: Path) -> tuple[Path, Path]:
     return csv_path, json_path
 
 
+def write_bench_exports(document: dict[str, Any], folder: Path) -> tuple[Path, Path]:
+    """A benchmark as JSON (statistics, every run, the environment) and CSV (one row per run)."""
+    from playground import repeats
+
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = folder / "phi-playground-bench.json", folder / "phi-playground-bench.csv"
+    json_path.write_text(json.dumps(document, indent=2, ensure_ascii=False), encoding="utf-8")
+    csv_path.write_text(repeats.csv_text(document), encoding="utf-8")
+    return csv_path, json_path
+
+
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 

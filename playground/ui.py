@@ -14,9 +14,10 @@ from starlette.middleware import Middleware
 
 from playground import measure_process, public, secrets, ui_stream, warmup
 from playground.backends import make_backend
-from playground.catalog import Catalog, load_catalog
+from playground.catalog import Catalog, Target, load_catalog
 from playground.clock import monitor_this_loop
 from playground.images import MAX_FILE_BYTES, ImageError, PreparedImage, from_multimodal
+from playground.repeats import STAT_COLUMNS
 from playground.report import TABLE_COLUMNS
 from playground.request import (MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_CHARS, ChatRequest, InputError, Message,
                                 build_messages, fit_history, make_params)
@@ -35,8 +36,8 @@ CSS = """
 .pp-col { min-width: 300px; }
 .pp-status { font-size: 0.85em; min-height: 3.2em; }
 /* on a phone the results table scrolls sideways instead of crushing a header to a letter a line */
-#results th { min-width: 6em; }
-#results th:first-child { min-width: 11em; }
+#results th, #bench-stats th { min-width: 6em; }
+#results th:first-child, #bench-stats th:first-child { min-width: 11em; }
 """
 def _remember_matplotlib_is_absent() -> None:
     """Gradio wraps every call, so every frame of a stream, in ``import matplotlib`` (twice) to pick a
@@ -152,6 +153,39 @@ def _validate(catalog: Catalog, prompt: str, system: str, temperature: float, to
     return (), params
 
 
+MAX_REPEAT, MAX_WARMUP = 20, 3
+FAIR_CHOICES = ["auto", "on", "off"]
+
+
+def _whole(value: Any, name: str, low: int, high: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number.is_integer() or not low <= number <= high:
+        raise gr.Error(f"{name}: must be a whole number from {low} to {high} (got {value!r})")
+    return int(number)
+
+
+def _benchmark(repeat: Any, warmup: Any, fair: Any, objectives: Any, targets: list[Target]) -> ui_stream.Benchmark | None:
+    """Benchmark mode's settings, checked; None for a single run (Repeat 1, no warm-up)."""
+    from playground import repeats, stats
+
+    count = _whole(1 if repeat is None else repeat, "Repeat", 1, MAX_REPEAT)
+    warm = _whole(0 if warmup is None else warmup, "Warm-up runs", 0, MAX_WARMUP)
+    mode = fair or "auto"
+    if mode not in FAIR_CHOICES:
+        raise gr.Error(f"Fair mode: must be one of {', '.join(FAIR_CHOICES)} (got {fair!r})")
+    try:
+        wanted = stats.Objectives.parse(str(objectives)) if objectives and str(objectives).strip() else None
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
+    if count == 1 and warm == 0:
+        return None
+    on = repeats.fair_by_default(targets, count, warm) if mode == "auto" else mode == "on"
+    return ui_stream.Benchmark(count, warm, on, wanted)
+
+
 def _column_count(value: Any) -> int:
     """The API's column count, checked (7 would index past the last column, -1 drop one)."""
     try:
@@ -253,6 +287,15 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                 max_tokens = gr.Slider(1, MAX_NEW_TOKENS_LIMIT, value=256, step=1, label="Max new tokens", elem_id="max-tokens")
                 # a Textbox, since a blank gr.Number reaches the server as 0 and would fix every seed
                 seed = gr.Textbox(value="", label="Seed (blank = random)", elem_id="seed", max_length=12)
+            gr.Markdown("**Benchmark mode**: repeat the run and get statistics and charts. The columns still run at "
+                        "once; each runs its warm-up runs (not counted), then its measured runs, one after another.")
+            with gr.Row():
+                repeat = gr.Slider(1, MAX_REPEAT, value=1, step=1, label="Repeat (measured runs)", elem_id="repeat")
+                warmups = gr.Slider(0, MAX_WARMUP, value=0, step=1, label="Warm-up runs", elem_id="warmup")
+                fair = gr.Radio(FAIR_CHOICES, value="auto", elem_id="fair",
+                                label="Fair mode: local targets take turns for the CPU (auto: with two or more)")
+                goodput = gr.Textbox(value="", label="Goodput objectives (e.g. ttft:500, tps:20)", elem_id="goodput",
+                                     max_length=60)
         with gr.Accordion("Your keys", open=False, elem_id="keys"):
             gr.Markdown("Keys typed here are used for your runs only, in this browser session: never stored on "
                         "the server beyond it, never logged, never in a download. A URL you type is used only with "
@@ -267,19 +310,29 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         session_keys = gr.State(None)  # the API's keys (/keys), server-side for this session only
         gr.Examples([{"text": e, "files": []} for e in EXAMPLES], inputs=[prompt], label="Examples")
         table = gr.Dataframe(headers=TABLE_COLUMNS, label="Results", interactive=False, elem_id="results", wrap=True)
+        # "hidden": in the page, out of sight, so their code is fetched with the page, not when a run ends
+        bench_summary = gr.Markdown("", visible="hidden", elem_id="bench-summary")
+        bench_table = gr.Dataframe(headers=STAT_COLUMNS, label="Benchmark statistics", interactive=False,
+                                   elem_id="bench-stats", wrap=True, visible="hidden")
+        with gr.Row(elem_id="bench-charts"):
+            ttft_chart = gr.Plot(label="TTFT", elem_id="chart-ttft", visible="hidden", show_label=False,
+                                 min_width=300)
+            decode_chart = gr.Plot(label="Decode rate", elem_id="chart-decode", visible="hidden", show_label=False,
+                                   min_width=300)
         with gr.Row():
-            # "hidden": in the page, out of sight, so their code is fetched with the page, not when a run ends
             csv_btn = gr.DownloadButton("Download CSV", visible="hidden", elem_id="download-csv")
             json_btn = gr.DownloadButton("Download JSON", visible="hidden", elem_id="download-json")
         empty_table = table.postprocess(None).model_dump()
 
         async def plan_run(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
                            seed_value: str | None, columns: float, hist: list[list[Turn]], chosen: list[str | None],
-                           request: gr.Request, credentials: secrets.Credentials | None = None) -> ui_stream.Plan:
+                           request: gr.Request, credentials: secrets.Credentials | None = None,
+                           bench: tuple[Any, Any, Any, Any] = (1, 0, "auto", "")) -> ui_stream.Plan:
             monitor_this_loop("gradio")  # logs any stall of Gradio's own loop over 100 ms
             target_ids = list(chosen[:_column_count(columns)])
             prompt_text, images = await _read_prompt(prompt_value)
             _, params = _validate(full_catalog, prompt_text, system_text, temp, p, max_new, seed_value, target_ids)
+            benchmark = _benchmark(*bench, [full_catalog.get(t) for t in target_ids])
             for target_id in target_ids:
                 if (refused := policy.refusal(full_catalog.get(target_id))) is not None:
                     raise gr.Error(refused)
@@ -300,7 +353,8 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                                                     credentials=mine),
                                 notices=(note,) if note else ()))
             shown_prompt = prompt_text + (f"\n\n🖼 {', '.join(i.name for i in images)}" if images else "")
-            return ui_stream.Plan(_session(request), prompt_text, shown_prompt, system_text, params, images, jobs, hist)
+            return ui_stream.Plan(_session(request), prompt_text, shown_prompt, system_text, params, images, jobs, hist,
+                                  benchmark)
 
         def _quota_keys(request: gr.Request | None) -> list[str]:
             return [f"session:{_session(request)}", f"address:{_address(request, policy)}"]
@@ -342,10 +396,12 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         async def run_from_page(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
                                 seed_value: str | None, columns: float, hist: list[list[Turn]], targets: str,
                                 k0: str, k1: str, k2: str, k3: str, k4: str, k5: str, k6: str,  # KEY_FIELDS
+                                repeats: float, warmup_runs: float, fair_mode: str, objectives: str,
                                 request: gr.Request) -> AsyncIterator[list[Any]]:
             typed = (k0, k1, k2, k3, k4, k5, k6)
             plan = await plan_run(prompt_value, system_text, temp, p, max_new, seed_value, columns, hist,
-                                  (targets or "").split("\n"), request, _credentials(typed, policy, request))
+                                  (targets or "").split("\n"), request, _credentials(typed, policy, request),
+                                  (repeats, warmup_runs, fair_mode, objectives))
             async with aclosing(ui_stream.frames(plan, table, csv_btn)) as stream:
                 async for values in ui_stream.page_values(plan, stream):
                     yield values
@@ -360,6 +416,18 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                 async for values in ui_stream.api_values(plan, stream, empty_table):
                     yield values
 
+        async def bench_from_api(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
+                                 seed_value: str | None, columns: float, hist: list[list[Turn]],
+                                 t0: str, t1: str, t2: str, t3: str, t4: str, t5: str,
+                                 repeats: float, warmup_runs: float, fair_mode: str, objectives: str,
+                                 keys: secrets.Credentials | None, request: gr.Request) -> AsyncIterator[list[Any]]:
+            """``/run`` in benchmark mode: its outputs, then the statistics table."""
+            plan = await plan_run(prompt_value, system_text, temp, p, max_new, seed_value, columns, hist,
+                                  [t0, t1, t2, t3, t4, t5], request, keys, (repeats, warmup_runs, fair_mode, objectives))
+            async with aclosing(ui_stream.frames(plan, table, csv_btn)) as stream:
+                async for values in ui_stream.api_values(plan, stream, empty_table, statistics=True):
+                    yield values
+
         # The page keeps, for each event's inputs and progress targets, a loading status, and on every
         # message of any run it snapshots all their props: six dropdowns of ~45 choices were 35,000
         # structuredClone calls a run, six chat transcripts more. So the page's run event takes the
@@ -372,20 +440,26 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             picker.change(None, pickers, picked, js="(...ids) => ids.map((id) => id ?? '').join('\\n')",
                           queue=False, api_name=False, show_progress="hidden")
         run_outputs = [*chats, *statuses, table, csv_btn, json_btn, histories]
+        bench_in = [repeat, warmups, fair, goodput]
         settings_in = [prompt, system, temperature, top_p, max_tokens, seed, n_cols, histories]
         streaming = dict(trigger_mode="once", show_progress="hidden",
                          preprocess=False,  # our own validation names the bad field; Gradio's does not
                          postprocess=False)  # ui_stream sends wire values itself, a frame at a time
         results = gr.State(None)
-        gr.on([prompt.submit, run_btn.click], run_from_page, inputs=[*settings_in, picked, *key_boxes],
+        gr.on([prompt.submit, run_btn.click], run_from_page, inputs=[*settings_in, picked, *key_boxes, *bench_in],
               outputs=[*chats, *statuses, histories, results, *lives], api_name=False, show_progress_on=[run_btn],
-              **streaming).success(ui_stream.results_values, results, [table, csv_btn, json_btn, *codes], api_name=False,
+              **streaming).success(ui_stream.results_values, results,
+                                   [table, csv_btn, json_btn, *codes, bench_summary, bench_table, ttft_chart, decode_chart],
+                                   api_name=False,
                                    show_progress="hidden", show_progress_on=[run_btn], postprocess=False
                                    ).then(quota_status, None, quota_line, api_name=False, show_progress="hidden")
         api_run = gr.Button(visible=False)
         api_run.click(run_from_api, inputs=[*settings_in, *pickers, session_keys], outputs=run_outputs, api_name="run",
                       **streaming
                       ).then(quota_status, None, quota_line, api_name=False, show_progress="hidden")
+        gr.Button(visible=False).click(bench_from_api, inputs=[*settings_in, *pickers, *bench_in, session_keys],
+                                       outputs=[*run_outputs, bench_table], api_name="bench", **streaming
+                                       ).then(quota_status, None, quota_line, api_name=False, show_progress="hidden")
         stop_btn.click(stop, None, None, api_name="stop", concurrency_limit=None, queue=False)
         for i, button in enumerate(column_stops):
             button.click(_column_stopper(i), None, None, api_name=False, concurrency_limit=None, queue=False)

@@ -61,6 +61,9 @@ def status_markdown(column: Column, now: float | None = None) -> str:
         f"TTFT {fmt_s(m.ttft_s)} · decode {speed} tok/s · tokens {tokens_text(m.output_tokens, m.tokens_source)}"
         f"{source} · E2E {fmt_s(m.e2e_s)}",
     ]
+    chart = token_chart(column, now)
+    if chart:
+        parts.append(chart)
     uncertain = uncertainty_text(column)
     if uncertain:
         parts.append(f"⚠ {uncertain}")
@@ -85,6 +88,31 @@ def status_markdown(column: Column, now: float | None = None) -> str:
     for notice in column.notices:
         parts.append(f"⚠ {notice}")
     return "  \n".join(parts)
+
+
+SPARK_BARS = 24
+SPARK_LEVELS = "▁▂▃▄▅▆▇█"
+
+
+def token_chart(column: Column, now: float | None = None) -> str | None:
+    """The column's tokens over time, from the request to now (or the end): a bar per slice of time,
+    its height the tokens (or chunks) that arrived in it, a dot where none did. A stall shows as dots,
+    a burst as a tall bar, the wait for the first token as the leading dots."""
+    timeline = column.timeline
+    sent, deltas = timeline.sent, timeline.deltas
+    if sent is None or not deltas:
+        return None
+    end = timeline.ended or now or deltas[-1].at
+    span = max(end - sent, 1e-3)
+    counts = [0] * SPARK_BARS
+    for delta in deltas:
+        slot = min(SPARK_BARS - 1, max(0, int((delta.at - sent) / span * SPARK_BARS)))
+        counts[slot] += delta.tokens if delta.tokens is not None else 1
+    top = max(counts)
+    bars = "".join("·" if c == 0 else SPARK_LEVELS[min(len(SPARK_LEVELS) - 1, (c * len(SPARK_LEVELS) - 1) // top)]
+                   for c in counts)
+    unit = "tokens" if all(d.tokens is not None for d in deltas) else "chunks"
+    return f"`{bars}` {unit} over {fmt_s(span)}, {fmt_s(span / SPARK_BARS)} a bar"
 
 
 def transcript(history: list[Turn], prompt: str | None = None, live: Column | None = None) -> list[dict[str, Any]]:

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import gradio as gr
 
-from playground import exports
-from playground.request import ChatRequest
+from playground import charts, exports, repeats, stats
+from playground.repeats import RepeatedRun
 from playground.snippets import snippet
-from playground.report import results_frame, run_document, with_environment, write_exports
+from playground.report import results_frame, run_document, with_environment, write_bench_exports, write_exports
 from playground.runner import Job, Run
 from playground.settings import MAX_COLUMNS
 from playground.ui_format import Turn, finished_turn, live_answer, status_markdown, transcript
@@ -39,7 +39,7 @@ STATUS_REFRESH_S = 0.25
 # the heels of the last text, the page would paint both at once, so the last tokens would wait for it.
 OUTCOME_AFTER_S = 0.05
 MIN_GAP_S = 0.03  # between two frames sent to the page (see _paced)
-_active_runs: dict[str, Run] = {}
+_active_runs: dict[str, Run | RepeatedRun] = {}
 
 
 def wire_message(role: str, text: str) -> dict[str, Any]:
@@ -49,6 +49,16 @@ def wire_message(role: str, text: str) -> dict[str, Any]:
 
 def wire_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [wire_message(m["role"], m["content"]) for m in messages]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """Benchmark mode's settings for one run: each column runs ``warmup`` + ``repeat`` times."""
+
+    repeat: int
+    warmup: int
+    fair: bool
+    objectives: stats.Objectives | None
 
 
 @dataclass
@@ -63,6 +73,7 @@ class Plan:
     images: tuple[PreparedImage, ...]
     jobs: list[Job]
     histories: list[list[Turn]]
+    benchmark: Benchmark | None = None
 
     @property
     def count(self) -> int:
@@ -76,6 +87,17 @@ class Outcome:
     csv_file: dict[str, Any]
     json_file: dict[str, Any]
     codes: list[str]  # per column: the program that sends its request (snippets)
+    bench: BenchOutcome | None = None
+
+
+@dataclass
+class BenchOutcome:
+    """Benchmark mode's results: a summary, the statistics table and two charts."""
+
+    summary: str
+    table: dict[str, Any]
+    ttft_chart: dict[str, Any] | None
+    decode_chart: dict[str, Any] | None
 
 
 @dataclass
@@ -104,7 +126,9 @@ def _status_state(column: Column) -> tuple[Any, ...]:
 
 async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -> AsyncIterator[Frame]:
     """The run's frames, with status lines; then one more with its outcome (history, results, files)."""
-    run = Run(plan.jobs)
+    bench = plan.benchmark
+    run: Run | RepeatedRun = (Run(plan.jobs) if bench is None
+                              else RepeatedRun(plan.jobs, bench.repeat, bench.warmup, bench.fair))
     previous = _active_runs.pop(plan.session, None)
     if previous is not None:
         previous.stop()
@@ -116,9 +140,10 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
         async for columns in _paced(run.frames(), MIN_GAP_S):
             now = time.perf_counter()
             for i, column in enumerate(columns):
-                state = _status_state(column)
+                phase = run.phase[i] if isinstance(run, RepeatedRun) else ""
+                state = (*_status_state(column), phase)
                 if state != shown[i] or (column.status == "streaming" and now >= due[i]):
-                    statuses[i] = status_markdown(column, now)
+                    statuses[i] = (f"**{phase}** · " if phase else "") + status_markdown(column, now)
                     shown[i], due[i] = state, now + STATUS_REFRESH_S
             yield Frame(columns, statuses)
     finally:
@@ -129,10 +154,13 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
         histories[i].append(finished_turn(plan.shown_prompt, column))
         histories[i][-1].sent_user = plan.prompt_text
     document = run_document(plan.prompt_text, plan.system_text, plan.params, run.columns, plan.images)
-    results, _ = await asyncio.gather(asyncio.to_thread(_results, plan.session, table, download, document, run.columns,
-                                                        [job.request for job in plan.jobs]),
+    samples = run.samples if isinstance(run, RepeatedRun) else None
+    results, _ = await asyncio.gather(asyncio.to_thread(_results, plan, table, download, document, run.columns,
+                                                        samples),
                                       asyncio.sleep(OUTCOME_AFTER_S))
-    final = [status_markdown(c) for c in run.columns] + statuses[plan.count:]
+    phases = run.phase if isinstance(run, RepeatedRun) else [""] * plan.count
+    final = [(f"**{phase}** · " if phase else "") + status_markdown(c)
+             for c, phase in zip(run.columns, phases)] + statuses[plan.count:]
     yield Frame(run.columns, final, Outcome(histories, *results))
 
 
@@ -183,31 +211,49 @@ async def _paced(source: AsyncIterator[list[Column]], min_gap_s: float) -> Async
         await asyncio.gather(task, return_exceptions=True)
 
 
-def _results(session: str, table: gr.Dataframe, download: gr.DownloadButton, document: dict[str, Any],
-             columns: list[Column], requests: list[ChatRequest]
-             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]]:
-    """The results table, the two downloads (file writes: in a thread) and each column's code."""
+def _results(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton, document: dict[str, Any],
+             columns: list[Column], samples: list[list[repeats.Sample]] | None
+             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str], BenchOutcome | None]:
+    """The results table, the two downloads (file writes: in a thread), each column's code, and in
+    benchmark mode the statistics, the charts and the benchmark's own exports."""
+    requests = [job.request for job in plan.jobs]
     document = with_environment(document, [c.target for c in columns])
-    csv_path, json_path = write_exports(document, exports.new_folder(session))
+    folder = exports.new_folder(plan.session)
     codes = [snippet(c.target, r) for c, r in zip(columns, requests)]
+    bench = None
+    if plan.benchmark is not None and samples is not None:
+        b = plan.benchmark
+        targets = [job.target for job in plan.jobs]
+        bench_doc = repeats.document(targets, samples, requests[0], plan.prompt_text, b.repeat, b.warmup,
+                                     b.objectives, b.fair)
+        bench_doc["environment"] = document["environment"]  # with each target's model file or endpoint
+        bench_doc["last_run"] = document
+        csv_path, json_path = write_bench_exports(bench_doc, folder)
+        bench = BenchOutcome(repeats.summary_markdown(bench_doc) + f"\n\n*Charts: {charts.CAPTION}.*",
+                             table.postprocess(repeats.statistics_frame(bench_doc)).model_dump(),
+                             charts.plot_value(bench_doc, "ttft_s"), charts.plot_value(bench_doc, "decode_tokens_per_s"))
+    else:
+        csv_path, json_path = write_exports(document, folder)
     return (table.postprocess(results_frame(columns)).model_dump(),
             download.postprocess(str(csv_path)).model_dump(), download.postprocess(str(json_path)).model_dump(),
-            codes)
+            codes, bench)
 
 
-def _tail(frame: Frame, plan: Plan, empty_table: dict[str, Any], first: bool) -> list[Any]:
-    """Results table, the two downloads and the histories state."""
-    if frame.outcome is None:  # the last run's files go with its table
-        hidden = gr.update(visible="hidden") if first else None
-        return [empty_table, hidden, hidden, plan.histories]
+def _tail(frame: Frame, plan: Plan, empty_table: dict[str, Any], first: bool, statistics: bool) -> list[Any]:
+    """Results table, the two downloads and the histories state (and the benchmark's statistics)."""
     out = frame.outcome
+    bench = [out.bench.table if out is not None and out.bench else empty_table] if statistics else []
+    if out is None:  # the last run's files go with its table
+        hidden = gr.update(visible="hidden") if first else None
+        return [empty_table, hidden, hidden, plan.histories, *bench]
     return [out.table, gr.update(value=out.csv_file, visible=True), gr.update(value=out.json_file, visible=True),
-            out.histories]
+            out.histories, *bench]
 
 
-async def api_values(plan: Plan, stream: AsyncIterator[Frame], empty_table: dict[str, Any]
+async def api_values(plan: Plan, stream: AsyncIterator[Frame], empty_table: dict[str, Any], statistics: bool = False
                      ) -> AsyncIterator[list[Any]]:
-    """``/run``'s outputs (chats, statuses, table, downloads, histories): each answer streams in its chat."""
+    """``/run``'s outputs (chats, statuses, table, downloads, histories, benchmark statistics): each answer
+    streams in its chat."""
     earlier = [wire_messages(transcript(h)) for h in plan.histories]  # unused columns keep their history
     asked = wire_message("user", plan.shown_prompt)
     chats = list(earlier)
@@ -220,7 +266,7 @@ async def api_values(plan: Plan, stream: AsyncIterator[Frame], empty_table: dict
             elif column.version != seen[i]:
                 chats[i] = earlier[i] + [asked, wire_message("assistant", live_answer(column))]
                 seen[i] = column.version
-        yield chats + frame.statuses + _tail(frame, plan, empty_table, first)
+        yield chats + frame.statuses + _tail(frame, plan, empty_table, first, statistics)
         first = False
 
 
@@ -245,16 +291,28 @@ async def page_values(plan: Plan, stream: AsyncIterator[Frame]) -> AsyncIterator
                      if first else texts)
         out = frame.outcome
         states = [plan.histories, None] if out is None else [
-            out.histories, (out.table, out.csv_file, out.json_file, out.codes)]
+            out.histories, (out.table, out.csv_file, out.json_file, out.codes, out.bench)]
         yield chats + frame.statuses + states + lives
         first = False
 
 
-def results_values(results: tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str]] | None) -> list[Any]:
-    """The results table, the two downloads and each column's code, of the run that just ended (the
-    page's follow-up event)."""
+BENCH_OUTPUTS = 4  # the summary, the statistics table, two charts
+
+
+def results_values(results: tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str], BenchOutcome | None]
+                   | None) -> list[Any]:
+    """The results table, the two downloads, each column's code, and benchmark mode's summary, table
+    and charts (hidden after a single run), of the run that just ended (the page's follow-up event)."""
     if results is None:  # the run failed before it began
-        return [gr.skip()] * (3 + MAX_COLUMNS)
-    table, csv_file, json_file, codes = results
+        return [gr.skip()] * (3 + MAX_COLUMNS + BENCH_OUTPUTS)
+    table, csv_file, json_file, codes, bench = results
     return [table, gr.update(value=csv_file, visible=True), gr.update(value=json_file, visible=True),
-            *codes, *[gr.skip()] * (MAX_COLUMNS - len(codes))]
+            *codes, *[gr.skip()] * (MAX_COLUMNS - len(codes)), *bench_values(bench)]
+
+
+def bench_values(bench: BenchOutcome | None) -> list[Any]:
+    if bench is None:
+        return [gr.update(visible=False)] * BENCH_OUTPUTS
+    return [gr.update(value=bench.summary, visible=True), gr.update(value=bench.table, visible=True),
+            gr.update(value=bench.ttft_chart, visible=bench.ttft_chart is not None),
+            gr.update(value=bench.decode_chart, visible=bench.decode_chart is not None)]

@@ -457,3 +457,55 @@ def layout(page: Any) -> dict[str, Any]:
       return {col0: box('#col-0'), col1: box('#col-1'), prompt: box('#prompt'),
               scrollWidth: document.scrollingElement.scrollWidth, viewport: window.innerWidth};
     }""")
+
+
+BENCH_TABLE_JS = TABLE_JS.replace("#results", "#bench-stats")
+#: how each chart's Vega view drew: its marks, and the width it had
+CHART_JS = """(id) => {
+  const root = document.querySelector(`#${id}`);
+  if (!root || root.offsetParent === null) return null;
+  const svg = root.querySelector('svg.marks'), canvas = root.querySelector('canvas.marks');
+  const drawn = svg || canvas;
+  if (!drawn) return null;
+  return {width: drawn.getBoundingClientRect().width, box: root.getBoundingClientRect().width,
+          text: svg ? svg.textContent : ''};
+}"""
+
+
+@dataclass
+class Benchmarked:
+    statuses: list[str]
+    summary: str
+    stats: list[list[str]]
+    charts: dict[str, dict[str, Any]]
+    json_path: Path
+
+
+def benchmark(page: Any, url: str, download_dir: Path, targets: tuple[str, ...] = BUNDLED, repeat: int = 3,
+              max_tokens: int = 16, prompt: str = "Name a colour.", timeout_s: float = 600) -> Benchmarked:
+    """Open the page, pick the targets, set Repeat, run at temperature 0; wait for the statistics and
+    both charts; download the JSON."""
+    labels = target_labels()
+    open_app(page, url)
+    for column, target in enumerate(targets):
+        pick_target(page, column, labels[target])
+    set_parameter(page, "temperature", 0)
+    set_parameter(page, "max-tokens", max_tokens)
+    set_parameter(page, "repeat", repeat)
+    submit_prompt(page, prompt)
+    page.wait_for_function(f"() => ({STATUS_JS})([{len(targets)}, ['done', 'stopped', 'error']]) && "
+                           f"document.querySelector('#col-0-status').innerText.includes('run {repeat} of {repeat}')",
+                           timeout=timeout_s * 1000, polling=200)
+    page.locator("#bench-stats").wait_for(state="visible", timeout=60_000)
+    page.wait_for_function(f"() => ({BENCH_TABLE_JS})().length >= {len(targets)}", timeout=30_000, polling=100)
+    charts = {}
+    for chart in ("chart-ttft", "chart-decode"):
+        page.wait_for_function(f"() => ({CHART_JS})('{chart}') !== null", timeout=30_000, polling=100)
+        charts[chart] = page.evaluate(CHART_JS, chart)
+    with page.expect_download(timeout=30_000) as info:
+        page.locator("#download-json").click()
+    download = info.value
+    json_path = download_dir / (download.suggested_filename or "bench.json")
+    download.save_as(json_path)
+    summary = page.locator("#bench-summary").inner_text()
+    return Benchmarked(statuses(page, len(targets)), summary, page.evaluate(BENCH_TABLE_JS), charts, json_path)

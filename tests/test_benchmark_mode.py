@@ -104,3 +104,98 @@ def test_a_local_targets_decode_is_shown_against_this_machines_ceiling(builtin_c
     assert roof["text"].startswith(f"{50.0 / roof['ceiling_tokens_per_s'] * 100:.0f} % of this machine's ceiling")
     fp32 = roofline.ceiling("transformers", bundled_gguf.stat().st_size)  # dequantized: 8 times the Q4 file
     assert math.isclose(fp32.bytes_per_token, 8 * bundled_gguf.stat().st_size)
+
+
+def _chat(max_tokens: int) -> Any:
+    from playground.request import ChatRequest, build_messages, make_params
+
+    return ChatRequest(build_messages("Name a colour."), make_params(temperature=0.0, max_tokens=max_tokens))
+
+
+async def _watch(run: Any) -> tuple[list[Any], set[str]]:
+    """Every column object the run showed (each run of each column), and the phases it showed."""
+    seen: dict[int, Any] = {}
+    phases: set[str] = set()
+    async for columns in run.frames():
+        for i, column in enumerate(columns):
+            seen[id(column)] = column
+            phases.add(f"{i}:{run.phase[i]}:{column.detail}")
+    return list(seen.values()), phases
+
+
+@pytest.fixture
+def llamacpp(bundled_gguf: Path, builtin_catalog: Any) -> Any:
+    pytest.importorskip("llama_cpp")
+    return builtin_catalog.get("smollm2-llamacpp")
+
+
+@pytest.fixture
+def openvino(bundled_gguf: Path, builtin_catalog: Any) -> Any:
+    """Another runtime: two columns of one llama.cpp model take turns anyway (one context at a time)."""
+    pytest.importorskip("openvino_genai")
+    return builtin_catalog.get("smollm2-openvino")
+
+
+@pytest.fixture
+def scripted() -> Any:
+    from tests.sse_server import ScriptedServer
+
+    with ScriptedServer({"steady": Script(tokens=40, ttft_s=0.05, interval_s=0.02)}) as server:
+        yield server
+
+
+async def test_fair_mode_runs_local_columns_one_at_a_time_and_remote_ones_beside_them(
+        llamacpp: Any, openvino: Any, scripted: Any) -> None:
+    from playground import repeats
+    from playground.catalog import Target
+    from playground.runner import Job
+
+    remote = Target(id="remote", label="remote", backend="openai", model="steady", base_url=scripted.base_url)
+    jobs = [Job(llamacpp, _chat(12)), Job(openvino, _chat(12)), Job(remote, _chat(40))]
+    assert repeats.fair_by_default([j.target for j in jobs], repeat=2, warmup=1)
+    assert not repeats.fair_by_default([j.target for j in jobs], repeat=1, warmup=0)  # one run: not a benchmark
+    run = repeats.RepeatedRun(jobs, repeat=2, warmup=1, fair=True)
+    columns, phases = await _watch(run)
+    assert [[(s.run, s.warmup) for s in samples] for samples in run.samples] == [[(1, True), (2, False), (3, False)]] * 3
+    assert all(s.status == "done" for samples in run.samples for s in samples)
+    local = sorted((c.timeline.sent, c.timeline.ended) for c in columns
+                   if c.target in (llamacpp, openvino) and c.timeline.sent is not None)
+    assert len(local) == 6
+    for (_, ended), (sent, _) in zip(local, local[1:]):
+        assert ended <= sent  # never two local generations at once
+    remote_spans = [(c.timeline.sent, c.timeline.ended) for c in columns if c.target is remote and c.timeline.sent]
+    assert any(sent < r_end and r_sent < ended for r_sent, r_end in remote_spans for sent, ended in local)
+    assert any(repeats.FAIR_WAIT in p for p in phases)  # a column said why it waited
+    assert {"0:warm-up 1 of 1:", "0:run 2 of 2:"} <= phases
+
+
+async def test_without_fair_mode_the_local_columns_run_at_once(llamacpp: Any, openvino: Any) -> None:
+    from playground import repeats
+    from playground.runner import Job
+
+    run = repeats.RepeatedRun([Job(llamacpp, _chat(24)), Job(openvino, _chat(24))], repeat=1, warmup=0, fair=False)
+    columns, _ = await _watch(run)
+    (a_sent, a_end), (b_sent, b_end) = [(c.timeline.sent, c.timeline.ended) for c in columns if c.final]
+    assert a_sent < b_end and b_sent < a_end
+
+
+async def test_stop_ends_every_column_and_every_repeat_at_once(llamacpp: Any, scripted: Any) -> None:
+    import asyncio
+    import time
+
+    from playground import repeats
+    from playground.catalog import Target
+    from playground.runner import Job
+
+    remote = Target(id="remote", label="remote", backend="openai", model="steady", base_url=scripted.base_url)
+    run = repeats.RepeatedRun([Job(llamacpp, _chat(200)), Job(llamacpp, _chat(200)), Job(remote, _chat(40))],
+                              repeat=10, warmup=0, fair=True)
+    stopped_at = None
+    async for columns in run.frames():
+        if stopped_at is None and any(c.text for c in columns):
+            stopped_at = time.perf_counter()
+            await asyncio.to_thread(run.stop)  # from another thread, as the page's Stop button does
+    assert stopped_at is not None and time.perf_counter() - stopped_at < 4.0
+    assert all(len(samples) <= 1 for samples in run.samples)
+    assert {c.status for c in run.columns} <= {"stopped", "done"}
+    assert "stopped" in {c.status for c in run.columns}

@@ -149,3 +149,28 @@ def test_layout_side_by_side_on_desktop_stacked_on_a_phone(app_url: str, page_at
         assert col["x"] >= 0 and col["x"] + col["width"] <= flow.PHONE["width"], box
     assert box["prompt"]["x"] + box["prompt"]["width"] <= flow.PHONE["width"], box
     assert box["scrollWidth"] <= flow.PHONE["width"] + 2, f"the page scrolls sideways on a phone: {box}"
+
+
+def test_benchmark_mode_repeats_and_draws_its_statistics(app_url: str, page_at: Any, tmp_path: Path) -> None:
+    """Repeat 3 on the two bundled targets: each column says which run it is on, the statistics
+    table and both charts appear (drawn, and within a phone's width), the download carries them."""
+    import json
+
+    page = page_at(flow.PHONE)
+    bench = flow.benchmark(page, app_url, tmp_path, repeat=3)
+    assert all(s.startswith("run 3 of 3") and "done" in s for s in bench.statuses), bench.statuses
+    assert "fair mode" in bench.summary  # two local targets: they took turns for the CPU
+    labels = flow.target_labels()
+    rows = {(row[0], row[1]): row for row in bench.stats}
+    for target in flow.BUNDLED:
+        row = rows[(labels[target], "TTFT (ms)")]
+        assert row[2] == "3" and number(row[4]) > 0, row  # n, p50
+    for chart in bench.charts.values():
+        assert 0 < chart["width"] <= flow.PHONE["width"], chart  # readable at 390 px: nothing cut off
+    with open(bench.json_path, encoding="utf-8") as f:
+        document = json.load(f)
+    assert document["kind"] == "benchmark" and document["fair_mode"] is True
+    assert [e["measured_runs"] for e in document["targets"]] == [3, 3]
+    assert document["environment"]["cpu"] and len(document["environment"]["targets"]) == 2
+    p50 = document["targets"][0]["statistics"]["ttft_s"]["p50"] * 1000
+    assert abs(number(rows[(labels[flow.BUNDLED[0]], "TTFT (ms)")][4]) - p50) < 0.1  # the page shows the export

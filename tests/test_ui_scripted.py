@@ -148,3 +148,43 @@ def test_one_column_can_be_stopped_while_the_other_finishes(client: Client) -> N
     assert 0 < len(slow_answer) < len(" ".join(f"t{i}" for i in range(400))), "the stopped column keeps its partial text"
     with pytest.raises(Exception, match="column: must be a number from 0 to 5"):
         client.predict(9, api_name="/stop_column")
+
+
+def test_benchmark_mode_through_the_api_repeats_each_column_and_reports_statistics(
+        client: Client, server: ScriptedServer) -> None:
+    import json
+
+    before = len(server.chat_requests("quick"))
+    args = run_args("benchmark me", ["quick", "quick"], max_tokens=4, columns=2)
+    job = client.submit(*args, 3, 1, "auto", "ttft:5000", api_name="/bench")  # Repeat, Warm-up, Fair, Goodput
+    job.result(timeout=120)
+    assert len(server.chat_requests("quick")) - before == 2 * (1 + 3)  # a warm-up and three runs a column
+    phases = {s.split("**")[1] for frame in job.outputs() for s in frame[MAX_COLUMNS:MAX_COLUMNS + 2] if "**" in s}
+    assert "warm-up 1 of 1" in phases and any(p.startswith("run ") and p.endswith(" of 3") for p in phases)
+    assert all(s.startswith("**run 3 of 3** · ✓") for s in job.outputs()[-1][MAX_COLUMNS:MAX_COLUMNS + 2])
+    final = job.outputs()[-1]
+    stats_table = final[-1]
+    rows = [dict(zip(stats_table["headers"], row)) for row in stats_table["data"]]
+    ttft_rows = [r for r in rows if r["metric"] == "TTFT (ms)"]
+    assert [r["target"] for r in ttft_rows] == ["scripted quick", "scripted quick"] and ttft_rows[0]["n"] == 3
+    json_update = final[2 * MAX_COLUMNS + 2]
+    json_path = json_update["value"] if isinstance(json_update, dict) else json_update
+    assert json_path.endswith("phi-playground-bench.json")
+    with open(json_path, encoding="utf-8") as f:
+        document = json.load(f)
+    assert document["kind"] == "benchmark" and document["repeat"] == 3 and document["warmup"] == 1
+    assert document["fair_mode"] is False  # no local target: nothing to take turns for
+    entry = document["targets"][0]
+    assert [r["warmup"] for r in entry["runs"]] == [True, False, False, False] and entry["goodput"] == 1.0
+    assert round(entry["statistics"]["ttft_s"]["p50"] * 1000, 1) == ttft_rows[0]["p50"]  # the table is the export
+    assert document["environment"]["targets"][0]["endpoint"] and document["environment"]["cpu"]
+
+
+def test_benchmark_settings_out_of_range_are_refused_by_name(client: Client) -> None:
+    args = run_args("hi", ["quick"], columns=1)
+    for extra, message in (((0, 0, "auto", ""), "Repeat: must be a whole number from 1 to 20"),
+                           ((2, 9, "auto", ""), "Warm-up runs: must be a whole number from 0 to 3"),
+                           ((2, 0, "sometimes", ""), "Fair mode: must be one of auto, on, off"),
+                           ((2, 0, "auto", "ttft:soon"), "goodput: ttft needs a number")):
+        with pytest.raises(Exception, match=message):
+            client.submit(*args, *extra, api_name="/bench").result(timeout=30)

@@ -86,7 +86,7 @@ def test_the_page_streams_into_the_live_box_and_renders_the_chat_once_at_the_end
     from playground.runner import Column, Job
     from playground.settings import MAX_COLUMNS
     from playground.ui_format import Turn
-    from playground.ui_stream import Frame, Outcome, Plan, results_values, wire_messages
+    from playground.ui_stream import BENCH_OUTPUTS, Frame, Outcome, Plan, results_values, wire_messages
 
     target = Target(id="t", label="t", backend="openai", model="m", base_url="http://127.0.0.1:1/v1")
     column = Column(target, Timeline(started=0.0), status="streaming", detail="waiting for the first token")
@@ -113,4 +113,6 @@ def test_the_page_streams_into_the_live_box_and_renders_the_chat_once_at_the_end
     assert last[2 * MAX_COLUMNS] == done and last[2 * MAX_COLUMNS + 1][0] == {"data": []}
     table, csv_file, _, code, *others = results_values(last[2 * MAX_COLUMNS + 1])
     assert table == {"data": []} and csv_file["visible"] is True and csv_file["value"] == {"path": "a.csv"}
-    assert code == "print('the code')" and len(others) == MAX_COLUMNS - 1  # the other columns' code stays
+    assert code == "print('the code')" and len(others) == MAX_COLUMNS - 1 + BENCH_OUTPUTS
+    assert all(o == {"__type__": "update"} for o in others[:MAX_COLUMNS - 1])  # the other columns' code stays
+    assert all(o["visible"] is False for o in others[MAX_COLUMNS - 1:])  # a single run: no benchmark results

@@ -1,0 +1,70 @@
+"""The benchmark charts draw the benchmark document's own numbers: the table's and the exports'."""
+
+from __future__ import annotations
+
+import json
+
+from playground import charts, repeats, stats
+from playground.catalog import Target
+from playground.repeats import Sample
+from playground.request import ChatRequest, build_messages, make_params
+
+
+def sample(target: str, run: int, ttft: float, rate: float, warmup: bool = False, status: str = "done") -> Sample:
+    return Sample(target, run, warmup, run == 1, status, None if status == "done" else "boom", "text", ttft, rate,
+                  0.01, 0.02, 1.0, 20, "server")
+
+
+def document() -> dict:
+    targets = [Target(id="a", label="Alpha", backend="openai", model="m", base_url="http://127.0.0.1:9/v1"),
+               Target(id="b", label="Beta", backend="openai", model="m", base_url="http://127.0.0.1:9/v1")]
+    results = [[sample("a", 1, 9.9, 1.0, warmup=True), sample("a", 2, 0.10, 50), sample("a", 3, 0.30, 40),
+                sample("a", 4, 0.20, 45)],
+               [sample("b", 1, 0.50, 20), sample("b", 2, 0.70, 22), sample("b", 3, 2.0, 1.0, status="error")]]
+    request = ChatRequest(build_messages("hi"), make_params(temperature=0.0))
+    return repeats.document(targets, results, request, "hi", 3, 1, stats.Objectives(500, None))
+
+
+def test_each_chart_shows_the_documents_statistics_and_measured_runs_only() -> None:
+    doc = document()
+    for metric, (_, _, factor) in charts.CHARTS.items():
+        spec = charts.spec(doc, metric)
+        assert spec is not None
+        rule, ticks, interval, median = spec["layer"]
+        for entry, row in zip(doc["targets"], median["data"]["values"]):
+            s = entry["statistics"][metric]
+            assert row["name"] == entry["label"]
+            assert (row["p50"], row["ci_low"], row["ci_high"], row["min"], row["max"]) == tuple(
+                s[k] * factor for k in ("p50", "ci_low", "ci_high", "min", "max"))
+        shown = sorted((r["target"], r["run"], r["value"]) for r in ticks["data"]["values"])
+        short = charts.short_labels([e["label"] for e in doc["targets"]])
+        measured = sorted((short[e["label"]], r["run"], r[metric] * factor) for e in doc["targets"] for r in e["runs"]
+                          if not r["warmup"] and r["status"] == "done")
+        assert shown == measured  # no warm-up run, no failed run
+        assert interval["encoding"]["x"]["field"] == "ci_low" and interval["encoding"]["x2"]["field"] == "ci_high"
+    assert charts.spec(doc, "ttft_s")["layer"][3]["data"]["values"][0]["p50"] == 200.0  # ms: the median of 0.1-0.3 s
+
+
+def test_the_table_rows_are_the_same_figures_as_the_chart() -> None:
+    doc = document()
+    frame = repeats.statistics_frame(doc)
+    ttft = frame[frame["metric"] == "TTFT (ms)"]
+    chart = charts.spec(doc, "ttft_s")["layer"][3]["data"]["values"]
+    assert list(ttft["p50"]) == [round(row["p50"], 1) for row in chart]
+    assert list(ttft["n"]) == [3, 2]
+
+
+def test_the_plot_value_is_gradios_altair_shape_and_a_chart_needs_a_value() -> None:
+    value = charts.plot_value(document(), "decode_tokens_per_s")
+    assert value is not None and value["type"] == "altair" and value["chart"] == "line"
+    assert "width" not in json.loads(value["plot"])  # the page gives it the column's width (390 px on a phone)
+    empty = {"targets": [{"label": "x", "statistics": {"ttft_s": None}, "runs": []}]}
+    assert charts.spec(empty, "ttft_s") is None
+
+
+def test_chart_rows_drop_the_part_every_label_shares() -> None:
+    assert charts.short_labels(["SmolLM2-135M · ONNX", "SmolLM2-135M · llama.cpp"]) == {
+        "SmolLM2-135M · ONNX": "ONNX", "SmolLM2-135M · llama.cpp": "llama.cpp"}
+    assert charts.short_labels(["Phi-4 · GitHub", "Phi-4-mini · GitHub"]) == {
+        "Phi-4 · GitHub": "Phi-4 · GitHub", "Phi-4-mini · GitHub": "Phi-4-mini · GitHub"}
+    assert charts.short_labels(["same", "same"]) == {"same": "same"}
