@@ -70,3 +70,25 @@ def test_choices_put_ready_targets_first_with_reasons() -> None:
     assert [value for _, value in choices] == ["b", "c", "a"]
     assert choices[2][0] == "Label a — ✗ set GITHUB_TOKEN"
     assert "first run downloads 2.2 GB" in choices[1][0]
+
+
+def test_the_token_chart_shows_a_stall_as_dots_and_a_burst_as_a_tall_bar() -> None:
+    from playground.catalog import Target
+    from playground.metrics import Delta, Timeline
+    from playground.runner import Column
+    from playground.ui_format import SPARK_BARS, token_chart
+
+    timeline = Timeline(started=0.0, sent=0.0, ended=2.4)
+    timeline.deltas = [Delta(0.05 * i, 2, 1) for i in range(1, 20)]  # steady to 0.95 s
+    timeline.deltas += [Delta(1.8, 2, 1) for _ in range(6)]  # a stall, then a burst of six at once
+    timeline.deltas += [Delta(2.3, 2, 1)]
+    column = Column(Target(id="t", label="t", backend="openai", model="m", base_url="http://127.0.0.1:1/v1"),
+                    timeline, status="done")
+    chart = token_chart(column)
+    assert chart is not None
+    bars = chart.split("`")[1]
+    assert len(bars) == SPARK_BARS and "tokens over 2.40 s, 100 ms a bar" in chart
+    assert bars[10:17] == "·" * 7  # 1.0 to 1.7 s: nothing arrived
+    assert bars[18] == "█" and bars[5] < "█"  # the burst is the tallest bar
+    column.timeline.deltas = []
+    assert token_chart(column) is None  # nothing yet: no chart
