@@ -58,6 +58,7 @@ class ServerTimings:
     output_tokens: int | None = None
     prompt_tokens: int | None = None
     total_s: float | None = None
+    threads: int | None = None  # CPU threads the engine used (llama.cpp)
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AsyncIterator, Literal
 
 from playground import measure_process, metrics, secrets, warmup
-from playground.backends import make_backend
+from playground.backends import local, local_backends, make_backend
 from playground.backends.base import Backend
 from playground.errors import BackendError
 from playground.clock import TICK_S, MeasureLoop, measure_loop
@@ -271,14 +271,17 @@ class Run:
                 backend = measure_process.RemoteStream(job.target)  # read and stamped in its own process
                 self.columns[index].shares_clock = False
             seen_text = False
-            async with aclosing(backend.stream(request)) as events:
-                async for event in events:
-                    at = time.perf_counter()
-                    if isinstance(event, TextDelta):
-                        post(index, event, event.at or at, not seen_text)
-                        seen_text = seen_text or bool(event.text)
-                    else:
-                        post(index, event, getattr(event, "at", None) or at, True)
+            # local engines pick their threads from how many local columns run at once
+            running = local.running_column() if job.target.backend in local_backends() else nullcontext()
+            with running:
+                async with aclosing(backend.stream(request)) as events:
+                    async for event in events:
+                        at = time.perf_counter()
+                        if isinstance(event, TextDelta):
+                            post(index, event, event.at or at, not seen_text)
+                            seen_text = seen_text or bool(event.text)
+                        else:
+                            post(index, event, getattr(event, "at", None) or at, True)
         except BackendError as exc:
             post(index, Failed(exc.kind, exc.message, exc.retry_after), time.perf_counter(), True)
         except asyncio.CancelledError:

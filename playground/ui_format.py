@@ -80,6 +80,8 @@ def status_markdown(column: Column, now: float | None = None) -> str:
             bits.append(f"model load {fmt_s(server.load_s)}")
         if server.output_tokens is not None:
             bits.append(f"{server.output_tokens} tokens")
+        if server.threads is not None:
+            bits.append(f"{server.threads} thread{'s' if server.threads != 1 else ''}")
         if bits:
             parts.append("server reports: " + " · ".join(bits))
         if server.output_tokens is not None and m.output_tokens not in (None, server.output_tokens):

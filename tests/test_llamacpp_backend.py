@@ -192,3 +192,27 @@ async def test_each_request_evaluates_its_whole_prompt_afresh(target, monkeypatc
         assert count == column.usage.prompt_tokens == column.server.prompt_tokens > 10
     assert at_start == [(0, -1)] * 3  # the token list and the KV cache both empty
     assert columns[0].text == columns[2].text != ""  # evaluated alike, so the same greedy text
+
+
+def test_threads_follow_the_local_columns_running_at_once(monkeypatch, clean_env) -> None:
+    from playground.backends import llama_cpp as backend
+
+    monkeypatch.delenv("PLAYGROUND_LLAMACPP_THREADS", raising=False)
+    monkeypatch.setattr(backend.os, "cpu_count", lambda: 16)
+    assert [backend.llama_threads(n) for n in (0, 1, 2, 3, 20)] == [15, 15, 7, 5, 1]  # one CPU stays with the app
+    monkeypatch.setattr(backend.os, "cpu_count", lambda: 2)
+    assert backend.llama_threads(1) == 1
+    monkeypatch.setenv("PLAYGROUND_LLAMACPP_THREADS", "3")
+    assert backend.llama_threads(5) == 3  # the setting fixes it
+
+
+async def test_the_column_says_how_many_threads_it_used(target, monkeypatch) -> None:
+    from playground.backends import llama_cpp as backend
+    from playground.ui_format import status_markdown
+
+    monkeypatch.setattr(backend.os, "cpu_count", lambda: 5)
+    [column] = await run_to_end([Job(target, chat("Hi", 4))], frame_s=0.01)
+    assert column.status == "done", column.error
+    assert column.server is not None and column.server.threads == 4  # a lone local column: 5 CPUs but one
+    assert "4 threads" in status_markdown(column)
+    assert local.running_columns() == 0  # every column that ran has ended

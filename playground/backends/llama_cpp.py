@@ -35,14 +35,17 @@ INSTALL_HINT = "install the llama.cpp extra: pip install -r requirements-llamacp
 DEFAULT_CONTEXT = 4096
 
 
-def llama_threads() -> int:
-    """Threads for llama.cpp (PLAYGROUND_LLAMACPP_THREADS, else half the CPUs).
+def llama_threads(columns: int = 1) -> int:
+    """Threads for one llama.cpp generation: PLAYGROUND_LLAMACPP_THREADS, else the CPUs but one,
+    shared among the local columns running at once (a lone column gets them all).
 
-    The same count serves prompt processing: llama-cpp-python's default of every CPU
-    there makes ggml's threads spin against any other busy process (TTFT went from
-    0.15 s to 10 s on a shared 2-core machine).
+    One CPU stays with the app: its stamping loop and the page's frames. ggml's threads spin
+    while they wait for each other, so one that shares a CPU with a busy thread holds up all the
+    others (here, on 2 CPUs: 2 threads decoded at 21 tok/s beside the app, 1 thread at 38-49).
+    The same count serves prompt processing: llama-cpp-python's default of every CPU there made
+    TTFT go from 0.15 s to 10 s on a shared 2-core machine.
     """
-    return settings.llamacpp_threads() or max(1, (os.cpu_count() or 2) // 2)
+    return settings.llamacpp_threads() or max(1, ((os.cpu_count() or 2) - 1) // max(1, columns))
 
 
 class Abort:
@@ -229,6 +232,9 @@ class LlamaCppBackend(local.LocalBackend):
                 return None
             try:
                 fresh_context(llm)
+                threads = llama_threads(local.running_columns())
+                if threads != llama_cpp.llama_n_threads(llm.ctx):
+                    llama_cpp.llama_set_n_threads(llm.ctx, threads, threads)
                 llm.set_seed(params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
                 llama_cpp.llama_perf_context_reset(llm.ctx)
                 tokens.request_sent()
@@ -246,7 +252,7 @@ class LlamaCppBackend(local.LocalBackend):
                 perf = llama_cpp.llama_perf_context(llm.ctx)
             finally:
                 engine.lock.release()
-            return [engine_timings(perf, tokens.count, len(ids), load_s)]
+            return [engine_timings(perf, tokens.count, len(ids), load_s, threads)]
 
         local.generate(self.key, self.target.label, len(ids), params.max_tokens, llm.n_ctx(), emit, stop,
                        decoder.push, lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token)), run)
@@ -274,7 +280,8 @@ def fresh_context(llm: Any) -> None:
         llama_cpp.llama_memory_clear(memory, False)
 
 
-def engine_timings(perf: Any, tokens: int, prompt_tokens: int, load_s: float) -> ServerTimings:
+def engine_timings(perf: Any, tokens: int, prompt_tokens: int, load_s: float, threads: int | None = None
+                   ) -> ServerTimings:
     """llama.cpp's own counters (``llama_perf_context``) for this run."""
     decode = perf.n_eval / (perf.t_eval_ms / 1000) if perf.n_eval > 0 and perf.t_eval_ms > 0 else None
     return ServerTimings(
@@ -283,6 +290,7 @@ def engine_timings(perf: Any, tokens: int, prompt_tokens: int, load_s: float) ->
         load_s=load_s,
         output_tokens=tokens,
         prompt_tokens=prompt_tokens,
+        threads=threads,
     )
 
 

@@ -9,11 +9,12 @@ Loads use ``concurrent.futures`` rather than asyncio futures so that every event
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Literal, Protocol
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterator, Literal, Protocol
 
 from pydantic import Field
 
@@ -87,6 +88,28 @@ class LocalBackend(TargetBackend):
         """One loaded model per key, shared by every target and session that names the same model."""
         t = self.target
         return f"{self.name}:{t.options.source}:{t.model}:{getattr(t.options, 'gguf_file', None)}"
+
+
+_running = 0
+_running_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def running_column() -> Iterator[None]:
+    """A local target's column is running in this process (loading, waiting or generating)."""
+    global _running
+    with _running_lock:
+        _running += 1
+    try:
+        yield
+    finally:
+        with _running_lock:
+            _running -= 1
+
+
+def running_columns() -> int:
+    """Local columns running at once in this process, over every session."""
+    return _running
 
 
 def availability(target: Any, module: str, install_hint: str, in_cache: Callable[[], bool],
