@@ -21,16 +21,20 @@ CAPTION = "dot: median · bar: 95 % interval of the median · ticks: each measur
 
 
 def short_labels(labels: list[str]) -> dict[str, str]:
-    """Each label without the part every label shares ("SmolLM2-135M · "), so that a phone shows
-    what tells the rows apart; a label left empty keeps its whole text."""
+    """Each label without the words every label shares ("SmolLM2-135M · " before, " (offline)"
+    after), so that a phone shows what tells the rows apart; a label left empty keeps its text."""
     if len(set(labels)) < 2:
         return {label: label for label in labels}
-    shared = labels[0]
+    head, tail = labels[0], labels[0]
     for label in labels[1:]:
-        while not label.startswith(shared):
-            shared = shared[:-1]
-    cut = shared.rfind(" · ") + 3 if " · " in shared else 0
-    return {label: label[cut:] or label for label in labels}
+        while not label.startswith(head):
+            head = head[:-1]
+        while not label.endswith(tail):
+            tail = tail[1:]
+    cut = head.rfind(" · ") + 3 if " · " in head else 0
+    end = tail.find(" (") if " (" in tail else len(tail)
+    trim = len(tail) - end if tail.endswith(")") or not tail else 0
+    return {label: label[cut:len(label) - trim].strip() or label for label in labels}
 
 
 def chart_rows(document: dict[str, Any], metric: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

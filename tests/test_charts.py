@@ -68,3 +68,5 @@ def test_chart_rows_drop_the_part_every_label_shares() -> None:
     assert charts.short_labels(["Phi-4 · GitHub", "Phi-4-mini · GitHub"]) == {
         "Phi-4 · GitHub": "Phi-4 · GitHub", "Phi-4-mini · GitHub": "Phi-4-mini · GitHub"}
     assert charts.short_labels(["same", "same"]) == {"same": "same"}
+    assert charts.short_labels(["S · ONNX (offline)", "S · llama.cpp (offline)"]) == {
+        "S · ONNX (offline)": "ONNX", "S · llama.cpp (offline)": "llama.cpp"}
