@@ -406,6 +406,27 @@ def summary_markdown(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def difference_notes(document: dict[str, Any], column_targets: list[str]) -> dict[int, str]:
+    """Per column, under its answer: where its greedy answer first leaves the first target's of the
+    same model (the first differing characters marked), for the transcript."""
+    notes = {}
+    for entry in document.get("across_targets", []):
+        d = entry.get("first_difference")
+        if d is None or d["target"] not in column_targets:
+            continue
+        notes[column_targets.index(d["target"])] = (
+            f"≠ leaves {d['against']}'s greedy answer at character {d['character']}: "
+            f"…{_shown(d['common'][-20:])}**[{_shown(d['ours'])}]** where {d['against']} has **[{_shown(d['theirs'])}]**")
+    return notes
+
+
+def _shown(text: str) -> str:
+    """A piece of an answer inside a Markdown note: one line, its markup shown as written."""
+    import re
+
+    return re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", " ".join(text.split()))
+
+
 def across_text(entry: dict[str, Any]) -> str:
     """One line on the greedy answers of one model's targets."""
     if entry["identical"]:

@@ -98,6 +98,7 @@ class BenchOutcome:
     table: dict[str, Any]
     ttft_chart: dict[str, Any] | None
     decode_chart: dict[str, Any] | None
+    notes: dict[int, str]  # per column: where its greedy answer first leaves another target's
 
 
 @dataclass
@@ -161,6 +162,10 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
     phases = run.phase if isinstance(run, RepeatedRun) else [""] * plan.count
     final = [(f"**{phase}** · " if phase else "") + status_markdown(c)
              for c, phase in zip(run.columns, phases)] + statuses[plan.count:]
+    bench = results[-1]
+    for i, note in (bench.notes if bench else {}).items():
+        turn = histories[i][-1]
+        turn.note = f"{turn.note}\n\n{note}".strip()
     yield Frame(run.columns, final, Outcome(histories, *results))
 
 
@@ -231,7 +236,8 @@ def _results(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton, docum
         csv_path, json_path = write_bench_exports(bench_doc, folder)
         bench = BenchOutcome(repeats.summary_markdown(bench_doc) + f"\n\n*Charts: {charts.CAPTION}.*",
                              table.postprocess(repeats.statistics_frame(bench_doc)).model_dump(),
-                             charts.plot_value(bench_doc, "ttft_s"), charts.plot_value(bench_doc, "decode_tokens_per_s"))
+                             charts.plot_value(bench_doc, "ttft_s"), charts.plot_value(bench_doc, "decode_tokens_per_s"),
+                             repeats.difference_notes(bench_doc, [t.id for t in targets]))
     else:
         csv_path, json_path = write_exports(document, folder)
     return (table.postprocess(results_frame(columns)).model_dump(),

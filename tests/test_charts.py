@@ -70,3 +70,22 @@ def test_chart_rows_drop_the_part_every_label_shares() -> None:
     assert charts.short_labels(["same", "same"]) == {"same": "same"}
     assert charts.short_labels(["S · ONNX (offline)", "S · llama.cpp (offline)"]) == {
         "S · ONNX (offline)": "ONNX", "S · llama.cpp (offline)": "llama.cpp"}
+
+
+def test_greedy_answers_of_one_model_are_compared_and_the_difference_noted_in_its_column() -> None:
+    targets = [Target(id=i, label=i, backend="openai", model="m", base_url="http://127.0.0.1:9/v1") for i in "abc"]
+    texts = {"a": "The sky is *blue*", "b": "The sky is *blue*", "c": "The sky appears blue"}
+    results = [[Sample(t.id, 1, False, False, "done", None, texts[t.id], 0.1, 10, None, None, 1.0, 5, "server")]
+               for t in targets]
+    request = ChatRequest(build_messages("hi"), make_params(temperature=0.0))
+    doc = repeats.document(targets, results, request, "hi", 1, 0, None)
+    [entry] = doc["across_targets"]
+    assert entry["identical"] is False and entry["targets"] == ["a", "b", "c"]
+    assert entry["first_difference"] == {"target": "c", "against": "a", "character": 8, "common": "The sky ",
+                                         "theirs": "is *blue*", "ours": "appears blue"}
+    notes = repeats.difference_notes(doc, ["a", "b", "c"])
+    assert list(notes) == [2]  # only the column that left the first one's answer
+    assert "character 8" in notes[2] and "**[appears blue]**" in notes[2] and r"**[is \*blue\*]**" in notes[2]
+    sampled = repeats.document(targets, results, ChatRequest(build_messages("hi"), make_params(temperature=0.7)),
+                               "hi", 1, 0, None)
+    assert sampled["across_targets"] == []  # sampled answers differ by design: nothing to compare
