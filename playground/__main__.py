@@ -18,7 +18,7 @@ from playground.images import prepare_images
 from playground.settings import SettingsError
 from playground.request import ChatRequest, InputError, build_messages, make_params
 from playground.report import result_entry, run_document, with_environment
-from playground.runner import Job, Run
+from playground.runner import Column, Job, Run
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
                        ("run", "send one prompt to several targets and print the answers"),
                        ("bench", "run one prompt on several targets many times and print statistics"),
                        ("serve", "launch the web UI"),
+                       ("replay", "replay a recorded run (an exported run file, or a run id) in the terminal"),
                        ("prepare", "build the bundled model's ONNX cache now (the Docker image does this at build time)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--catalog", help="a user catalog YAML file (adds to or overrides the built-in targets)")
@@ -51,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--csv", action="store_true", help="print one CSV row per run")
     bench.add_argument("--fair", action=argparse.BooleanOptionalAction, default=None,
                        help="local targets take turns for the CPU (default: on with two or more local targets)")
+    replay = sub.choices["replay"]
+    replay.add_argument("run", help="an exported run file (JSON), or a recorded run's id")
+    replay.add_argument("--speed", default="1", help="1, 2, 4 (times the recorded pace) or instant (default 1)")
     serve = sub.choices["serve"]
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
@@ -168,6 +172,53 @@ def cmd_bench(args: argparse.Namespace, catalog: Catalog) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """The run's columns, one after another, each at its recorded pace; then the figures."""
+    from pathlib import Path
+
+    from playground import records
+    from playground.replay import Replay, when
+
+    speeds = {"1": 1.0, "2": 2.0, "4": 4.0, "instant": None}
+    if args.speed not in speeds:
+        raise InputError(f"--speed: must be one of {', '.join(speeds)} (got {args.speed!r})")
+    try:
+        path = Path(args.run)
+        document = (records.parse_export(path.read_text(encoding="utf-8")) if path.suffix == ".json" or path.is_file()
+                    else records.load(args.run))
+    except OSError as exc:
+        raise InputError(f"{args.run}: cannot be read: {exc}") from None
+    except records.RecordError as exc:
+        raise InputError(f"{args.run}: {exc}") from None
+    print(f"replay of {when(document)}: {document['prompt'][:200]!r}", file=sys.stderr)
+
+    async def play(index: int) -> Column:
+        single = {**document, "results": [document["results"][index]], "timelines": [document["timelines"][index]]}
+        shown, column = 0, None
+        async for columns in Replay(single, speeds[args.speed]).frames():
+            column = columns[0]
+            print(column.text[shown:], end="", flush=True)
+            shown = len(column.text)
+        assert column is not None
+        return column
+
+    for index, result in enumerate(document["results"]):
+        print(f"\n== {result.get('label') or result.get('id')}", flush=True)
+        column = asyncio.run(play(index))
+        m = column.metrics()
+        print(f"\n-- {column.status} · TTFT {_ms(m.ttft_s)} · decode {_rate(m.decode_tokens_per_s)} · "
+              f"tokens {m.output_tokens} · E2E {_ms(m.e2e_s)}", flush=True)
+    return EXIT_OK
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value * 1000:.0f} ms"
+
+
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f} tok/s"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     secrets.redact_logs()
@@ -187,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "bench":
             return cmd_bench(args, catalog)
+        if args.command == "replay":
+            return cmd_replay(args)
         return cmd_run(args, catalog)
     except (CatalogError, InputError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

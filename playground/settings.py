@@ -171,6 +171,26 @@ def stall_trace() -> bool:
     return bool(_flag("PLAYGROUND_STALL_TRACE"))
 
 
+# --- recorded runs ----------------------------------------------------------------------------------
+def db_url() -> str | None:
+    """PLAYGROUND_DB: a SQLAlchemy URL (postgresql://…, sqlite:///…) or a file path; None: the default
+    file; "off": record nothing."""
+    raw = env("PLAYGROUND_DB")
+    if raw and "://" in raw and raw.split("://", 1)[0].split("+")[0] not in ("sqlite", "postgresql", "postgres"):
+        raise SettingsError(f"PLAYGROUND_DB: use sqlite:///FILE, postgresql://… or a file path (got {raw.split('://')[0]}://…)")
+    return raw
+
+
+def keep_days() -> float:
+    """PLAYGROUND_KEEP_DAYS: recorded runs older than this are pruned."""
+    return _number("PLAYGROUND_KEEP_DAYS", 30.0, float, 0.01)
+
+
+def keep_runs() -> int:
+    """PLAYGROUND_KEEP_RUNS: the most recorded runs kept (the size cap); the oldest go first."""
+    return _number("PLAYGROUND_KEEP_RUNS", 5000, int, 1)
+
+
 # --- servers ----------------------------------------------------------------------------------------
 def ollama_host() -> str | None:
     return env("OLLAMA_HOST")
@@ -179,6 +199,7 @@ def ollama_host() -> str | None:
 CHECKED: list[Callable[[], object]] = [
     from_env, public_mode, _rate_checked, public_targets, allow_private_urls, local_slots, local_memory_gb, queue_timeout_s,
     model_hang_s, llamacpp_threads, llamacpp_extra_buffers, measure_process, measure_priority, stall_trace,
+    db_url, keep_days, keep_runs,
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import sys
 from contextlib import aclosing
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, AsyncIterator
 import gradio as gr
 from starlette.middleware import Middleware
 
-from playground import measure_process, public, secrets, ui_stream, warmup
+from playground import exports, measure_process, public, records, replay, secrets, ui_stream, warmup
 from playground.backends import make_backend
 from playground.catalog import Catalog, Target, load_catalog
 from playground.clock import monitor_this_loop
@@ -154,6 +155,8 @@ def _validate(catalog: Catalog, prompt: str, system: str, temperature: float, to
 
 
 MAX_REPEAT, MAX_WARMUP = 20, 3
+HISTORY_COLUMNS = ["id", "when", "prompt", "targets"]
+SPEEDS = replay.SPEEDS
 FAIR_CHOICES = ["auto", "on", "off"]
 
 
@@ -322,6 +325,25 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         with gr.Row():
             csv_btn = gr.DownloadButton("Download CSV", visible="hidden", elem_id="download-csv")
             json_btn = gr.DownloadButton("Download JSON", visible="hidden", elem_id="download-json")
+        with gr.Accordion("History", open=False, elem_id="history"):
+            recorded_line = gr.Markdown("Every finished run is recorded here: replay one at its recorded pace, "
+                                        "with no model, key or network, or export it to replay elsewhere.",
+                                        elem_id="recorded")
+            with gr.Row():
+                search = gr.Textbox(label="Search prompts and targets", elem_id="history-search", max_length=200)
+                refresh_btn = gr.Button("Refresh", size="sm", elem_id="history-refresh")
+            history_table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, elem_id="history-runs",
+                                         wrap=True)
+            with gr.Row():
+                run_id = gr.Textbox(label="Run id (pick a row)", elem_id="run-id", max_length=64)
+                speed = gr.Radio(list(SPEEDS), value="1×", label="Replay pace", elem_id="replay-speed")
+            with gr.Row():
+                replay_btn = gr.Button("Replay", elem_id="replay")
+                export_btn = gr.Button("Export run", elem_id="export-run")
+                export_file = gr.DownloadButton("Download the run file", visible="hidden", elem_id="export-file")
+                import_btn = gr.UploadButton("Import a run file and replay it", file_types=[".json"],
+                                             elem_id="import-run")
+        replay_doc = gr.State(None)
         empty_table = table.postprocess(None).model_dump()
 
         async def plan_run(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
@@ -428,6 +450,73 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                 async for values in ui_stream.api_values(plan, stream, empty_table, statistics=True):
                     yield values
 
+        def history_rows(text: str | None, request: gr.Request) -> Any:
+            """This session's recorded runs (locally, everyone's: the owner's machine)."""
+            try:
+                rows = records.recent(_session(request) if policy.public else None, text or "")
+            except records.RecordError as exc:
+                raise gr.Error(str(exc)) from None
+            return [[r["id"], replay.when({"recorded_at": r["created"]}), r["prompt"][:120], r["targets"]]
+                    for r in rows]
+
+        def pick_run(event: gr.SelectData) -> str:
+            row = getattr(event, "row_value", None) or []
+            return str(row[0]) if row else gr.skip()
+
+        def _recorded(run_id_value: str | None, request: gr.Request) -> dict[str, Any]:
+            if not run_id_value or not str(run_id_value).strip():
+                raise gr.Error("Run id: pick a run in the history first.")
+            try:
+                return records.load(str(run_id_value).strip(), _session(request) if policy.public else None)
+            except records.RecordError as exc:
+                raise gr.Error(str(exc)) from None
+
+        def load_recorded(run_id_value: str | None, request: gr.Request) -> list[Any]:
+            return _replay_setup(_recorded(run_id_value, request))
+
+        def load_import(file: Any) -> list[Any]:
+            path = getattr(file, "name", None) or (file if isinstance(file, str) else None)
+            if not path:
+                raise gr.Error("Import: no file arrived.")
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+                document = records.parse_export(text)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise gr.Error(f"Import: the file cannot be read: {exc}") from None
+            except records.RecordError as exc:
+                raise gr.Error(f"Import: {exc}") from None
+            return _replay_setup(document)
+
+        def _replay_setup(document: dict[str, Any]) -> list[Any]:
+            """The document, the column count, and each picker showing the recorded target if it has one."""
+            ids = [str(r.get("id")) for r in document["results"]]
+            return [document, len(ids)] + [gr.update(value=ids[i]) if i < len(ids) and ids[i] in catalog.ids
+                                           else gr.skip() for i in range(MAX_COLUMNS)]
+
+        async def replay_from_page(document: dict[str, Any] | None, pace: str, hist: list[list[Turn]],
+                                   request: gr.Request) -> AsyncIterator[list[Any]]:
+            if document is None:
+                raise gr.Error("Nothing to replay: pick a run or import a run file.")
+            if pace not in SPEEDS:
+                raise gr.Error(f"Replay pace: must be one of {', '.join(SPEEDS)} (got {pace!r})")
+            try:
+                params = make_params(**(document.get("parameters") or {}))
+                messages = build_messages(document["prompt"], document.get("system") or "")
+            except InputError as exc:
+                raise gr.Error(f"this run's parameters cannot be replayed: {exc}") from None
+            jobs = [Job(replay.display_target(r), ChatRequest(messages, params)) for r in document["results"]]
+            plan = ui_stream.Plan(_session(request), document["prompt"], document["prompt"], document.get("system") or "",
+                                  params, (), jobs, hist, replay=document, speed=SPEEDS[pace])
+            async with aclosing(ui_stream.frames(plan, table, csv_btn)) as stream:
+                async for values in ui_stream.page_values(plan, stream):
+                    yield values
+
+        def export_run(run_id_value: str | None, request: gr.Request) -> Any:
+            document = _recorded(run_id_value, request)
+            path = exports.new_folder(_session(request)) / f"phi-playground-run-{str(run_id_value).strip()[:24]}.json"
+            path.write_text(json.dumps(document, ensure_ascii=False, indent=1), encoding="utf-8")
+            return gr.update(value=str(path), visible=True)
+
         # The page keeps, for each event's inputs and progress targets, a loading status, and on every
         # message of any run it snapshots all their props: six dropdowns of ~45 choices were 35,000
         # structuredClone calls a run, six chat transcripts more. So the page's run event takes the
@@ -446,13 +535,15 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                          preprocess=False,  # our own validation names the bad field; Gradio's does not
                          postprocess=False)  # ui_stream sends wire values itself, a frame at a time
         results = gr.State(None)
+        results_out = [table, csv_btn, json_btn, *codes, bench_summary, bench_table, ttft_chart, decode_chart,
+                       recorded_line, run_id]
         gr.on([prompt.submit, run_btn.click], run_from_page, inputs=[*settings_in, picked, *key_boxes, *bench_in],
               outputs=[*chats, *statuses, histories, results, *lives], api_name=False, show_progress_on=[run_btn],
-              **streaming).success(ui_stream.results_values, results,
-                                   [table, csv_btn, json_btn, *codes, bench_summary, bench_table, ttft_chart, decode_chart],
-                                   api_name=False,
+              **streaming).success(ui_stream.results_values, results, results_out, api_name=False,
                                    show_progress="hidden", show_progress_on=[run_btn], postprocess=False
-                                   ).then(quota_status, None, quota_line, api_name=False, show_progress="hidden")
+                                   ).then(quota_status, None, quota_line, api_name=False, show_progress="hidden"
+                                          ).then(history_rows, search, history_table, api_name=False,
+                                                 show_progress="hidden")
         api_run = gr.Button(visible=False)
         api_run.click(run_from_api, inputs=[*settings_in, *pickers, session_keys], outputs=run_outputs, api_name="run",
                       **streaming
@@ -460,6 +551,19 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         gr.Button(visible=False).click(bench_from_api, inputs=[*settings_in, *pickers, *bench_in, session_keys],
                                        outputs=[*run_outputs, bench_table], api_name="bench", **streaming
                                        ).then(quota_status, None, quota_line, api_name=False, show_progress="hidden")
+        history_in = dict(api_name=False, show_progress="hidden", show_progress_on=[refresh_btn])
+        refresh_btn.click(history_rows, search, history_table, **history_in)
+        search.submit(history_rows, search, history_table, **history_in)
+        history_table.select(pick_run, None, run_id, api_name=False, show_progress="hidden", queue=False)
+        page_stream = dict(outputs=[*chats, *statuses, histories, results, *lives], api_name=False,
+                           show_progress_on=[run_btn], **streaming)
+        for trigger, load, source in ((replay_btn.click, load_recorded, run_id), (import_btn.upload, load_import, import_btn)):
+            trigger(load, source, [replay_doc, n_cols, *pickers], api_name=False, show_progress="hidden",
+                    show_progress_on=[replay_btn]
+                    ).success(replay_from_page, [replay_doc, speed, histories], **page_stream
+                              ).success(ui_stream.results_values, results, results_out, api_name=False,
+                                        show_progress="hidden", show_progress_on=[run_btn], postprocess=False)
+        export_btn.click(export_run, run_id, export_file, api_name=False, show_progress_on=[export_btn])
         stop_btn.click(stop, None, None, api_name="stop", concurrency_limit=None, queue=False)
         for i, button in enumerate(column_stops):
             button.click(_column_stopper(i), None, None, api_name=False, concurrency_limit=None, queue=False)

@@ -15,6 +15,7 @@ What a frame costs decides the shape of this module (measured with ``bench/brows
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -22,8 +23,11 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import gradio as gr
 
-from playground import charts, exports, repeats, stats
+from playground import charts, exports, records, repeats, stats
+from playground.records import RecordError
 from playground.repeats import RepeatedRun
+from playground.replay import Replay
+from playground.replay import when as replay_when
 from playground.snippets import snippet
 from playground.report import results_frame, run_document, with_environment, write_bench_exports, write_exports
 from playground.runner import Job, Run
@@ -34,12 +38,13 @@ if TYPE_CHECKING:
     from playground.images import PreparedImage
     from playground.runner import Column
 
+log = logging.getLogger(__name__)
 STATUS_REFRESH_S = 0.25
 # The outcome (six answers rendered as Markdown, the results table) costs the page tens of ms; sent on
 # the heels of the last text, the page would paint both at once, so the last tokens would wait for it.
 OUTCOME_AFTER_S = 0.05
 MIN_GAP_S = 0.03  # between two frames sent to the page (see _paced)
-_active_runs: dict[str, Run | RepeatedRun] = {}
+_active_runs: dict[str, Run | RepeatedRun | Replay] = {}
 
 
 def wire_message(role: str, text: str) -> dict[str, Any]:
@@ -74,6 +79,8 @@ class Plan:
     jobs: list[Job]
     histories: list[list[Turn]]
     benchmark: Benchmark | None = None
+    replay: dict[str, Any] | None = None  # a recorded run to play back instead of running the jobs
+    speed: float | None = 1.0  # the replay's pace (None: at once)
 
     @property
     def count(self) -> int:
@@ -88,6 +95,7 @@ class Outcome:
     json_file: dict[str, Any]
     codes: list[str]  # per column: the program that sends its request (snippets)
     bench: BenchOutcome | None = None
+    recorded: Recorded | None = None
 
 
 @dataclass
@@ -128,8 +136,14 @@ def _status_state(column: Column) -> tuple[Any, ...]:
 async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -> AsyncIterator[Frame]:
     """The run's frames, with status lines; then one more with its outcome (history, results, files)."""
     bench = plan.benchmark
-    run: Run | RepeatedRun = (Run(plan.jobs) if bench is None
-                              else RepeatedRun(plan.jobs, bench.repeat, bench.warmup, bench.fair))
+    run: Run | RepeatedRun | Replay
+    if plan.replay is not None:
+        run = Replay(plan.replay, plan.speed)
+    elif bench is not None:
+        run = RepeatedRun(plan.jobs, bench.repeat, bench.warmup, bench.fair)
+    else:
+        run = Run(plan.jobs)
+    phases: list[str] = getattr(run, "phase", [""] * plan.count)  # "run 3 of 10", "replay of …"
     previous = _active_runs.pop(plan.session, None)
     if previous is not None:
         previous.stop()
@@ -141,7 +155,7 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
         async for columns in _paced(run.frames(), MIN_GAP_S):
             now = time.perf_counter()
             for i, column in enumerate(columns):
-                phase = run.phase[i] if isinstance(run, RepeatedRun) else ""
+                phase = phases[i]
                 state = (*_status_state(column), phase)
                 if state != shown[i] or (column.status == "streaming" and now >= due[i]):
                     statuses[i] = (f"**{phase}** · " if phase else "") + status_markdown(column, now)
@@ -159,10 +173,9 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
     results, _ = await asyncio.gather(asyncio.to_thread(_results, plan, table, download, document, run.columns,
                                                         samples),
                                       asyncio.sleep(OUTCOME_AFTER_S))
-    phases = run.phase if isinstance(run, RepeatedRun) else [""] * plan.count
     final = [(f"**{phase}** · " if phase else "") + status_markdown(c)
              for c, phase in zip(run.columns, phases)] + statuses[plan.count:]
-    bench = results[-1]
+    bench = results[4]
     for i, note in (bench.notes if bench else {}).items():
         turn = histories[i][-1]
         turn.note = f"{turn.note}\n\n{note}".strip()
@@ -218,13 +231,20 @@ async def _paced(source: AsyncIterator[list[Column]], min_gap_s: float) -> Async
 
 def _results(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton, document: dict[str, Any],
              columns: list[Column], samples: list[list[repeats.Sample]] | None
-             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str], BenchOutcome | None]:
-    """The results table, the two downloads (file writes: in a thread), each column's code, and in
-    benchmark mode the statistics, the charts and the benchmark's own exports."""
+             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str], BenchOutcome | None, Recorded]:
+    """The results table, the two downloads (file writes: in a thread), each column's code, in
+    benchmark mode the statistics, the charts and the benchmark's own exports, and the run's record."""
     requests = [job.request for job in plan.jobs]
-    document = with_environment(document, [c.target for c in columns])
+    if plan.replay is not None:  # what was recorded, not this machine's
+        document = {**document, "environment": plan.replay.get("environment"),
+                    "replay_of": plan.replay.get("recorded_at")}
+        codes = [""] * len(columns)
+        recorded = Recorded(None, f"a replay of {replay_when(plan.replay)}: not recorded again")
+    else:
+        document = with_environment(document, [c.target for c in columns])
+        codes = [snippet(c.target, r) for c, r in zip(columns, requests)]
+        recorded = _record(document, columns, plan.session)
     folder = exports.new_folder(plan.session)
-    codes = [snippet(c.target, r) for c, r in zip(columns, requests)]
     bench = None
     if plan.benchmark is not None and samples is not None:
         b = plan.benchmark
@@ -242,7 +262,24 @@ def _results(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton, docum
         csv_path, json_path = write_exports(document, folder)
     return (table.postprocess(results_frame(columns)).model_dump(),
             download.postprocess(str(csv_path)).model_dump(), download.postprocess(str(json_path)).model_dump(),
-            codes, bench)
+            codes, bench, recorded)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A run's record: its id in the run database (None when it was not recorded), and what to say."""
+
+    run_id: str | None
+    message: str
+
+
+def _record(document: dict[str, Any], columns: list[Column], session: str) -> Recorded:
+    try:
+        run_id = records.record(document, columns, session)
+    except RecordError as exc:  # a full or read-only database fails the recording, never the run
+        log.warning("%s", exc)
+        return Recorded(None, f"⚠ {exc}")
+    return Recorded(run_id, f"Recorded as `{run_id}`: replay or export it under *History*.")
 
 
 def _tail(frame: Frame, plan: Plan, empty_table: dict[str, Any], first: bool, statistics: bool) -> list[Any]:
@@ -297,7 +334,7 @@ async def page_values(plan: Plan, stream: AsyncIterator[Frame]) -> AsyncIterator
                      if first else texts)
         out = frame.outcome
         states = [plan.histories, None] if out is None else [
-            out.histories, (out.table, out.csv_file, out.json_file, out.codes, out.bench)]
+            out.histories, (out.table, out.csv_file, out.json_file, out.codes, out.bench, out.recorded)]
         yield chats + frame.statuses + states + lives
         first = False
 
@@ -305,15 +342,16 @@ async def page_values(plan: Plan, stream: AsyncIterator[Frame]) -> AsyncIterator
 BENCH_OUTPUTS = 4  # the summary, the statistics table, two charts
 
 
-def results_values(results: tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str], BenchOutcome | None]
-                   | None) -> list[Any]:
-    """The results table, the two downloads, each column's code, and benchmark mode's summary, table
-    and charts (hidden after a single run), of the run that just ended (the page's follow-up event)."""
+def results_values(results: tuple[Any, ...] | None) -> list[Any]:
+    """The results table, the two downloads, each column's code, benchmark mode's summary, table and
+    charts (hidden after a single run), and the run's record (what to say; its id), of the run
+    that just ended (the page's follow-up event)."""
     if results is None:  # the run failed before it began
-        return [gr.skip()] * (3 + MAX_COLUMNS + BENCH_OUTPUTS)
-    table, csv_file, json_file, codes, bench = results
+        return [gr.skip()] * (3 + MAX_COLUMNS + BENCH_OUTPUTS + 2)
+    table, csv_file, json_file, codes, bench, recorded = results
     return [table, gr.update(value=csv_file, visible=True), gr.update(value=json_file, visible=True),
-            *codes, *[gr.skip()] * (MAX_COLUMNS - len(codes)), *bench_values(bench)]
+            *codes, *[gr.skip()] * (MAX_COLUMNS - len(codes)), *bench_values(bench),
+            recorded.message, recorded.run_id if recorded.run_id else gr.skip()]
 
 
 def bench_values(bench: BenchOutcome | None) -> list[Any]:

@@ -32,7 +32,8 @@ PHONE = {"width": 390, "height": 844}
 BUNDLED = ("smollm2-onnx", "smollm2-transformers")  # column 0, column 1 (the reverse of the built-in default)
 #: inherited variables a test app must not see: keys, endpoints, user catalogs and the playground's own settings
 DROP_ENV_PREFIXES = ("GITHUB_TOKEN", "NVIDIA_API_KEY", "AZURE_", "OPENAI_", "HF_TOKEN", "GRADIO_", "PLAYGROUND_")
-KEEP_ENV = ("PLAYGROUND_CACHE", "PLAYGROUND_LOCAL_SLOTS")  # where the built ONNX model is; how many share a model
+# where the built ONNX model is; how many share a model; where runs are recorded (the tests' own database)
+KEEP_ENV = ("PLAYGROUND_CACHE", "PLAYGROUND_LOCAL_SLOTS", "PLAYGROUND_DB")
 
 COMPARE_PROMPT = "Explain in three sentences why the sky is blue."
 COMPARE_MAX_TOKENS = 48
@@ -509,3 +510,36 @@ def benchmark(page: Any, url: str, download_dir: Path, targets: tuple[str, ...] 
     download.save_as(json_path)
     summary = page.locator("#bench-summary").inner_text()
     return Benchmarked(statuses(page, len(targets)), summary, page.evaluate(BENCH_TABLE_JS), charts, json_path)
+
+
+#: every change of column 0's live box, stamped by the page's own clock each animation frame
+LIVE_SAMPLER_JS = """() => {
+  window.__ppLive = [];
+  let last = -1;
+  const step = () => {
+    const live = document.querySelector('#col-0-live textarea');
+    const shown = live && !live.closest('.hidden') && live.offsetParent !== null;
+    const len = shown ? live.value.length : -1;
+    if (len !== last) { window.__ppLive.push([performance.now(), len]); last = len; }
+    window.__ppLiveFrame = requestAnimationFrame(step);
+  };
+  step();
+}"""
+
+
+def replay_last_run(page: Any, timeout_s: float = 120) -> tuple[str, list[list[float]]]:
+    """Open *History*, replay the last run (its id is filled in) at 1×; the run id and column 0's
+    live-box lengths over the page's time while the replay streamed."""
+    if not page.locator("#run-id input, #run-id textarea").first.is_visible():
+        page.get_by_text("History", exact=True).click()
+    box = page.locator("#run-id input, #run-id textarea").first
+    page.wait_for_function("(sel) => document.querySelector(sel)?.value.length > 10",
+                           arg="#run-id input, #run-id textarea", timeout=30_000)
+    run_id = box.input_value()
+    page.evaluate(LIVE_SAMPLER_JS)
+    page.locator("#replay").click()
+    page.wait_for_function("() => document.querySelector('#col-0-status').innerText.includes('replay of') && "
+                           "document.querySelector('#col-0-status').innerText.includes('done')",
+                           timeout=timeout_s * 1000, polling=100)
+    samples = page.evaluate("() => { cancelAnimationFrame(window.__ppLiveFrame); return window.__ppLive; }")
+    return run_id, samples

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -18,6 +19,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SECRET_ENV_PREFIXES = (
     "GITHUB_TOKEN", "NVIDIA_API_KEY", "AZURE_", "OPENAI_", "HF_TOKEN", "PLAYGROUND_CATALOG",
 )
+
+
+# every run a test makes is recorded: into a database of the test session's own, never the user's
+os.environ.setdefault("PLAYGROUND_DB", os.path.join(tempfile.mkdtemp(prefix="playground-test-runs-"), "runs.sqlite"))
 
 
 @pytest.fixture(scope="session")

@@ -174,3 +174,27 @@ def test_benchmark_mode_repeats_and_draws_its_statistics(app_url: str, page_at: 
     assert document["environment"]["cpu"] and len(document["environment"]["targets"]) == 2
     p50 = document["targets"][0]["statistics"]["ttft_s"]["p50"] * 1000
     assert abs(number(rows[(labels[flow.BUNDLED[0]], "TTFT (ms)")][4]) - p50) < 0.1  # the page shows the export
+
+
+def test_a_recorded_run_replays_at_its_recorded_pace(app_url: str, page_at: Any, tmp_path: Path) -> None:
+    """Run, then replay it from *History* at 1×: each text event appears in the live box within
+    50 ms of its recorded offset (both counted from the first one), and the figures are the recorded ones."""
+    from playground import records
+
+    page = page_at(flow.DESKTOP)
+    flow.compare(page, app_url, tmp_path)
+    run_id, samples = flow.replay_last_run(page)
+    document = records.load(run_id)
+    events = document["timelines"][0]["events"]
+    assert len(events) >= 10
+    shown_at = []
+    chars = 0
+    for offset, count, _ in events:
+        chars += count
+        shown_at.append(next(t for t, length in samples if length >= chars) / 1000)
+    recorded = [e[0] for e in events]
+    errors = [(s - shown_at[0]) - (r - recorded[0]) for s, r in zip(shown_at, recorded)]
+    assert max(abs(e) for e in errors) < 0.05, [round(e * 1000) for e in errors]
+    status = flow.statuses(page, 1)[0]
+    ttft = document["results"][0]["ttft_s"]
+    assert f"TTFT {round(ttft * 1000)} ms" in status or f"TTFT {ttft:.2f} s" in status, (status, ttft)

@@ -86,14 +86,15 @@ def test_the_page_streams_into_the_live_box_and_renders_the_chat_once_at_the_end
     from playground.runner import Column, Job
     from playground.settings import MAX_COLUMNS
     from playground.ui_format import Turn
-    from playground.ui_stream import BENCH_OUTPUTS, Frame, Outcome, Plan, results_values, wire_messages
+    from playground.ui_stream import BENCH_OUTPUTS, Frame, Outcome, Plan, Recorded, results_values, wire_messages
 
     target = Target(id="t", label="t", backend="openai", model="m", base_url="http://127.0.0.1:1/v1")
     column = Column(target, Timeline(started=0.0), status="streaming", detail="waiting for the first token")
     histories = [[Turn("q0", "a0", ok=True)]] + [[] for _ in range(MAX_COLUMNS - 1)]
     plan = Plan("s", "q1", "q1", "", None, (), [Job(target, None)], histories)  # type: ignore[arg-type]
     done = [[Turn("q0", "a0", ok=True), Turn("q1", "**t0 t1**", ok=True)]] + histories[1:]
-    outcome = Outcome(done, {"data": []}, {"path": "a.csv"}, {"path": "a.json"}, ["print('the code')"])
+    outcome = Outcome(done, {"data": []}, {"path": "a.csv"}, {"path": "a.json"}, ["print('the code')"], None,
+                      Recorded("run-id-1", "Recorded as `run-id-1`"))
     waiting = Frame([column], ["s"] * MAX_COLUMNS)
     values = page_frames(plan, [waiting, waiting, Frame([column], ["s"] * MAX_COLUMNS, outcome)])
     chats = slice(0, MAX_COLUMNS)
@@ -113,6 +114,8 @@ def test_the_page_streams_into_the_live_box_and_renders_the_chat_once_at_the_end
     assert last[2 * MAX_COLUMNS] == done and last[2 * MAX_COLUMNS + 1][0] == {"data": []}
     table, csv_file, _, code, *others = results_values(last[2 * MAX_COLUMNS + 1])
     assert table == {"data": []} and csv_file["visible"] is True and csv_file["value"] == {"path": "a.csv"}
+    *others, recorded_line, run_id = others
+    assert recorded_line == "Recorded as `run-id-1`" and run_id == "run-id-1"  # the History panel picks it
     assert code == "print('the code')" and len(others) == MAX_COLUMNS - 1 + BENCH_OUTPUTS
     assert all(o == {"__type__": "update"} for o in others[:MAX_COLUMNS - 1])  # the other columns' code stays
     assert all(o["visible"] is False for o in others[MAX_COLUMNS - 1:])  # a single run: no benchmark results

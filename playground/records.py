@@ -1,0 +1,208 @@
+"""Every finished run, recorded in a real database (SQLAlchemy Core): SQLite by default, PostgreSQL
+when ``PLAYGROUND_DB=postgresql://…`` (replicas behind a balancer share one database).
+
+A run is its prompt, system prompt, parameters, images (described: name, size, a hash; never the
+bytes), environment, and per column the target, the text, every text event's offset from the
+request (seconds) with its length, the metrics, the server's timings and the outcome. Never a key:
+what is stored is what the exports already carry (``report.run_document``), and a key-shaped
+string left in it is redacted on the way in.
+
+Recording never fails a run: a database that cannot be opened or written (read-only, full)
+gives a notice instead. Runs older than ``PLAYGROUND_KEEP_DAYS`` and beyond the newest
+``PLAYGROUND_KEEP_RUNS`` are pruned when a run is recorded. Blocking throughout: call it off any
+event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets as stdlib_secrets
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from playground import secrets, settings
+
+if TYPE_CHECKING:
+    from playground.runner import Column
+
+log = logging.getLogger(__name__)
+FORMAT = 1  # of an exported run file
+
+metadata = sa.MetaData()
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # unguessable: it is the share link's key
+    sa.Column("session", sa.String(32), nullable=False, index=True),  # a hash of the browser session
+    sa.Column("created", sa.Float, nullable=False, index=True),  # Unix time
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("targets", sa.Text, nullable=False),  # comma-separated ids, for search
+    sa.Column("document", sa.Text, nullable=False),  # the run as JSON (see module docstring)
+)
+_engines: dict[str, sa.Engine] = {}
+_lock = threading.Lock()
+
+
+class RecordError(Exception):
+    """The database could not take or give a run; the message says why, fit to show."""
+
+
+def url() -> str | None:
+    """The database's URL; None when recording is off (PLAYGROUND_DB=off)."""
+    chosen = settings.db_url()
+    if chosen and chosen.lower() == "off":
+        return None
+    if chosen and chosen.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + chosen.split("://", 1)[1]  # psycopg 3, not SQLAlchemy's psycopg2 default
+    if chosen and "://" in chosen:
+        return chosen
+    from playground import models
+
+    path = Path(chosen).expanduser() if chosen else models.cache_root() / "runs.sqlite"
+    return f"sqlite:///{path}"
+
+
+def engine(address: str | None = None) -> sa.Engine:
+    address = address or url()
+    if address is None:
+        raise RecordError("recording is off (PLAYGROUND_DB=off)")
+    with _lock:
+        found = _engines.get(address)
+        if found is None:
+            found = _engines[address] = _connect(address)
+        return found
+
+
+def _connect(address: str) -> sa.Engine:
+    try:
+        if address.startswith("sqlite:///"):
+            Path(address.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            made = sa.create_engine(address, connect_args={"timeout": 10})
+
+            @sa.event.listens_for(made, "connect")
+            def _wal(connection: Any, _: Any) -> None:
+                cursor = connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.close()
+        else:
+            made = sa.create_engine(address, pool_pre_ping=True)
+        metadata.create_all(made)
+        return made
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
+        raise RecordError(f"the run database cannot be opened: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    return secrets.redact(text)[:200]
+
+
+def session_key(session: str) -> str:
+    return hashlib.sha256(session.encode()).hexdigest()[:32]
+
+
+def column_entry(column: Column) -> dict[str, Any]:
+    """What a replay needs of one column: its target, text, each text event's offset and length."""
+    timeline = column.timeline
+    sent = timeline.sent
+    return {
+        "events": [[round(d.at - sent, 6), d.chars, d.tokens] for d in timeline.deltas] if sent is not None else [],
+        "ended": None if sent is None or timeline.ended is None else round(timeline.ended - sent, 6),
+        "prep": None if sent is None else round(sent - timeline.started, 6),
+        "status": column.status,
+        "finish_reason": column.finish_reason,
+    }
+
+
+def record(document: dict[str, Any], columns: list[Column], session: str, now: float | None = None) -> str:
+    """Store a finished run; its id. Raises RecordError (never anything else) when it cannot."""
+    now = time.time() if now is None else now
+    run_id = stdlib_secrets.token_urlsafe(16)
+    stored = {**document, "format": FORMAT, "recorded_at": now,
+              "timelines": [column_entry(c) for c in columns]}
+    text = secrets.redact(json.dumps(stored, ensure_ascii=False))
+    row = {"id": run_id, "session": session_key(session), "created": now, "prompt": document["prompt"][:10_000],
+           "targets": ",".join(r["id"] for r in document["results"]), "document": text}
+    try:
+        with engine().begin() as connection:
+            connection.execute(runs.insert().values(**row))
+            _prune(connection, now)
+    except RecordError:
+        raise
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
+        raise RecordError(f"this run was not recorded: {_reason(exc)}") from None
+    return run_id
+
+
+def _prune(connection: sa.Connection, now: float) -> None:
+    connection.execute(runs.delete().where(runs.c.created < now - settings.keep_days() * 86400))
+    keep = settings.keep_runs()
+    cutoff = connection.execute(sa.select(runs.c.created).order_by(runs.c.created.desc())
+                                .offset(keep).limit(1)).scalar()
+    if cutoff is not None:
+        connection.execute(runs.delete().where(runs.c.created <= cutoff))
+
+
+def recent(session: str | None, search: str = "", limit: int = 50) -> list[dict[str, Any]]:
+    """The newest runs (of one session, or everyone's for ``None``), matching ``search`` in the
+    prompt or a target id: id, when, prompt, targets."""
+    query = sa.select(runs.c.id, runs.c.created, runs.c.prompt, runs.c.targets).order_by(runs.c.created.desc())
+    if session is not None:
+        query = query.where(runs.c.session == session_key(session))
+    if search.strip():
+        pattern = f"%{search.strip()[:200]}%"
+        query = query.where(sa.or_(runs.c.prompt.ilike(pattern), runs.c.targets.ilike(pattern)))
+    try:
+        with engine().connect() as connection:
+            rows = connection.execute(query.limit(limit)).mappings().all()
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
+        raise RecordError(f"the run history cannot be read: {_reason(exc)}") from None
+    return [dict(row) for row in rows]
+
+
+def load(run_id: str, session: str | None = None) -> dict[str, Any]:
+    """A recorded run's document; with ``session``, only one of that session's runs."""
+    query = sa.select(runs.c.document).where(runs.c.id == str(run_id)[:64])
+    if session is not None:
+        query = query.where(runs.c.session == session_key(session))
+    try:
+        with engine().connect() as connection:
+            text = connection.execute(query).scalar()
+    except (sa.exc.SQLAlchemyError, OSError) as exc:
+        raise RecordError(f"the run cannot be read: {_reason(exc)}") from None
+    if text is None:
+        raise RecordError(f"no recorded run {str(run_id)[:64]!r}" + (" of this session" if session else ""))
+    return json.loads(text)
+
+
+def parse_export(text: str) -> dict[str, Any]:
+    """An exported run file, checked: what a replay needs is there, with the right shapes."""
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise RecordError(f"not a run file: {exc}") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise RecordError("not a run file of this playground (no \"format\": 1)")
+    results, timelines = document.get("results"), document.get("timelines")
+    if not isinstance(results, list) or not isinstance(timelines, list) or len(results) != len(timelines) \
+            or not 1 <= len(results) <= 6:
+        raise RecordError("a run file needs 1 to 6 results, each with its timeline")
+    for result, timeline in zip(results, timelines):
+        if not isinstance(result, dict) or not isinstance(result.get("text"), str) \
+                or not isinstance(timeline, dict) or not isinstance(timeline.get("events"), list):
+            raise RecordError("a run file's result needs its text and its timeline's events")
+        chars = 0
+        for event in timeline["events"]:
+            if not (isinstance(event, list) and len(event) == 3 and isinstance(event[0], (int, float))
+                    and isinstance(event[1], int) and event[0] >= 0 and event[1] >= 0):
+                raise RecordError("a run file's event must be [seconds, characters, tokens]")
+            chars += event[1]
+        if chars > len(result["text"]):
+            raise RecordError("a run file's events add up to more text than its result has")
+    return document

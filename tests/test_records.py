@@ -1,0 +1,225 @@
+"""Recorded runs in a real database: SQLite files (read back exactly, across a restart, pruned,
+degrading to a notice when the database cannot take a run), a real PostgreSQL on loopback with two
+processes writing at once, and replays at the recorded pace."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sse_server import Script, ScriptedServer
+
+from playground import records
+from playground.catalog import Target
+from playground.replay import Replay
+from playground.report import run_document
+from playground.request import ChatRequest, build_messages, make_params
+from playground.runner import Job, run_to_end
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("close_clients")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ScriptedServer]:
+    scripts = {"paced": Script(tokens=25, ttft_s=0.15, interval_s=0.03),
+               "cut": Script(tokens=30, interval_s=0.01, fault="drop", fault_after=5)}
+    with ScriptedServer(scripts) as srv:
+        yield srv
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "runs.sqlite"
+    monkeypatch.setenv("PLAYGROUND_DB", str(path))
+    return path
+
+
+async def a_run(server: ScriptedServer, models: tuple[str, ...] = ("paced", "cut")) -> tuple[dict[str, Any], list]:
+    targets = [Target(id=f"t-{m}", label=f"scripted {m}", backend="openai", model=m, base_url=server.base_url)
+               for m in models]
+    request = ChatRequest(build_messages("Tell me a story.", "Be brief."), make_params(temperature=0.0))
+    columns = await run_to_end([Job(t, request) for t in targets])
+    return run_document("Tell me a story.", "Be brief.", request.params, columns), columns
+
+
+async def test_a_run_is_read_back_exactly_and_survives_a_restart(server, db: Path, clean_env) -> None:
+    document, columns = await a_run(server)
+    run_id = records.record(document, columns, "session-a")
+    back = records.load(run_id, "session-a")
+    assert {k: back[k] for k in document} == json.loads(json.dumps(document))  # every field, as exported
+    assert [t["status"] for t in back["timelines"]] == ["done", "error"]  # errors are recorded too
+    events = back["timelines"][0]["events"]
+    assert [e[1] for e in events] and sum(e[1] for e in events) == len(back["results"][0]["text"])
+    sent = columns[0].timeline.sent
+    assert [e[0] for e in events] == [round(d.at - sent, 6) for d in columns[0].timeline.deltas]
+    with pytest.raises(records.RecordError, match="of this session"):
+        records.load(run_id, "session-b")  # another session cannot open it by id
+    code = ("from playground import records; d = records.load(%r, 'session-a'); "
+            "print(d['prompt'], len(d['results']))" % run_id)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          env=clean_env(PLAYGROUND_DB=str(db)))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "Tell me a story. 2"  # a new process (the app restarted) reads it
+    [row] = records.recent("session-a", search="story")
+    assert row["id"] == run_id and row["targets"] == "t-paced,t-cut"
+    assert records.recent("session-a", search="nothing like it") == [] and records.recent("session-b") == []
+
+
+async def test_old_runs_and_runs_beyond_the_cap_are_pruned(server, db: Path, monkeypatch) -> None:
+    document, columns = await a_run(server, ("paced",))
+    now = time.time()
+    old = records.record(document, columns, "s", now=now - 40 * 86400)
+    kept = [records.record(document, columns, "s", now=now + i) for i in range(3)]
+    assert [r["id"] for r in records.recent("s")] == kept[::-1]  # 40 days old: gone (default 30)
+    with pytest.raises(records.RecordError):
+        records.load(old)
+    monkeypatch.setenv("PLAYGROUND_KEEP_RUNS", "2")
+    newest = records.record(document, columns, "s", now=now + 10)
+    assert [r["id"] for r in records.recent("s")] == [newest, kept[2]]
+
+
+async def test_a_database_that_cannot_take_the_run_fails_the_recording_not_the_run(
+        server, tmp_path: Path, monkeypatch) -> None:
+    from playground.ui_stream import _record
+
+    document, columns = await a_run(server, ("paced",))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("PLAYGROUND_DB", str(blocker / "runs.sqlite"))  # cannot be created
+    recorded = _record(document, columns, "s")
+    assert recorded.run_id is None and recorded.message.startswith("⚠ the run database cannot be opened")
+
+    full = tmp_path / "full.sqlite"
+    monkeypatch.setenv("PLAYGROUND_DB", str(full))
+    engine = records.engine()
+
+    @sa.event.listens_for(engine, "connect")
+    def tiny(connection: Any, _: Any) -> None:
+        connection.execute("PRAGMA max_page_count = 8")  # a disk with 32 KB left
+
+    engine.dispose()
+    big = {**document, "prompt": "x" * 200_000}
+    recorded = _record(big, columns, "s")
+    assert recorded.run_id is None and "full" in recorded.message and "not recorded" in recorded.message
+
+
+async def test_a_replay_releases_each_event_at_its_recorded_offset_and_gives_the_recorded_figures(
+        server, db: Path) -> None:
+    document, columns = await a_run(server, ("paced",))
+    back = records.load(records.record(document, columns, "s"))
+    replay = Replay(back, 1.0)
+    start = time.perf_counter()
+    appeared: list[float] = []
+    async for frame in replay.frames():
+        now = time.perf_counter() - start
+        appeared += [now] * (len(frame[0].timeline.deltas) - len(appeared))
+    offsets = [e[0] for e in back["timelines"][0]["events"]]
+    lateness = [a - o for a, o in zip(appeared, offsets)]
+    assert len(appeared) == len(offsets) and min(lateness) >= 0 and max(lateness) < 0.05, lateness
+    live, replayed = columns[0].metrics(), frame[0].metrics()
+    assert replayed.ttft_s == pytest.approx(live.ttft_s, abs=1e-5)
+    assert replayed.decode_tokens_per_s == pytest.approx(live.decode_tokens_per_s, rel=1e-4)
+    assert (replayed.output_tokens, replayed.tokens_source) == (live.output_tokens, live.tokens_source)
+    assert frame[0].text == columns[0].text and frame[0].status == "done"
+
+    started = time.perf_counter()
+    async for frame in Replay(back, None).frames():
+        pass
+    assert time.perf_counter() - started < 0.5 and frame[0].text == columns[0].text  # "instant"
+
+
+def test_an_exported_run_file_is_checked_before_a_replay(tmp_path: Path) -> None:
+    for text, message in (("{", "not a run file"), ('{"format": 2}', "no \"format\": 1"),
+                          ('{"format": 1, "results": [], "timelines": []}', "1 to 6 results"),
+                          ('{"format": 1, "results": [{"text": "ab"}], "timelines": [{"events": [[0.1, 5, 1]]}]}',
+                           "more text than")):
+        with pytest.raises(records.RecordError, match=message):
+            records.parse_export(text)
+
+
+async def test_the_command_line_replays_an_exported_file(server, db: Path, tmp_path: Path, clean_env) -> None:
+    document, columns = await a_run(server, ("paced",))
+    back = records.load(records.record(document, columns, "s"))
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(back), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "playground", "replay", str(path), "--speed", "4"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env=clean_env(PLAYGROUND_DB="off"))
+    assert done.returncode == 0, done.stderr
+    assert columns[0].text in done.stdout and "-- done · TTFT " in done.stdout
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+PG_BIN = Path("/usr/lib/postgresql")
+
+
+def _pg_tool(name: str) -> str | None:
+    found = sorted(PG_BIN.glob(f"*/bin/{name}"))
+    return str(found[-1]) if found else shutil.which(name)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    """A real PostgreSQL (Debian's package) on 127.0.0.1 and a free port; always stopped."""
+    from conftest import free_loopback_port
+
+    initdb, pg_ctl = _pg_tool("initdb"), _pg_tool("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("no PostgreSQL (apt-get install postgresql)")
+    # not under pytest's root-only temp folder: PostgreSQL's own user must reach it
+    folder = Path(tempfile.mkdtemp(prefix="playground-pg-"))
+    data, port = folder / "data", free_loopback_port()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: as its own user
+        shutil.chown(folder, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    try:
+        for step in ([initdb, "-D", str(data), "-A", "trust", "-U", "postgres"],
+                     [pg_ctl, "-D", str(data), "-l", str(folder / "log"), "-w", "-t", "60", "-o",
+                      f"-h 127.0.0.1 -p {port} -k {folder}", "start"]):
+            done = subprocess.run([*as_user, *step], capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, (step[0], done.stdout[-1500:], done.stderr[-1500:])
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "-t", "30", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+WRITER = """
+import json, sys
+from playground import records
+document = json.loads(sys.stdin.read())
+for i in range(25):
+    records.record(document, [], "workshop-%s" % sys.argv[1])
+print("ok")
+"""
+
+
+async def test_postgresql_takes_runs_from_two_processes_at_once(server, postgres: str, monkeypatch,
+                                                                clean_env) -> None:
+    monkeypatch.setenv("PLAYGROUND_DB", postgres)
+    document, columns = await a_run(server, ("paced",))
+    run_id = records.record(document, columns, "s")
+    assert records.load(run_id)["results"][0]["text"] == columns[0].text
+    env = clean_env(PLAYGROUND_DB=postgres)
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(n)], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in (1, 2)]
+    try:
+        outs = [w.communicate(json.dumps(document), timeout=120) for w in writers]
+    finally:
+        for w in writers:
+            w.kill()
+    assert [w.returncode for w in writers] == [0, 0], [o[1][-1000:] for o in outs]
+    assert len(records.recent("workshop-1", limit=100)) == 25 and len(records.recent("workshop-2", limit=100)) == 25
