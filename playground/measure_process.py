@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import os
 import threading
 import time
@@ -117,6 +118,10 @@ def child_streams() -> Generate:
     loop = measure_loop()
     global priority
     priority = favour_stamping(loop.native_id)
+    # as in the app (warmup._warm): what the imports and the warm-up left lives as long as this
+    # process; out of the collector's walks, the first full collection is not a 50 ms pause of
+    # the stamping loop (and of its CPU) in the middle of some run
+    gc.freeze()
 
     def generate(target: Target, request: ChatRequest, emit: Emit, stop: threading.Event) -> None:
         future = loop.submit(_pump(target, request, emit))
