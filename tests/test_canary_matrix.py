@@ -1,6 +1,7 @@
 """Canary keys through every fault of both protocols, looked for on every surface a person or a log
 can read: the page HTML, /config, the API info, every frame a run streams through ``gradio_client``,
-the results table, the CSV and JSON downloads, the command line's output and the app's log.
+the results table, the CSV and JSON downloads, the recorded runs (and the database's bytes), the
+command line's output and the app's log.
 
 The keys come plain, with a trailing newline, with a trailing space, with characters beyond ASCII,
 and with a control character that no HTTP header can carry (refused by the variable's name before
@@ -150,6 +151,17 @@ def test_no_canary_on_any_surface_through_any_fault(app: tuple[str, io.StringIO]
     seen["/config"] = fetch(url.rstrip("/") + "/config")
     seen["API info"] = fetch(url.rstrip("/") + "/gradio_api/info")
     seen["log"] = log.getvalue()
+    from playground import records
+
+    database = records.url() or ""
+    assert database.startswith("sqlite:///")
+    stored = [records.load(r["id"]) for r in records.recent(None, "hello", limit=200)]
+    assert len(stored) >= 2, "the runs were not recorded"
+    seen["recorded runs"] = json.dumps(stored)
+    for suffix in ("", "-wal"):  # the database's bytes, its write-ahead log included
+        file = Path(database.removeprefix("sqlite:///") + suffix)
+        if file.exists():
+            seen[f"database file {file.name}"] = file.read_bytes().decode("utf-8", errors="replace")
     assert "HTTP Request: POST http://127.0.0.1" in seen["log"], "the log captured nothing of the runs"
     leaked = {where: leaks(text) for where, text in seen.items() if leaks(text)}
     assert not leaked, leaked

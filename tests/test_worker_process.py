@@ -238,3 +238,26 @@ def test_a_quiet_but_healthy_model_process_is_not_taken_for_hung(counter: Worker
     got: list[Event] = []
     counter.generate(TARGET, ChatRequest(build_messages("count"), make_params(max_tokens=3)), got.append, threading.Event())
     assert counter.alive and isinstance(got[-1], Finished)
+
+
+def test_close_from_two_threads_at_once_closes_the_channel_once(child_path: None) -> None:
+    """The reader closes on an unreadable message while the owner closes too: the second close
+    must not close the descriptor again (EBADF, or worse, a file that reused its number)."""
+    for _ in range(3):
+        worker = WorkerProcess("counter", f"{FAKES}:counter", (5,)).start(timeout_s=60)
+        gate = threading.Barrier(2)
+        failures: list[BaseException] = []
+
+        def close() -> None:
+            gate.wait(timeout=10)
+            try:
+                worker.close()
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                failures.append(exc)
+
+        threads = [threading.Thread(target=close) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert not failures and not worker.alive

@@ -84,6 +84,8 @@ class WorkerProcess:
         self._conn: Connection | None = None
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
+        self._close_lock = threading.Lock()
+        self._closed = False
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
         self._dead: str | None = None
@@ -188,6 +190,21 @@ class WorkerProcess:
             self._proc.kill()  # its socket closes: the reader fails every request still waiting
 
     def close(self) -> None:
+        """Close once, from any thread: the reader closes on an unreadable message while the owner may
+        close too, and a second ``os.close`` of the number could close whatever file reused it."""
+        with self._close_lock:
+            first, self._closed = not self._closed, True
+        if first:
+            self._close_channel()
+        if self._proc is not None and self._proc.poll() is None:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=5)
+        self._dead = self._dead or "the model process was closed"
+
+    def _close_channel(self) -> None:
         if self._sock is not None:
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)  # the child sees end-of-file and leaves
@@ -196,13 +213,6 @@ class WorkerProcess:
             self._sock.close()
         if self._conn is not None:
             self._conn.close()
-        if self._proc is not None and self._proc.poll() is None:
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=5)
-        self._dead = self._dead or "the model process was closed"
 
     def _send(self, message: tuple[Any, ...]) -> None:
         assert self._conn is not None
