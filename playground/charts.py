@@ -37,16 +37,21 @@ def short_labels(labels: list[str]) -> dict[str, str]:
     return {label: label[cut:len(label) - trim].strip() or label for label in labels}
 
 
+def row_names(labels: list[str]) -> list[str]:
+    """Labels made unique by their column ("Phi-4 (column 3)"): the same target twice is two rows."""
+    return [f"{label} (column {i + 1})" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
+
+
 def chart_rows(document: dict[str, Any], metric: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(one row per target's statistics, one row per measured run) in the chart's unit."""
     factor = CHARTS[metric][2]
     summaries, runs = [], []
     short = short_labels([entry["label"] for entry in document["targets"]])
-    for entry in document["targets"]:
+    names = row_names([short[entry["label"]] for entry in document["targets"]])
+    for entry, label in zip(document["targets"], names):
         s = entry["statistics"][metric]
         if s is None:
             continue
-        label = short[entry["label"]]
         summaries.append({"target": label, "name": entry["label"], "n": s["n"],
                           **{k: s[k] * factor for k in ("p50", "ci_low", "ci_high", "min", "max")}})
         runs += [{"target": label, "value": run[metric] * factor, "run": run["run"]} for run in entry["runs"]

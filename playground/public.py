@@ -135,16 +135,21 @@ class Quota:
             now = self._now()
             return min(self.rate.runs - len(self._recent(k, now, keep=False)) for k in keys)
 
-    def take(self, keys: list[str]) -> float | None:
-        """Count a run for every key; or, when any key is at its limit, the seconds until it is not."""
+    def take(self, keys: list[str], cost: int = 1) -> float | None:
+        """Count ``cost`` runs (a benchmark's repeats and warm-ups) for every key; or, when any key would
+        go over its limit, the seconds until it would not (``math.inf``: more than the limit itself)."""
         with self._lock:
             now = self._now()
-            waits = [runs[0] + self.rate.per_s - now for k in keys
-                     if len(runs := self._recent(k, now)) >= self.rate.runs]
+            waits = []
+            for key in keys:
+                runs = self._recent(key, now)
+                over = len(runs) + cost - self.rate.runs
+                if over > 0:
+                    waits.append(math.inf if over > len(runs) else runs[over - 1] + self.rate.per_s - now)
             if waits:
                 return max(waits)
             for key in keys:
-                self._runs[key].append(now)
+                self._runs[key].extend([now] * cost)
             if len(self._runs) > 10_000:  # forget keys with nothing in their window
                 for key in [k for k, runs in self._runs.items() if not self._recent(k, now)]:
                     del self._runs[key]

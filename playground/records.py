@@ -67,15 +67,34 @@ def url() -> str | None:
     return f"sqlite:///{path}"
 
 
+RETRY_S = 30.0  # a database that could not be opened is not tried again sooner (each run would wait)
+CONNECT_TIMEOUT_S = 5
+_failed: dict[str, tuple[float, str]] = {}
+
+
 def engine(address: str | None = None) -> sa.Engine:
     address = address or url()
     if address is None:
         raise RecordError("recording is off (PLAYGROUND_DB=off)")
     with _lock:
         found = _engines.get(address)
-        if found is None:
-            found = _engines[address] = _connect(address)
+        failed = _failed.get(address)
+    if found is not None:
         return found
+    if failed is not None and time.monotonic() - failed[0] < RETRY_S:
+        raise RecordError(failed[1])
+    try:
+        made = _connect(address)  # outside the lock: one slow database never queues the others
+    except RecordError as exc:
+        with _lock:
+            _failed[address] = (time.monotonic(), str(exc))
+        raise
+    with _lock:
+        _failed.pop(address, None)
+        found = _engines.setdefault(address, made)
+    if found is not made:
+        made.dispose()
+    return found
 
 
 def _connect(address: str) -> sa.Engine:
@@ -91,7 +110,7 @@ def _connect(address: str) -> sa.Engine:
                 cursor.execute("PRAGMA synchronous=NORMAL")
                 cursor.close()
         else:
-            made = sa.create_engine(address, pool_pre_ping=True)
+            made = sa.create_engine(address, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
         metadata.create_all(made)
         return made
     except (sa.exc.SQLAlchemyError, OSError) as exc:
@@ -127,7 +146,8 @@ def record(document: dict[str, Any], columns: list[Column], session: str, now: f
     stored = {**document, "format": FORMAT, "recorded_at": now,
               "timelines": [column_entry(c) for c in columns]}
     text = secrets.redact(json.dumps(stored, ensure_ascii=False))
-    row = {"id": run_id, "session": session_key(session), "created": now, "prompt": document["prompt"][:10_000],
+    row = {"id": run_id, "session": session_key(session), "created": now,
+           "prompt": secrets.redact(document["prompt"])[:10_000],
            "targets": ",".join(r["id"] for r in document["results"]), "document": text}
     try:
         with engine().begin() as connection:
@@ -156,8 +176,10 @@ def recent(session: str | None, search: str = "", limit: int = 50) -> list[dict[
     if session is not None:
         query = query.where(runs.c.session == session_key(session))
     if search.strip():
-        pattern = f"%{search.strip()[:200]}%"
-        query = query.where(sa.or_(runs.c.prompt.ilike(pattern), runs.c.targets.ilike(pattern)))
+        typed = search.strip()[:200].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = f"%{typed}%"  # what was typed, literally: % and _ are not wildcards here
+        query = query.where(sa.or_(runs.c.prompt.ilike(pattern, escape="\\"),
+                                   runs.c.targets.ilike(pattern, escape="\\")))
     try:
         with engine().connect() as connection:
             rows = connection.execute(query.limit(limit)).mappings().all()
@@ -182,13 +204,20 @@ def load(run_id: str, session: str | None = None) -> dict[str, Any]:
 
 
 def parse_export(text: str) -> dict[str, Any]:
-    """An exported run file, checked: what a replay needs is there, with the right shapes."""
+    """An exported run file, checked: what a replay reads is there, with the right shapes and
+    finite times (a file from elsewhere is untrusted)."""
     try:
         document = json.loads(text)
     except ValueError as exc:
         raise RecordError(f"not a run file: {exc}") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise RecordError("not a run file of this playground (no \"format\": 1)")
+    if not isinstance(document.get("prompt"), str) or not isinstance(document.get("parameters", {}), dict) \
+            or not isinstance(document.get("system") or "", str):
+        raise RecordError("a run file needs its prompt (text) and its parameters")
+    at = document.get("recorded_at")
+    if at is not None and not (isinstance(at, (int, float)) and 0 <= at < 1e11):
+        raise RecordError("a run file's recorded_at must be a Unix time")
     results, timelines = document.get("results"), document.get("timelines")
     if not isinstance(results, list) or not isinstance(timelines, list) or len(results) != len(timelines) \
             or not 1 <= len(results) <= 6:
@@ -197,12 +226,16 @@ def parse_export(text: str) -> dict[str, Any]:
         if not isinstance(result, dict) or not isinstance(result.get("text"), str) \
                 or not isinstance(timeline, dict) or not isinstance(timeline.get("events"), list):
             raise RecordError("a run file's result needs its text and its timeline's events")
-        chars = 0
+        ended = timeline.get("ended")
+        if ended is not None and not _seconds(ended):
+            raise RecordError("a run file's end must be a number of seconds from 0 to a day")
         for event in timeline["events"]:
-            if not (isinstance(event, list) and len(event) == 3 and isinstance(event[0], (int, float))
-                    and isinstance(event[1], int) and event[0] >= 0 and event[1] >= 0):
-                raise RecordError("a run file's event must be [seconds, characters, tokens]")
-            chars += event[1]
-        if chars > len(result["text"]):
-            raise RecordError("a run file's events add up to more text than its result has")
+            if not (isinstance(event, list) and len(event) == 3 and _seconds(event[0])
+                    and isinstance(event[1], int) and 0 <= event[1] <= 1_000_000
+                    and (event[2] is None or (isinstance(event[2], int) and 0 <= event[2] <= 1_000_000))):
+                raise RecordError("a run file's event must be [seconds, characters, tokens or null]")
     return document
+
+
+def _seconds(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 86_400

@@ -114,7 +114,7 @@ class RepeatedRun:
         self._loop = asyncio.get_running_loop()
         self._changed, self._cpu = asyncio.Event(), asyncio.Lock()
         self._halt = [asyncio.Event() for _ in self.jobs]
-        for index in self._halted:
+        for index in list(self._halted):  # stop_column may add to it from another thread
             self._halt[index].set()
         tasks = [asyncio.create_task(self._column(i)) for i in range(len(self.jobs))]
         try:
@@ -127,6 +127,10 @@ class RepeatedRun:
                     break
             for task in tasks:
                 task.result()  # a bug in a column's loop is not swallowed
+            now = time.perf_counter()
+            for column in self.columns:  # stopped before its first run began
+                if not column.final:
+                    column.status, column.detail, column.timeline.ended = "stopped", "", now
         finally:
             for task in tasks:
                 task.cancel()
@@ -160,29 +164,32 @@ class RepeatedRun:
                 return
 
     async def _take_turn(self, index: int) -> bool:
-        """Wait for the CPU; False when the column was stopped meanwhile."""
+        """Wait for the CPU, first come first served; False when the column was stopped meanwhile.
+        Every turn goes through the lock's queue (a column that has just had its turn queues behind
+        the one waiting), and a column says so when it has to wait."""
         assert self._cpu is not None
-        if not self._cpu.locked():
-            await self._cpu.acquire()  # free: taken at once, before any other column looks
-            return True
-        self._show(index, Column(self.jobs[index].target, metrics.Timeline(started=time.perf_counter()),
-                                 detail=FAIR_WAIT))
         turn = asyncio.ensure_future(self._cpu.acquire())
         halted = asyncio.ensure_future(self._halt[index].wait())
-        await asyncio.wait({turn, halted}, return_when=asyncio.FIRST_COMPLETED)
-        halted.cancel()
-        if index not in self._halted:
-            await turn
-            return True
-        if turn.done() and not turn.cancelled():
-            self._cpu.release()
-        else:
-            turn.cancel()
-        waiting = self.columns[index]
-        if not waiting.final:
-            waiting.status, waiting.detail = "stopped", ""
-            self._show(index, waiting)
-        return False
+        granted = False
+        try:
+            await asyncio.sleep(0)  # a free lock is granted at once
+            if not turn.done():
+                self._show(index, Column(self.jobs[index].target, metrics.Timeline(started=time.perf_counter()),
+                                         detail=FAIR_WAIT))
+                await asyncio.wait({turn, halted}, return_when=asyncio.FIRST_COMPLETED)
+            granted = turn.done() and not turn.cancelled() and index not in self._halted
+        finally:
+            halted.cancel()
+            if not turn.done():
+                turn.cancel()  # a cancelled acquire never holds the lock
+            elif not granted and not turn.cancelled():
+                self._cpu.release()  # granted to a column that was stopped (or cancelled) meanwhile
+        if not granted:
+            waiting = self.columns[index]
+            if not waiting.final:
+                waiting.status, waiting.detail = "stopped", ""
+                self._show(index, waiting)
+        return granted
 
     async def _one_run(self, index: int, job: Job, number: int, warm: bool) -> Column:
         cold = job.target.id not in _asked
@@ -215,11 +222,12 @@ async def bench(targets: list[Target], request: ChatRequest, repeat: int, warmup
 
 def summary(target: Target, samples: list[Sample], objectives: stats.Objectives | None, greedy: bool
             ) -> dict[str, Any]:
-    measured = [s for s in samples if not s.warmup]
+    measured = [s for s in samples if not s.warmup and s.status != "stopped"]  # a Stop is not a failure
     ok = [s for s in measured if s.status == "done"]
     entry: dict[str, Any] = {
         "id": target.id, "label": target.label, "backend": target.backend, "model": environment.target_facts(target),
         "measured_runs": len(measured), "failed_runs": len(measured) - len(ok),
+        "stopped_runs": sum(not s.warmup and s.status == "stopped" for s in samples),
         "cold_samples": sum(s.cold for s in ok),
         "statistics": {name: (s.as_dict() if (s := stats.summarize([getattr(x, name) for x in ok])) else None)
                        for name in METRICS},
@@ -293,6 +301,7 @@ STATISTICS = {
     "ci_low/ci_high": "95 % percentile-bootstrap interval of the median (2000 resamples, seed 0)",
     "goodput": "share of measured runs meeting every objective (a failed run meets none)",
     "cold_samples": "measured runs that were their target's first request in this process",
+    "stopped_runs": "measured runs stopped by the user: not in the statistics, the goodput or the failures",
     "fair_mode": "local targets took turns, one local generation at a time (remote ones ran at once)",
     "roofline": "decode p50 as a share of bandwidth ÷ bytes of weights read a token (local targets; see roofline.py)",
 }
@@ -362,8 +371,10 @@ def statistics_frame(document: dict[str, Any]) -> Any:
     """The page's statistics table: a row per target and metric, over the measured runs."""
     import pandas as pd
 
+    from playground.charts import row_names
+
     rows = []
-    for entry in document["targets"]:
+    for entry, target in zip(document["targets"], row_names([e["label"] for e in document["targets"]])):
         for name, (label, factor, digits) in TABLE_METRICS.items():
             s = entry["statistics"][name]
             if s is None:
@@ -372,7 +383,7 @@ def statistics_frame(document: dict[str, Any]) -> Any:
             def fig(value: float | None) -> float | None:
                 return None if value is None else round(value * factor, digits)
 
-            rows.append({"target": entry["label"], "metric": label, "n": s["n"], "mean": fig(s["mean"]),
+            rows.append({"target": target, "metric": label, "n": s["n"], "mean": fig(s["mean"]),
                          "p50": fig(s["p50"]), "p90": fig(s["p90"]), "p95": fig(s["p95"]), "min": fig(s["min"]),
                          "max": fig(s["max"]), "std": fig(s["std"]), "CI low": fig(s["ci_low"]),
                          "CI high": fig(s["ci_high"])})

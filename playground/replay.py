@@ -31,9 +31,10 @@ def display_target(result: dict[str, Any]) -> Target:
 
 def when(document: dict[str, Any]) -> str:
     at = document.get("recorded_at")
-    if not isinstance(at, (int, float)):
+    try:
+        return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    except (TypeError, ValueError, OverflowError, OSError):
         return "an unknown date"
-    return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 class Replay:
@@ -73,6 +74,8 @@ class Replay:
         for step, (due, i, n) in enumerate(steps):
             while not self._stop_all.is_set() and (wait := due - time.perf_counter()) > 0:
                 await asyncio.sleep(min(wait, self.frame_s))  # a Stop is seen within a frame
+                if self._stop_columns_now():
+                    yield self.columns
             if self._stop_all.is_set():
                 break
             self._apply(i, n, start, shown)
@@ -83,6 +86,13 @@ class Replay:
             if not column.final:
                 self._finish(column, i, "stopped", now)
         yield self.columns
+
+    def _stop_columns_now(self) -> bool:
+        """Columns stopped on their own end now, not at their next recorded event; True if any did."""
+        stopped = [i for i in list(self._stopped) if not self.columns[i].final]
+        for i in stopped:
+            self._finish(self.columns[i], i, "stopped", time.perf_counter())
+        return bool(stopped)
 
     def _apply(self, i: int, n: int, start: float, shown: list[int]) -> None:
         column = self.columns[i]
@@ -111,7 +121,10 @@ class Replay:
         result, timeline = self.results[index], self.document["timelines"][index]
         sent = column.timeline.sent or 0.0
         end = timeline.get("ended")
-        column.timeline.ended = at if at is not None else sent + (end if isinstance(end, (int, float)) else 0.0)
+        last = column.timeline.deltas[-1].at if column.timeline.deltas else sent
+        # stopped part-way: not before what it already showed (stamped at recorded offsets, which run
+        # ahead of the clock at 2× and 4×)
+        column.timeline.ended = max(at, last) if at is not None else sent + (end if isinstance(end, (int, float)) else 0.0)
         column.status = status if status in ("done", "stopped", "error") else "done"  # type: ignore[assignment]
         column.detail = ""
         column.finish_reason = timeline.get("finish_reason")

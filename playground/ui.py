@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import math
 import sys
 from contextlib import aclosing
 from pathlib import Path
@@ -361,7 +362,11 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             if (refused := public.same_target_refusal(policy, target_ids)) is not None:
                 raise gr.Error(refused)
             if quota is not None:  # last: a run refused for its input costs nothing
-                wait = quota.take(_quota_keys(request))
+                cost = benchmark.repeat + benchmark.warmup if benchmark is not None else 1  # each repeat is a run
+                wait = quota.take(_quota_keys(request), cost)
+                if wait == math.inf:
+                    raise gr.Error(f"Benchmark: {cost} runs a column is more than this Space allows "
+                                   f"({quota.rate.describe()} per visitor): lower Repeat or Warm-up runs.")
                 if wait is not None:
                     raise gr.Error(quota.refusal(wait))
             jobs = []
@@ -459,6 +464,13 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             return [[r["id"], replay.when({"recorded_at": r["created"]}), r["prompt"][:120], r["targets"]]
                     for r in rows]
 
+        def history_after_run(text: str | None, request: gr.Request) -> Any:
+            """The history, refreshed after a run; a database that is off or unreadable already said so."""
+            try:
+                return history_rows(text, request)
+            except gr.Error:
+                return gr.skip()
+
         def pick_run(event: gr.SelectData) -> str:
             row = getattr(event, "row_value", None) or []
             return str(row[0]) if row else gr.skip()
@@ -542,7 +554,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
               **streaming).success(ui_stream.results_values, results, results_out, api_name=False,
                                    show_progress="hidden", show_progress_on=[run_btn], postprocess=False
                                    ).then(quota_status, None, quota_line, api_name=False, show_progress="hidden"
-                                          ).then(history_rows, search, history_table, api_name=False,
+                                          ).then(history_after_run, search, history_table, api_name=False,
                                                  show_progress="hidden")
         api_run = gr.Button(visible=False)
         api_run.click(run_from_api, inputs=[*settings_in, *pickers, session_keys], outputs=run_outputs, api_name="run",

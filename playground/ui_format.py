@@ -104,7 +104,7 @@ def token_chart(column: Column, now: float | None = None) -> str | None:
     sent, deltas = timeline.sent, timeline.deltas
     if sent is None or not deltas:
         return None
-    end = timeline.ended or now or deltas[-1].at
+    end = timeline.ended or max(now or 0.0, deltas[-1].at)  # a replay at 2× stamps ahead of the clock
     span = max(end - sent, 1e-3)
     counts = [0] * SPARK_BARS
     for delta in deltas:

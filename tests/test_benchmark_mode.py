@@ -199,3 +199,20 @@ async def test_stop_ends_every_column_and_every_repeat_at_once(llamacpp: Any, sc
     assert all(len(samples) <= 1 for samples in run.samples)
     assert {c.status for c in run.columns} <= {"stopped", "done"}
     assert "stopped" in {c.status for c in run.columns}
+
+
+async def test_a_stopped_run_is_not_a_failure_and_a_column_stopped_before_its_turn_ends_stopped(
+        llamacpp: Any, openvino: Any) -> None:
+    from playground import repeats
+    from playground.runner import Job
+
+    run = repeats.RepeatedRun([Job(llamacpp, _chat(200)), Job(openvino, _chat(200))], repeat=3, warmup=0, fair=True)
+    run.stop_column(1)  # before anything ran: that column never takes a turn
+    async for columns in run.frames():
+        if columns[0].text:
+            run.stop()
+    assert [c.status for c in run.columns] == ["stopped", "stopped"] and run.samples[1] == []
+    request = _chat(200)
+    document = repeats.document([llamacpp, openvino], run.samples, request, "p", 3, 0, None)
+    entry = document["targets"][0]
+    assert entry["stopped_runs"] == 1 and entry["failed_runs"] == 0 and entry["measured_runs"] == 0

@@ -198,9 +198,9 @@ def test_threads_follow_the_local_columns_running_at_once(monkeypatch, clean_env
     from playground.backends import llama_cpp as backend
 
     monkeypatch.delenv("PLAYGROUND_LLAMACPP_THREADS", raising=False)
-    monkeypatch.setattr(backend.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(backend, "usable_cpus", lambda: 16)
     assert [backend.llama_threads(n) for n in (0, 1, 2, 3, 20)] == [15, 15, 7, 5, 1]  # one CPU stays with the app
-    monkeypatch.setattr(backend.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(backend, "usable_cpus", lambda: 2)
     assert backend.llama_threads(1) == 1
     monkeypatch.setenv("PLAYGROUND_LLAMACPP_THREADS", "3")
     assert backend.llama_threads(5) == 3  # the setting fixes it
@@ -210,7 +210,7 @@ async def test_the_column_says_how_many_threads_it_used(target, monkeypatch) -> 
     from playground.backends import llama_cpp as backend
     from playground.ui_format import status_markdown
 
-    monkeypatch.setattr(backend.os, "cpu_count", lambda: 5)
+    monkeypatch.setattr(backend, "usable_cpus", lambda: 5)
     [column] = await run_to_end([Job(target, chat("Hi", 4))], frame_s=0.01)
     assert column.status == "done", column.error
     assert column.server is not None and column.server.threads == 4  # a lone local column: 5 CPUs but one

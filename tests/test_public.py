@@ -128,3 +128,15 @@ def test_through_the_api_refusals_name_the_reason_and_the_quota_bites_last(clien
         client.submit(*run_args("hi", [QUICK], columns=1), api_name="/run").result(timeout=60)
     with pytest.raises(Exception, match=r"Run limit reached: 3 runs a minute per visitor .* allowed in \d+ s"):
         client.submit(*run_args("hi", [QUICK], columns=1), api_name="/run").result(timeout=60)
+
+
+def test_a_benchmark_costs_one_run_per_repeat_and_warm_up() -> None:
+    import math
+
+    now = [1000.0]
+    quota = Quota(Rate(6, 60), clock=lambda: now[0])
+    assert quota.take(["s"], cost=4) is None and quota.left(["s"]) == 2
+    assert quota.take(["s"], cost=3) == pytest.approx(60.0)  # the first of the four leaves the window then
+    assert quota.take(["s"], cost=7) == math.inf  # more than the limit itself: never allowed
+    now[0] += 61
+    assert quota.take(["s"], cost=6) is None and quota.left(["s"]) == 0

@@ -142,9 +142,15 @@ async def test_a_replay_releases_each_event_at_its_recorded_offset_and_gives_the
 
 def test_an_exported_run_file_is_checked_before_a_replay(tmp_path: Path) -> None:
     for text, message in (("{", "not a run file"), ('{"format": 2}', "no \"format\": 1"),
-                          ('{"format": 1, "results": [], "timelines": []}', "1 to 6 results"),
-                          ('{"format": 1, "results": [{"text": "ab"}], "timelines": [{"events": [[0.1, 5, 1]]}]}',
-                           "more text than")):
+                          ('{"format": 1, "prompt": "p", "results": [], "timelines": []}', "1 to 6 results"),
+                          ('{"format": 1, "prompt": "p", "results": [{"text": "ab"}], '
+                           '"timelines": [{"events": [[Infinity, 1, 1]]}]}', "seconds, characters"),
+                          ('{"format": 1, "prompt": "p", "results": [{"text": "ab"}], '
+                           '"timelines": [{"events": [[0.1, 1, "x"]]}]}', "seconds, characters"),
+                          ('{"format": 1, "prompt": 7, "results": [{"text": "ab"}], "timelines": [{"events": []}]}',
+                           "needs its prompt"),
+                          ('{"format": 1, "prompt": "p", "recorded_at": 1e300, "results": [{"text": "ab"}], '
+                           '"timelines": [{"events": []}]}', "Unix time")):
         with pytest.raises(records.RecordError, match=message):
             records.parse_export(text)
 
@@ -223,3 +229,22 @@ async def test_postgresql_takes_runs_from_two_processes_at_once(server, postgres
             w.kill()
     assert [w.returncode for w in writers] == [0, 0], [o[1][-1000:] for o in outs]
     assert len(records.recent("workshop-1", limit=100)) == 25 and len(records.recent("workshop-2", limit=100)) == 25
+
+
+async def test_stopping_one_replayed_column_ends_it_at_once_not_at_its_next_recorded_event() -> None:
+    document = {"format": 1, "prompt": "p", "recorded_at": 0,
+                "results": [{"id": "a", "text": "one two", "output_tokens": 2, "tokens_source": "counted"},
+                            {"id": "b", "text": "x", "output_tokens": 1, "tokens_source": "counted"}],
+                "timelines": [{"events": [[0.05, 3, 1], [5.0, 4, 1]], "ended": 5.0, "status": "done"},
+                              {"events": [[0.05, 1, 1]], "ended": 0.3, "status": "done"}]}
+    replay = Replay(records.parse_export(json.dumps(document)), 1.0)
+    pressed = None
+    async for frame in replay.frames():
+        if pressed is None and frame[0].text:
+            pressed = time.perf_counter()
+            await asyncio.to_thread(replay.stop_column, 0)
+        if frame[0].final:
+            break
+    assert pressed is not None and time.perf_counter() - pressed < 0.5  # not after the recorded 5 s gap
+    assert frame[0].status == "stopped" and frame[0].text == "one"
+    assert frame[0].timeline.ended >= frame[0].timeline.deltas[-1].at

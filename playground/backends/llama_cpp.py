@@ -45,7 +45,15 @@ def llama_threads(columns: int = 1) -> int:
     The same count serves prompt processing: llama-cpp-python's default of every CPU there made
     TTFT go from 0.15 s to 10 s on a shared 2-core machine.
     """
-    return settings.llamacpp_threads() or max(1, ((os.cpu_count() or 2) - 1) // max(1, columns))
+    return settings.llamacpp_threads() or max(1, (usable_cpus() - 1) // max(1, columns))
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, as a container's cpuset sets it)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 2
 
 
 class Abort:
