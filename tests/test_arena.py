@@ -1,0 +1,159 @@
+"""The blind arena: Bradley–Terry ratings against a hand-worked example, pairs that spread the votes,
+rooms kept apart, 30 voters at once losing no vote, and names absent from everything the page
+receives before the vote."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sse_server import Script, ScriptedServer
+
+from playground import arena, ratings
+
+
+@pytest.fixture
+def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "arena.sqlite"
+    monkeypatch.setenv("PLAYGROUND_DB", str(path))
+    return path
+
+
+def test_bradley_terry_against_a_hand_worked_example() -> None:
+    # A beats B 3 times in 4: P = 3/4, so R_A - R_B = 400 log10(3) = 190.85, centred on 1000
+    fitted = ratings.fit([("A", "B", "a")] * 3 + [("A", "B", "b")])
+    assert fitted["A"] - fitted["B"] == pytest.approx(400 * math.log10(3), abs=0.5)
+    assert (fitted["A"] + fitted["B"]) / 2 == pytest.approx(1000)
+    # a tie is half a win each: one win and one tie is 1.5 to 0.5, the same 3:1
+    tied = ratings.fit([("A", "B", "a"), ("A", "B", "tie")])
+    assert tied["A"] - tied["B"] == pytest.approx(400 * math.log10(3), abs=0.5)
+    assert ratings.fit([("A", "B", "bad")] * 2) == pytest.approx({"A": 1000, "B": 1000})  # both bad: a tie
+    # three targets in a strict order, each pair 2:1: the middle one sits at the average
+    three = ratings.fit([("A", "B", "a"), ("A", "B", "a"), ("A", "B", "b"), ("B", "C", "a"), ("B", "C", "a"),
+                         ("B", "C", "b"), ("A", "C", "a"), ("A", "C", "a"), ("A", "C", "b")])
+    assert three["A"] > three["B"] > three["C"] and three["B"] == pytest.approx(1000, abs=1e-6)
+
+
+def test_the_interval_holds_the_rating_and_is_reproducible() -> None:
+    votes = [("A", "B", "a")] * 6 + [("A", "B", "b")] * 2 + [("B", "C", "a")] * 5 + [("A", "C", "tie")] * 3
+    board = ratings.leaderboard(votes)
+    assert [r.target for r in board] == ["A", "B", "C"]
+    for r in board:
+        assert r.ci_low <= r.rating <= r.ci_high
+    assert ratings.leaderboard(votes) == board  # seeded
+    assert board[0].votes == 11
+    rates = ratings.win_rates(votes)
+    assert rates["A"]["B"] == 0.75 and rates["B"]["A"] == 0.25 and rates["A"]["C"] == 0.5 and rates["A"]["A"] is None
+
+
+def test_pairs_spread_the_votes_and_rooms_stay_apart(db: Path) -> None:
+    answers = [{"text": "x", "ttft_s": 0.1, "decode_tokens_per_s": 50.0}, {"text": "y", "ttft_s": 0.3,
+                                                                           "decode_tokens_per_s": 20.0}]
+    for _ in range(2):
+        arena.vote(arena.record_battle("room-1", "s", "p", ("a", "b"), answers, []), "a")
+    picks = {frozenset(arena.pick_pair(["a", "b", "c"], "room-1")) for _ in range(20)}
+    assert frozenset(("a", "b")) not in picks  # the pair with votes waits for the others
+    arena.vote(arena.record_battle("room-2", "s", "p", ("a", "c"), answers, []), "b")
+    one, two = arena.standings("room-1"), arena.standings("room-2")
+    assert one["votes"] == 2 and two["votes"] == 1
+    assert [r["target"] for r in one["ratings"]] == ["a", "b"] and [r["target"] for r in two["ratings"]] == ["c", "a"]
+    assert one["ratings"][0]["median_ttft_s"] == 0.1 and one["ratings"][1]["median_decode_tokens_per_s"] == 20.0
+    assert "room-2" not in arena.votes_csv("room-1") and arena.votes_csv("room-1").count("\n") == 3
+    with pytest.raises(arena.ArenaError, match="room: letters"):
+        arena.room_name("../etc")
+
+
+def test_thirty_voters_at_once_lose_no_vote_and_a_battle_takes_one(db: Path) -> None:
+    answers = [{"text": "x"}, {"text": "y"}]
+    ids = [arena.record_battle("workshop", f"s{i}", "p", ("a", "b"), answers, []) for i in range(30)]
+    gate = threading.Barrier(30)
+    failures: list[BaseException] = []
+
+    def voter(battle: str, n: int) -> None:
+        gate.wait(timeout=30)
+        try:
+            arena.vote(battle, "a" if n % 3 else "b")
+        except BaseException as exc:  # noqa: BLE001
+            failures.append(exc)
+
+    threads = [threading.Thread(target=voter, args=(b, n)) for n, b in enumerate(ids)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not failures, failures
+    board = arena.standings("workshop")
+    assert board["votes"] == 30 and board["ratings"][0]["votes"] == 30
+    with pytest.raises(arena.ArenaError, match="already has its vote"):
+        arena.vote(ids[0], "b")
+
+
+def test_an_answer_that_names_a_model_is_flagged() -> None:
+    assert arena.gives_itself_away("As Phi-3, I would say blue.", [])
+    assert arena.gives_itself_away("I am SmolLM2, a small model.", [])
+    assert arena.gives_itself_away("This is my-model speaking", ["my-model"])
+    assert not arena.gives_itself_away("The sky is blue because of Rayleigh scattering.", ["t-a"])
+
+
+# --- through the UI ---------------------------------------------------------------------------
+@pytest.fixture
+def client(db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, ScriptedServer]]:
+    from gradio_client import Client
+
+    from playground.catalog import Catalog, Target
+    from playground.settings import Settings
+    from playground.ui import build_ui
+    from tests.test_ui import free_port
+
+    with ScriptedServer({"m1": Script(tokens=6), "m2": Script(tokens=8)}) as server:
+        targets = [Target(id="secret-alpha", label="Codename Alpha", backend="openai", model="m1",
+                          base_url=server.base_url),
+                   Target(id="secret-beta", label="Codename Beta", backend="openai", model="m2",
+                          base_url=server.base_url)]
+        monkeypatch.setenv("PLAYGROUND_ARENA_TARGETS", "secret-alpha,secret-beta")
+        settings = Settings(host="127.0.0.1", port=None, columns=2, default_targets=[], concurrency=8, catalog=None)
+        demo = build_ui(Catalog(targets=targets, defaults=["secret-alpha"]), settings)
+        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+        try:
+            yield Client(demo.local_url, verbose=False), server
+        finally:
+            demo.close()
+
+
+def test_names_stay_hidden_until_the_vote_and_the_leaderboard_counts_it(client) -> None:
+    api, _ = client
+    job = api.submit("Say something.", "lan-party", api_name="/arena_battle")
+    job.result(timeout=60)
+    frames = json.dumps(job.outputs())
+    for secret in ("secret-alpha", "secret-beta", "Codename", "m1", "m2"):
+        assert secret not in frames, secret  # not in any frame the page received
+    final = job.outputs()[-1]
+    assert final[0].startswith("t0") and final[1].startswith("t0") and "done" in final[2] and "done" in final[3]
+    revealed = api.predict(api_name="/arena_vote_a")
+    reveal = json.dumps(revealed)
+    assert "Codename Alpha" in reveal and "Codename Beta" in reveal and "You voted: A is better" in reveal
+    summary, table, _ = api.predict("lan-party", api_name="/leaderboard")
+    assert "1 votes" in summary and len(table["data"]) == 2
+    with pytest.raises(Exception, match="No battle to vote on"):
+        api.predict(api_name="/arena_vote_b")  # the battle had its one vote
+
+
+def test_a_deck_is_read_and_a_bad_one_stops_the_app_with_its_step_and_field(tmp_path: Path, monkeypatch) -> None:
+    from playground import deck, settings
+
+    good = tmp_path / "deck.yaml"
+    good.write_text("- prompt: Hi\n  targets: [smollm2-onnx]\n  temperature: 0\n- prompt: Bye\n  replay: run.json\n")
+    steps = deck.load(good)
+    assert [s.prompt for s in steps] == ["Hi", "Bye"] and steps[0].temperature == 0
+    assert deck.replay_source(steps[1], good) == ("file", tmp_path / "run.json")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- prompt: Hi\n- prompt: Bye\n  temperature: 9\n")
+    monkeypatch.setenv("PLAYGROUND_DECK", str(bad))
+    assert any("PLAYGROUND_DECK" in p and "step 2: temperature" in p for p in settings.problems())
+    monkeypatch.setenv("PLAYGROUND_DECK", str(tmp_path / "missing.yaml"))
+    assert any("cannot be read" in p for p in settings.problems())
