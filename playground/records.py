@@ -139,15 +139,25 @@ def column_entry(column: Column) -> dict[str, Any]:
     }
 
 
-def record(document: dict[str, Any], columns: list[Column], session: str, now: float | None = None) -> str:
-    """Store a finished run; its id. Raises RecordError (never anything else) when it cannot."""
+def record(document: dict[str, Any], columns: list[Column], session: str, now: float | None = None,
+           private: tuple[str, ...] = ()) -> str:
+    """Store a finished run; its id. ``private``: what a visitor typed that a shared run must not
+    show (their own endpoint's URL), replaced wherever it appears. Raises RecordError (never
+    anything else) when it cannot."""
     now = time.time() if now is None else now
     run_id = stdlib_secrets.token_urlsafe(16)
     stored = {**document, "format": FORMAT, "recorded_at": now,
               "timelines": [column_entry(c) for c in columns]}
-    text = secrets.redact(json.dumps(stored, ensure_ascii=False))
+
+    def clean(text: str) -> str:
+        for value in private:
+            if value and len(value) >= 4:
+                text = text.replace(json.dumps(value)[1:-1], "(your endpoint)").replace(value, "(your endpoint)")
+        return secrets.redact(text)
+
+    text = clean(json.dumps(stored, ensure_ascii=False))
     row = {"id": run_id, "session": session_key(session), "created": now,
-           "prompt": secrets.redact(document["prompt"])[:10_000],
+           "prompt": clean(document["prompt"])[:10_000],
            "targets": ",".join(r["id"] for r in document["results"]), "document": text}
     try:
         with engine().begin() as connection:

@@ -191,6 +191,36 @@ def keep_runs() -> int:
     return _number("PLAYGROUND_KEEP_RUNS", 5000, int, 1)
 
 
+# --- presenter --------------------------------------------------------------------------------------
+def deck_file() -> str | None:
+    """PLAYGROUND_DECK: a presenter's prompt deck (YAML), stepped through with ?presenter=1."""
+    return env("PLAYGROUND_DECK")
+
+
+def _deck_checked() -> object:
+    from playground import deck  # it knows the format
+
+    path = deck_file()
+    if not path:
+        return None
+    try:
+        return deck.load(path)
+    except deck.DeckError as exc:
+        raise SettingsError(f"PLAYGROUND_DECK: {exc}") from None
+
+
+# --- arena ------------------------------------------------------------------------------------------
+def arena_targets() -> list[str] | None:
+    """PLAYGROUND_ARENA_TARGETS: the arena's pool (target ids); None: every target that can run now."""
+    listed = env("PLAYGROUND_ARENA_TARGETS")
+    return [t.strip() for t in listed.split(",") if t.strip()] if listed else None
+
+
+def arena_speed() -> bool:
+    """PLAYGROUND_ARENA_SPEED=1: the arena shows each answer's speed before the vote (it can give it away)."""
+    return bool(_flag("PLAYGROUND_ARENA_SPEED"))
+
+
 # --- servers ----------------------------------------------------------------------------------------
 def ollama_host() -> str | None:
     return env("OLLAMA_HOST")
@@ -199,7 +229,7 @@ def ollama_host() -> str | None:
 CHECKED: list[Callable[[], object]] = [
     from_env, public_mode, _rate_checked, public_targets, allow_private_urls, local_slots, local_memory_gb, queue_timeout_s,
     model_hang_s, llamacpp_threads, llamacpp_extra_buffers, measure_process, measure_priority, stall_trace,
-    db_url, keep_days, keep_runs,
+    db_url, keep_days, keep_runs, arena_targets, arena_speed, _deck_checked,
 ]
 
 

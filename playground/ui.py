@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator
 import gradio as gr
 from starlette.middleware import Middleware
 
-from playground import exports, measure_process, public, records, replay, secrets, ui_stream, warmup
+from playground import exports, measure_process, public, records, replay, secrets, ui_arena, ui_stream, warmup
 from playground.backends import make_backend
 from playground.catalog import Catalog, Target, load_catalog
 from playground.clock import monitor_this_loop
@@ -24,7 +24,7 @@ from playground.report import TABLE_COLUMNS
 from playground.request import (MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_CHARS, ChatRequest, InputError, Message,
                                 build_messages, fit_history, make_params)
 from playground.runner import Job
-from playground.settings import MAX_COLUMNS, Settings, SettingsError, from_env, problems
+from playground.settings import MAX_COLUMNS, Settings, SettingsError, deck_file, from_env, problems
 from playground.ui_format import Turn, key_availability, ordered_choices
 
 EXAMPLES = [
@@ -36,6 +36,9 @@ EXAMPLES = [
 ]
 CSS = """
 .pp-col { min-width: 300px; }
+/* presenter mode (?presenter=1): larger type for the back of the room */
+body.pp-presenter .gradio-container { font-size: 1.3em; }
+body.pp-presenter .pp-live textarea, body.pp-presenter #deck-step { font-size: 1.4em; }
 .pp-status { font-size: 0.85em; min-height: 3.2em; }
 /* on a phone the results table scrolls sideways instead of crushing a header to a letter a line */
 #results th, #bench-stats th { min-width: 6em; }
@@ -155,6 +158,25 @@ def _validate(catalog: Catalog, prompt: str, system: str, temperature: float, to
     return (), params
 
 
+PRESENTER_JS = """() => {
+  if (['1', 'true', 'yes'].includes(new URLSearchParams(location.search).get('presenter') || '')) {
+    document.body.classList.add('pp-presenter');
+  }
+}"""
+
+
+def _deck_steps(path: str | None) -> list[Any]:
+    """The deck's steps; a bad deck stopped the app at start-up (settings.problems), so here it loads."""
+    from playground import deck
+
+    if not path:
+        return []
+    try:
+        return deck.load(path)
+    except deck.DeckError:
+        return []
+
+
 MAX_REPEAT, MAX_WARMUP = 20, 3
 HISTORY_COLUMNS = ["id", "when", "prompt", "targets"]
 SPEEDS = replay.SPEEDS
@@ -252,99 +274,113 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         gr.Markdown("# Phi Playground\nOne prompt, several models and backends, streamed side by side "
                     "with honest numbers. Offline by default: the bundled SmolLM2-135M runs on two backends.")
         gr.Markdown(policy.describe(), elem_id="mode")
-        histories = gr.State([[] for _ in range(MAX_COLUMNS)])
-        n_cols = gr.Slider(1, MAX_COLUMNS, value=n_initial, step=1, label="Columns", elem_id="n-columns")
-        slots, pickers, chats, lives, statuses, column_stops, codes = [], [], [], [], [], [], []
-        with gr.Row(equal_height=False, elem_id="columns"):
-            for i in range(MAX_COLUMNS):
-                with gr.Column(visible=i < n_initial, min_width=300, elem_id=f"col-{i}",
-                               elem_classes=["pp-col"]) as slot:
-                    pickers.append(gr.Dropdown(choices=choices, value=initial[i] if i < len(initial) else None,
-                                               label=f"Target {i + 1}", elem_id=f"col-{i}-target"))
-                    chats.append(gr.Chatbot(height=380, elem_id=f"col-{i}-chat", show_label=False,
-                                            feedback_options=None, buttons=["copy"]))
-                    # The answer streams here as plain text, and moves into the chat, rendered, when done.
-                    # A fixed height (lines == max_lines): a growing textbox measures itself on every change
-                    # (two forced layouts per box per frame), and moves the chat and the page with it.
-                    lives.append(gr.Textbox(visible="hidden", interactive=False, show_label=False, lines=8, max_lines=8,
-                                            autoscroll=True, elem_id=f"col-{i}-live", elem_classes=["pp-live"]))
-                    statuses.append(gr.Markdown("", elem_id=f"col-{i}-status", elem_classes=["pp-status"]))
-                    column_stops.append(gr.Button("■ Stop this column", size="sm", elem_id=f"col-{i}-stop"))
-                    with gr.Accordion("Code", open=False, elem_id=f"col-{i}-code-box"):
-                        codes.append(gr.Code(language="python", interactive=False, show_label=False,
-                                             elem_id=f"col-{i}-code"))
-                slots.append(slot)
-        prompt = gr.MultimodalTextbox(
-            lines=1, max_lines=12, label="Prompt", file_types=["image"], file_count="multiple",
-            sources=["upload"], submit_btn=False, elem_id="prompt", max_plain_text_length=MAX_PROMPT_CHARS,
-            placeholder="Ask something; attach or paste images for vision targets. Enter runs, Shift+Enter adds a line.")
-        with gr.Row():
-            run_btn = gr.Button("Run", variant="primary", elem_id="run")
-            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-            clear_btn = gr.Button("Clear", elem_id="clear")
-        quota_line = gr.Markdown("", elem_id="quota", visible=quota is not None)
-        with gr.Accordion("Parameters", open=False):
-            system = gr.Textbox(label="System prompt", lines=2, elem_id="system")
-            with gr.Row():
-                temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)", elem_id="temperature")
-                top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top_p", elem_id="top-p")
-                max_tokens = gr.Slider(1, MAX_NEW_TOKENS_LIMIT, value=256, step=1, label="Max new tokens", elem_id="max-tokens")
-                # a Textbox, since a blank gr.Number reaches the server as 0 and would fix every seed
-                seed = gr.Textbox(value="", label="Seed (blank = random)", elem_id="seed", max_length=12)
-            gr.Markdown("**Benchmark mode**: repeat the run and get statistics and charts. The columns still run at "
-                        "once; each runs its warm-up runs (not counted), then its measured runs, one after another.")
-            with gr.Row():
-                repeat = gr.Slider(1, MAX_REPEAT, value=1, step=1, label="Repeat (measured runs)", elem_id="repeat")
-                warmups = gr.Slider(0, MAX_WARMUP, value=0, step=1, label="Warm-up runs", elem_id="warmup")
-                fair = gr.Radio(FAIR_CHOICES, value="auto", elem_id="fair",
-                                label="Fair mode: local targets take turns for the CPU (auto: with two or more)")
-                goodput = gr.Textbox(value="", label="Goodput objectives (e.g. ttft:500, tps:20)", elem_id="goodput",
-                                     max_length=60)
-        with gr.Accordion("Your keys", open=False, elem_id="keys"):
-            gr.Markdown("Keys typed here are used for your runs only, in this browser session: never stored on "
-                        "the server beyond it, never logged, never in a download. A URL you type is used only with "
-                        "your own key" + (", and must reach the public internet." if policy.public else "."))
-            key_boxes = [gr.Textbox(label=label, type="password" if secret else "text", max_length=2000,
-                                    elem_id=f"key-{name.lower().replace('_', '-')}")
-                         for name, label, secret in KEY_FIELDS]
-            remember = gr.Checkbox(False, label="Remember these in this browser (encrypted in its local storage; "
-                                   "unticking forgets them)", elem_id="remember-keys")
-        # the storage's secret is drawn at each start of the app: after a restart nothing stored can be read
-        remembered = gr.BrowserState(None, storage_key="phi-playground-keys")
-        session_keys = gr.State(None)  # the API's keys (/keys), server-side for this session only
-        gr.Examples([{"text": e, "files": []} for e in EXAMPLES], inputs=[prompt], label="Examples")
-        table = gr.Dataframe(headers=TABLE_COLUMNS, label="Results", interactive=False, elem_id="results", wrap=True)
-        # "hidden": in the page, out of sight, so their code is fetched with the page, not when a run ends
-        bench_summary = gr.Markdown("", visible="hidden", elem_id="bench-summary")
-        bench_table = gr.Dataframe(headers=STAT_COLUMNS, label="Benchmark statistics", interactive=False,
-                                   elem_id="bench-stats", wrap=True, visible="hidden")
-        with gr.Row(elem_id="bench-charts"):
-            ttft_chart = gr.Plot(label="TTFT", elem_id="chart-ttft", visible="hidden", show_label=False,
-                                 min_width=300)
-            decode_chart = gr.Plot(label="Decode rate", elem_id="chart-decode", visible="hidden", show_label=False,
-                                   min_width=300)
-        with gr.Row():
-            csv_btn = gr.DownloadButton("Download CSV", visible="hidden", elem_id="download-csv")
-            json_btn = gr.DownloadButton("Download JSON", visible="hidden", elem_id="download-json")
-        with gr.Accordion("History", open=False, elem_id="history"):
-            recorded_line = gr.Markdown("Every finished run is recorded here: replay one at its recorded pace, "
-                                        "with no model, key or network, or export it to replay elsewhere.",
-                                        elem_id="recorded")
-            with gr.Row():
-                search = gr.Textbox(label="Search prompts and targets", elem_id="history-search", max_length=200)
-                refresh_btn = gr.Button("Refresh", size="sm", elem_id="history-refresh")
-            history_table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, elem_id="history-runs",
-                                         wrap=True)
-            with gr.Row():
-                run_id = gr.Textbox(label="Run id (pick a row)", elem_id="run-id", max_length=64)
-                speed = gr.Radio(list(SPEEDS), value="1×", label="Replay pace", elem_id="replay-speed")
-            with gr.Row():
-                replay_btn = gr.Button("Replay", elem_id="replay")
-                export_btn = gr.Button("Export run", elem_id="export-run")
-                export_file = gr.DownloadButton("Download the run file", visible="hidden", elem_id="export-file")
-                import_btn = gr.UploadButton("Import a run file and replay it", file_types=[".json"],
-                                             elem_id="import-run")
-        replay_doc = gr.State(None)
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("Compare", elem_id="tab-compare") as compare_tab:
+                histories = gr.State([[] for _ in range(MAX_COLUMNS)])
+                n_cols = gr.Slider(1, MAX_COLUMNS, value=n_initial, step=1, label="Columns", elem_id="n-columns")
+                slots, pickers, chats, lives, statuses, column_stops, codes = [], [], [], [], [], [], []
+                with gr.Row(equal_height=False, elem_id="columns"):
+                    for i in range(MAX_COLUMNS):
+                        with gr.Column(visible=i < n_initial, min_width=300, elem_id=f"col-{i}",
+                                       elem_classes=["pp-col"]) as slot:
+                            pickers.append(gr.Dropdown(choices=choices, value=initial[i] if i < len(initial) else None,
+                                                       label=f"Target {i + 1}", elem_id=f"col-{i}-target"))
+                            chats.append(gr.Chatbot(height=380, elem_id=f"col-{i}-chat", show_label=False,
+                                                    feedback_options=None, buttons=["copy"]))
+                            # The answer streams here as plain text, and moves into the chat, rendered, when done.
+                            # A fixed height (lines == max_lines): a growing textbox measures itself on every change
+                            # (two forced layouts per box per frame), and moves the chat and the page with it.
+                            lives.append(gr.Textbox(visible="hidden", interactive=False, show_label=False, lines=8, max_lines=8,
+                                                    autoscroll=True, elem_id=f"col-{i}-live", elem_classes=["pp-live"]))
+                            statuses.append(gr.Markdown("", elem_id=f"col-{i}-status", elem_classes=["pp-status"]))
+                            column_stops.append(gr.Button("■ Stop this column", size="sm", elem_id=f"col-{i}-stop"))
+                            with gr.Accordion("Code", open=False, elem_id=f"col-{i}-code-box"):
+                                codes.append(gr.Code(language="python", interactive=False, show_label=False,
+                                                     elem_id=f"col-{i}-code"))
+                        slots.append(slot)
+                with gr.Group(visible=False, elem_id="deck") as deck_box:
+                    deck_line = gr.Markdown("", elem_id="deck-step")
+                    with gr.Row():
+                        deck_prev = gr.Button("◀ Previous", size="sm", elem_id="deck-prev")
+                        deck_next = gr.Button("Next ▶", size="sm", elem_id="deck-next")
+                        deck_replay = gr.Button("Replay this step's recorded run", size="sm", visible=False,
+                                                elem_id="deck-replay")
+                deck_at = gr.State(0)
+                prompt = gr.MultimodalTextbox(
+                    lines=1, max_lines=12, label="Prompt", file_types=["image"], file_count="multiple",
+                    sources=["upload"], submit_btn=False, elem_id="prompt", max_plain_text_length=MAX_PROMPT_CHARS,
+                    placeholder="Ask something; attach or paste images for vision targets. Enter runs, Shift+Enter adds a line.")
+                with gr.Row():
+                    run_btn = gr.Button("Run", variant="primary", elem_id="run")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+                    clear_btn = gr.Button("Clear", elem_id="clear")
+                quota_line = gr.Markdown("", elem_id="quota", visible=quota is not None)
+                with gr.Accordion("Parameters", open=False):
+                    system = gr.Textbox(label="System prompt", lines=2, elem_id="system")
+                    with gr.Row():
+                        temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)", elem_id="temperature")
+                        top_p = gr.Slider(0.05, 1, value=1.0, step=0.05, label="top_p", elem_id="top-p")
+                        max_tokens = gr.Slider(1, MAX_NEW_TOKENS_LIMIT, value=256, step=1, label="Max new tokens", elem_id="max-tokens")
+                        # a Textbox, since a blank gr.Number reaches the server as 0 and would fix every seed
+                        seed = gr.Textbox(value="", label="Seed (blank = random)", elem_id="seed", max_length=12)
+                    gr.Markdown("**Benchmark mode**: repeat the run and get statistics and charts. The columns still run at "
+                                "once; each runs its warm-up runs (not counted), then its measured runs, one after another.")
+                    with gr.Row():
+                        repeat = gr.Slider(1, MAX_REPEAT, value=1, step=1, label="Repeat (measured runs)", elem_id="repeat")
+                        warmups = gr.Slider(0, MAX_WARMUP, value=0, step=1, label="Warm-up runs", elem_id="warmup")
+                        fair = gr.Radio(FAIR_CHOICES, value="auto", elem_id="fair",
+                                        label="Fair mode: local targets take turns for the CPU (auto: with two or more)")
+                        goodput = gr.Textbox(value="", label="Goodput objectives (e.g. ttft:500, tps:20)", elem_id="goodput",
+                                             max_length=60)
+                with gr.Accordion("Your keys", open=False, elem_id="keys"):
+                    gr.Markdown("Keys typed here are used for your runs only, in this browser session: never stored on "
+                                "the server beyond it, never logged, never in a download. A URL you type is used only with "
+                                "your own key" + (", and must reach the public internet." if policy.public else "."))
+                    key_boxes = [gr.Textbox(label=label, type="password" if secret else "text", max_length=2000,
+                                            elem_id=f"key-{name.lower().replace('_', '-')}")
+                                 for name, label, secret in KEY_FIELDS]
+                    remember = gr.Checkbox(False, label="Remember these in this browser (encrypted in its local storage; "
+                                           "unticking forgets them)", elem_id="remember-keys")
+                # the storage's secret is drawn at each start of the app: after a restart nothing stored can be read
+                remembered = gr.BrowserState(None, storage_key="phi-playground-keys")
+                session_keys = gr.State(None)  # the API's keys (/keys), server-side for this session only
+                gr.Examples([{"text": e, "files": []} for e in EXAMPLES], inputs=[prompt], label="Examples")
+                table = gr.Dataframe(headers=TABLE_COLUMNS, label="Results", interactive=False, elem_id="results", wrap=True)
+                # "hidden": in the page, out of sight, so their code is fetched with the page, not when a run ends
+                bench_summary = gr.Markdown("", visible="hidden", elem_id="bench-summary")
+                bench_table = gr.Dataframe(headers=STAT_COLUMNS, label="Benchmark statistics", interactive=False,
+                                           elem_id="bench-stats", wrap=True, visible="hidden")
+                with gr.Row(elem_id="bench-charts"):
+                    ttft_chart = gr.Plot(label="TTFT", elem_id="chart-ttft", visible="hidden", show_label=False,
+                                         min_width=300)
+                    decode_chart = gr.Plot(label="Decode rate", elem_id="chart-decode", visible="hidden", show_label=False,
+                                           min_width=300)
+                with gr.Row():
+                    csv_btn = gr.DownloadButton("Download CSV", visible="hidden", elem_id="download-csv")
+                    json_btn = gr.DownloadButton("Download JSON", visible="hidden", elem_id="download-json")
+                with gr.Accordion("History", open=False, elem_id="history"):
+                    recorded_line = gr.Markdown("Every finished run is recorded here: replay one at its recorded pace, "
+                                                "with no model, key or network, or export it to replay elsewhere.",
+                                                elem_id="recorded")
+                    with gr.Row():
+                        search = gr.Textbox(label="Search prompts and targets", elem_id="history-search", max_length=200)
+                        refresh_btn = gr.Button("Refresh", size="sm", elem_id="history-refresh")
+                    history_table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, elem_id="history-runs",
+                                                 wrap=True)
+                    with gr.Row():
+                        run_id = gr.Textbox(label="Run id (pick a row)", elem_id="run-id", max_length=64)
+                        speed = gr.Radio(list(SPEEDS), value="1×", label="Replay pace", elem_id="replay-speed")
+                    with gr.Row():
+                        replay_btn = gr.Button("Replay", elem_id="replay")
+                        export_btn = gr.Button("Export run", elem_id="export-run")
+                        share_btn = gr.Button("Share", elem_id="share-run")
+                        export_file = gr.DownloadButton("Download the run file", visible="hidden", elem_id="export-file")
+                        import_btn = gr.UploadButton("Import a run file and replay it", file_types=[".json"],
+                                                     elem_id="import-run")
+                    share_line = gr.Markdown("", elem_id="share-link")
+                replay_doc = gr.State(None)
+            arena_room, board_room, board_timer = ui_arena.build(catalog, policy, quota, _session,
+                                                                 lambda request: _quota_keys(request))
         empty_table = table.postprocess(None).model_dump()
 
         async def plan_run(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
@@ -475,13 +511,43 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             row = getattr(event, "row_value", None) or []
             return str(row[0]) if row else gr.skip()
 
-        def _recorded(run_id_value: str | None, request: gr.Request) -> dict[str, Any]:
+        def _recorded(run_id_value: str | None, request: gr.Request, own: bool = False) -> dict[str, Any]:
+            """A recorded run by its id. The id (128 random bits) is the capability: whoever has it (the
+            history of the session that made the run, or a share link) may replay it; ``own``: in
+            public mode, only a run of this session (to share it)."""
             if not run_id_value or not str(run_id_value).strip():
                 raise gr.Error("Run id: pick a run in the history first.")
             try:
-                return records.load(str(run_id_value).strip(), _session(request) if policy.public else None)
+                return records.load(str(run_id_value).strip(), _session(request) if own and policy.public else None)
             except records.RecordError as exc:
                 raise gr.Error(str(exc)) from None
+
+        def share_link(run_id_value: str | None, request: gr.Request) -> str:
+            """A link that opens the run and replays it: the page's address and ``?run=ID``, nothing else."""
+            _recorded(run_id_value, request, own=True)
+            page = (request.headers.get("referer") or "").split("?")[0].split("#")[0]
+            link = f"{page}?run={str(run_id_value).strip()}"
+            return f"Share this link: it opens the run and replays it (no key, no endpoint in it): [{link}]({link})"
+
+        def open_shared(request: gr.Request) -> list[Any]:
+            """A page opened with ``?run=ID``: that run, ready to replay; else nothing changes."""
+            wanted = str(dict(request.query_params).get("run") or "").strip()[:64] if request else ""
+            if not wanted:
+                return [None] + [gr.skip()] * (2 + MAX_COLUMNS)
+            try:
+                document = records.load(wanted)
+            except records.RecordError as exc:
+                gr.Warning(f"Shared run: {exc}")
+                return [None] + [gr.skip()] * (2 + MAX_COLUMNS)
+            return [*_replay_setup(document), wanted]
+
+        async def replay_shared(document: dict[str, Any] | None, pace: str, hist: list[list[Turn]],
+                                request: gr.Request) -> AsyncIterator[list[Any]]:
+            if document is None:  # an ordinary page load
+                yield [gr.skip()] * (3 * MAX_COLUMNS + 2)
+                return
+            async for values in replay_from_page(document, pace, hist, request):
+                yield values
 
         def load_recorded(run_id_value: str | None, request: gr.Request) -> list[Any]:
             return _replay_setup(_recorded(run_id_value, request))
@@ -528,6 +594,46 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             path = exports.new_folder(_session(request)) / f"phi-playground-run-{str(run_id_value).strip()[:24]}.json"
             path.write_text(json.dumps(document, ensure_ascii=False, indent=1), encoding="utf-8")
             return gr.update(value=str(path), visible=True)
+
+        steps = _deck_steps(deck_file())
+
+        def deck_values(at: int) -> list[Any]:
+            """Step ``at`` in the page: its line, prompt, system prompt, parameters, columns, targets."""
+            step = steps[at]
+            targets = [t for t in (step.targets or []) if t in catalog.ids]
+            parameters = [gr.update(value=v) if v is not None else gr.skip()
+                          for v in (step.temperature, step.top_p, step.max_tokens)]
+            seed_value = gr.update(value="" if step.seed is None else str(step.seed))
+            title = f"**Step {at + 1} of {len(steps)}**" + (" · recorded run ready" if step.replay else "")
+            return [at, title, {"text": step.prompt, "files": []}, step.system or "", *parameters, seed_value,
+                    len(targets) if targets else gr.skip(),
+                    *[gr.update(value=targets[i]) if i < len(targets) else gr.skip() for i in range(MAX_COLUMNS)],
+                    gr.update(visible=bool(step.replay))]
+
+        def open_presenter(request: gr.Request) -> list[Any]:
+            presenting = str(dict(request.query_params).get("presenter") or "") in ("1", "true", "yes")
+            if not presenting or not steps:
+                return [gr.update(visible=False)] + [gr.skip()] * (len(deck_out))
+            return [gr.update(visible=True), *deck_values(0)]
+
+        def deck_step(at: int, delta: int) -> list[Any]:
+            return deck_values(max(0, min(len(steps) - 1, int(at or 0) + delta)))
+
+        def deck_recorded(at: int) -> list[Any]:
+            from playground import deck
+
+            step = steps[int(at or 0)]
+            if not step.replay:
+                raise gr.Error("This step has no recorded run.")
+            kind, path = deck.replay_source(step, deck_file() or "")
+            try:
+                document = (records.parse_export(path.read_text(encoding="utf-8")) if kind == "file" and path
+                            else records.load(step.replay))
+            except OSError as exc:
+                raise gr.Error(f"the step's run file cannot be read: {exc}") from None
+            except records.RecordError as exc:
+                raise gr.Error(f"the step's recorded run: {exc}") from None
+            return _replay_setup(document)
 
         # The page keeps, for each event's inputs and progress targets, a loading status, and on every
         # message of any run it snapshots all their props: six dropdowns of ~45 choices were 35,000
@@ -576,6 +682,25 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                               ).success(ui_stream.results_values, results, results_out, api_name=False,
                                         show_progress="hidden", show_progress_on=[run_btn], postprocess=False)
         export_btn.click(export_run, run_id, export_file, api_name=False, show_progress_on=[export_btn])
+        share_btn.click(share_link, run_id, share_line, api_name=False, show_progress_on=[share_btn])
+        deck_out = [deck_at, deck_line, prompt, system, temperature, top_p, max_tokens, seed, n_cols, *pickers,
+                    deck_replay]
+        demo.load(open_presenter, None, [deck_box, *deck_out], api_name=False, show_progress="hidden",
+                  js=PRESENTER_JS)
+        deck_prev.click(lambda at: deck_step(at, -1), deck_at, deck_out, api_name=False, queue=False,
+                        show_progress="hidden")
+        deck_next.click(lambda at: deck_step(at, 1), deck_at, deck_out, api_name=False, queue=False,
+                        show_progress="hidden")
+        deck_replay.click(deck_recorded, deck_at, [replay_doc, n_cols, *pickers], api_name=False,
+                          show_progress="hidden").success(replay_from_page, [replay_doc, speed, histories],
+                                                          **page_stream
+                                                          ).success(ui_stream.results_values, results, results_out,
+                                                                    api_name=False, show_progress="hidden",
+                                                                    postprocess=False)
+        demo.load(open_shared, None, [replay_doc, n_cols, *pickers, run_id], api_name=False, show_progress="hidden"
+                  ).then(replay_shared, [replay_doc, speed, histories], **page_stream
+                         ).then(ui_stream.results_values, results, results_out, api_name=False,
+                                show_progress="hidden", postprocess=False)
         stop_btn.click(stop, None, None, api_name="stop", concurrency_limit=None, queue=False)
         for i, button in enumerate(column_stops):
             button.click(_column_stopper(i), None, None, api_name=False, concurrency_limit=None, queue=False)
@@ -590,6 +715,9 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             box.blur(refresh_choices, key_boxes, pickers, api_name=False, show_progress="hidden",
                      show_progress_on=[picked])
         demo.unload(_forget_typed_keys)
+        demo.load(ui_arena.room_from_link, None, [arena_room, board_room], api_name=False, queue=False,
+                  show_progress="hidden")
+        compare_tab.select(lambda: gr.Timer(active=False), None, board_timer, api_name=False, queue=False)
         remember_inputs = [remember, *key_boxes]
         for trigger in [remember.change, *(box.blur for box in key_boxes)]:
             trigger(_to_remember, remember_inputs, remembered, api_name=False, show_progress="hidden",

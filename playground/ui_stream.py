@@ -243,7 +243,9 @@ def _results(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton, docum
     else:
         document = with_environment(document, [c.target for c in columns])
         codes = [snippet(c.target, r) for c, r in zip(columns, requests)]
-        recorded = _record(document, columns, plan.session)
+        typed_urls = tuple(url for job in plan.jobs if job.request.credentials is not None
+                           for url in [job.request.credentials.get("PLAYGROUND_USER_BASE_URL")] if url)
+        recorded = _record(document, columns, plan.session, typed_urls)
     folder = exports.new_folder(plan.session)
     bench = None
     if plan.benchmark is not None and samples is not None:
@@ -273,9 +275,10 @@ class Recorded:
     message: str
 
 
-def _record(document: dict[str, Any], columns: list[Column], session: str) -> Recorded:
+def _record(document: dict[str, Any], columns: list[Column], session: str, private: tuple[str, ...] = ()
+            ) -> Recorded:
     try:
-        run_id = records.record(document, columns, session)
+        run_id = records.record(document, columns, session, private=private)
     except RecordError as exc:  # a full or read-only database fails the recording, never the run
         log.warning("%s", exc)
         return Recorded(None, f"⚠ {exc}")

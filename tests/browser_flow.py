@@ -161,10 +161,10 @@ def stop_process(proc: subprocess.Popen, grace: float = 10) -> None:
 
 
 @contextmanager
-def running_app(startup_timeout: float = 240) -> Iterator[str]:
+def running_app(startup_timeout: float = 240, **extra_env: str) -> Iterator[str]:
     """``python app.py`` on a free loopback port with two columns; yields its URL; always stopped."""
     port = free_port()
-    env = app_env(PLAYGROUND_HOST="127.0.0.1", PLAYGROUND_PORT=str(port), PLAYGROUND_COLUMNS="2")
+    env = app_env(PLAYGROUND_HOST="127.0.0.1", PLAYGROUND_PORT=str(port), PLAYGROUND_COLUMNS="2", **extra_env)
     with tempfile.TemporaryDirectory(prefix="pp-browser-") as tmp:
         log = Path(tmp) / "app.log"
         with open(log, "wb") as out:

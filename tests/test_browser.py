@@ -25,9 +25,29 @@ ONNX, TRANSFORMERS = flow.BUNDLED
 OPENVINO = "smollm2-openvino"
 
 
+DECK = """
+- prompt: Name a colour.
+  targets: [smollm2-onnx]
+  temperature: 0
+  max_tokens: 8
+- prompt: Name a fruit.
+  replay: fruit.json
+"""
+FRUIT_RUN = {"format": 1, "prompt": "Name a fruit.", "recorded_at": 1795900000, "parameters": {"temperature": 0},
+             "results": [{"id": "smollm2-onnx", "label": "recorded", "text": "A ripe mango.", "output_tokens": 4,
+                          "tokens_source": "counted", "ttft_s": 0.1}],
+             "timelines": [{"events": [[0.1, 2, 1], [0.2, 5, 1], [0.3, 5, 1], [0.4, 1, 1]], "ended": 0.45,
+                            "status": "done"}]}
+
+
 @pytest.fixture(scope="module")
-def app_url(bundled_gguf: Path) -> Iterator[str]:
-    with flow.running_app() as url:
+def app_url(bundled_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    import json
+
+    folder = tmp_path_factory.mktemp("deck")
+    (folder / "deck.yaml").write_text(DECK, encoding="utf-8")
+    (folder / "fruit.json").write_text(json.dumps(FRUIT_RUN), encoding="utf-8")
+    with flow.running_app(PLAYGROUND_DECK=str(folder / "deck.yaml")) as url:
         flow.warm_up(url)  # both models loaded: the streams the browser watches don't compete with a load
         yield url
 
@@ -198,3 +218,53 @@ def test_a_recorded_run_replays_at_its_recorded_pace(app_url: str, page_at: Any,
     status = flow.statuses(page, 1)[0]
     ttft = document["results"][0]["ttft_s"]
     assert f"TTFT {round(ttft * 1000)} ms" in status or f"TTFT {ttft:.2f} s" in status, (status, ttft)
+
+
+def test_a_share_link_opens_the_run_and_replays_it(app_url: str, page_at: Any, tmp_path: Path) -> None:
+    """Share gives the page's address with ?run=ID and nothing else; opening it in a fresh browser
+    context replays that run into the columns."""
+    page = page_at(flow.DESKTOP)
+    flow.compare(page, app_url, tmp_path)
+    if not page.locator("#share-run").is_visible():
+        page.get_by_text("History", exact=True).click()
+    run_id = page.locator("#run-id input, #run-id textarea").first.input_value()
+    page.locator("#share-run").click()
+    link = page.locator("#share-link a").first
+    link.wait_for(state="visible", timeout=30_000)
+    href = link.get_attribute("href") or ""
+    assert href == f"{app_url.rstrip('/')}/?run={run_id}", href  # the address and the id, nothing more
+    other = page_at(flow.DESKTOP)  # another browser context: another session
+    other.goto(href, wait_until="domcontentloaded")
+    other.wait_for_function("() => document.querySelector('#col-0-status')?.innerText.includes('replay of') && "
+                            "document.querySelector('#col-0-status').innerText.includes('done')",
+                            timeout=120_000, polling=100)
+    assert flow.answer_texts(other, 1)[0] == flow.answer_texts(page, 1)[0]
+
+
+def test_the_presenter_steps_through_the_deck_and_replays_a_recorded_step(app_url: str, page_at: Any) -> None:
+    page = page_at(flow.DESKTOP)
+    page.goto(app_url + "?presenter=1", wait_until="domcontentloaded")
+    step = page.locator("#deck-step")
+    step.wait_for(state="visible", timeout=90_000)
+    page.wait_for_function("() => document.querySelector('#deck-step').innerText.includes('Step 1 of 2')",
+                           timeout=30_000)
+    assert page.evaluate("document.body.classList.contains('pp-presenter')")  # the larger type
+    page.wait_for_function("() => document.querySelector('#prompt textarea').value === 'Name a colour.'",
+                           timeout=30_000)
+    assert not page.locator("#deck-replay").is_visible()  # step 1 runs live
+    page.locator("#prompt textarea").press("Enter")
+    flow.wait_statuses(page, 1, ("done",), 300)
+    page.locator("#deck-next").click()
+    page.wait_for_function("() => document.querySelector('#deck-step').innerText.includes('Step 2 of 2') && "
+                           "document.querySelector('#prompt textarea').value === 'Name a fruit.'", timeout=30_000)
+    page.locator("#deck-replay").click()
+    page.wait_for_function("() => document.querySelector('#col-0-status').innerText.includes('replay of') && "
+                           "document.querySelector('#col-0-status').innerText.includes('done')", timeout=60_000)
+    assert flow.answer_texts(page, 1)[0] == "A ripe mango."
+    page.locator("#deck-prev").click()
+    page.wait_for_function("() => document.querySelector('#deck-step').innerText.includes('Step 1 of 2')",
+                           timeout=30_000)
+    plain = page_at(flow.DESKTOP)  # without ?presenter=1: no deck, ordinary type
+    flow.open_app(plain, app_url)
+    assert not plain.locator("#deck-step").is_visible()
+    assert not plain.evaluate("document.body.classList.contains('pp-presenter')")

@@ -248,3 +248,12 @@ async def test_stopping_one_replayed_column_ends_it_at_once_not_at_its_next_reco
     assert pressed is not None and time.perf_counter() - pressed < 0.5  # not after the recorded 5 s gap
     assert frame[0].status == "stopped" and frame[0].text == "one"
     assert frame[0].timeline.ended >= frame[0].timeline.deltas[-1].at
+
+
+async def test_a_visitors_own_endpoint_never_reaches_the_record(server, db: Path) -> None:
+    document, columns = await a_run(server, ("paced",))
+    url = "https://my-private-host.example/v1"
+    document["results"][0]["error"] = f"cannot connect to {url}/chat/completions"
+    run_id = records.record(document, columns, "s", private=(url,))
+    stored = json.dumps(records.load(run_id))
+    assert url not in stored and "(your endpoint)/chat/completions" in stored

@@ -166,7 +166,8 @@ def test_benchmark_mode_through_the_api_repeats_each_column_and_reports_statisti
     stats_table = final[-1]
     rows = [dict(zip(stats_table["headers"], row)) for row in stats_table["data"]]
     ttft_rows = [r for r in rows if r["metric"] == "TTFT (ms)"]
-    assert [r["target"] for r in ttft_rows] == ["scripted quick", "scripted quick"] and ttft_rows[0]["n"] == 3
+    assert [r["target"] for r in ttft_rows] == ["scripted quick (column 1)", "scripted quick (column 2)"]
+    assert ttft_rows[0]["n"] == 3  # the same target twice: two rows, told apart by their column
     json_update = final[2 * MAX_COLUMNS + 2]
     json_path = json_update["value"] if isinstance(json_update, dict) else json_update
     assert json_path.endswith("phi-playground-bench.json")
