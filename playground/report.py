@@ -90,9 +90,35 @@ ENVIRONMENT_COLUMNS = ("playground", "git_revision", "python", "cpu", "cores", "
 MODEL_COLUMNS = ("file", "size_mb", "quantisation", "fingerprint", "endpoint")
 
 
+THUMBNAIL_SIDE = 96
+
+
 def image_entry(image: PreparedImage) -> dict[str, Any]:
+    """An image as a run's record keeps it: what it was (a hash of the bytes sent) and a thumbnail to
+    recognise it by, never the picture itself."""
+    import hashlib
+
     return {"name": image.name, "mime": image.mime, "width": image.width, "height": image.height,
-            "bytes": len(image.data), "notes": list(image.notes)}
+            "bytes": len(image.data), "sha256": hashlib.sha256(image.data).hexdigest(),
+            "thumbnail": thumbnail(image.data), "notes": list(image.notes)}
+
+
+def thumbnail(data: bytes) -> str | None:
+    """A JPEG data URI at most THUMBNAIL_SIDE pixels a side (a few KB); None if it cannot be made."""
+    import base64
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            small = picture.convert("RGB")
+            small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+            out = io.BytesIO()
+            small.save(out, "JPEG", quality=70)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
 def status_word(column: Column) -> str:

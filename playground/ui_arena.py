@@ -71,6 +71,9 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
                     "better one; then their names and figures are shown. Votes feed the room's *Leaderboard*.")
         room = gr.Textbox(arena.DEFAULT_ROOM, label="Room (a workshop's votes stay together: ?room=NAME)",
                           elem_id="arena-room", max_length=40)
+        picked = gr.CheckboxGroup([(t.label, t.id) for t in catalog.targets], value=[], elem_id="arena-pool",
+                                  label="Pool, the host's pick (none: PLAYGROUND_ARENA_TARGETS, else every target "
+                                        "that can run now)", visible=not policy.public)
         prompt = gr.Textbox(label="Prompt", lines=2, max_lines=8, elem_id="arena-prompt", max_length=8000)
         battle_btn = gr.Button("Get two answers", variant="primary", elem_id="arena-battle")
         with gr.Row(equal_height=False):
@@ -101,7 +104,8 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
 
     hidden_votes = [gr.update(visible=False)] * len(vote_btns)
 
-    async def run_battle(text: str, room_value: str, request: gr.Request) -> AsyncIterator[list[Any]]:
+    async def run_battle(text: str, room_value: str, chosen: list[str] | None, request: gr.Request
+                         ) -> AsyncIterator[list[Any]]:
         try:
             room_id = arena.room_name(room_value)
             messages = build_messages(text or "", "")
@@ -112,7 +116,8 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
             if wait is not None:
                 raise gr.Error(quota.refusal(wait))
         try:
-            names = await asyncio.to_thread(pool, catalog, policy)
+            picked_ids = [t for t in (chosen or []) if t in catalog.ids] if not policy.public else []
+            names = picked_ids or await asyncio.to_thread(pool, catalog, policy)
             pair = await asyncio.to_thread(arena.pick_pair, names, room_id)
         except arena.ArenaError as exc:
             raise gr.Error(str(exc)) from None
@@ -185,9 +190,9 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
         path.write_text(text, encoding="utf-8")
         return gr.update(value=str(path), visible=True)
 
-    battle_btn.click(run_battle, [prompt, room], [answer_a, answer_b, state_a, state_b, battle, reveal, *vote_btns],
+    battle_btn.click(run_battle, [prompt, room, picked], [answer_a, answer_b, state_a, state_b, battle, reveal, *vote_btns],
                      api_name="arena_battle", trigger_mode="once")
-    prompt.submit(run_battle, [prompt, room], [answer_a, answer_b, state_a, state_b, battle, reveal, *vote_btns],
+    prompt.submit(run_battle, [prompt, room, picked], [answer_a, answer_b, state_a, state_b, battle, reveal, *vote_btns],
                   api_name=False, trigger_mode="once")
     for key, button in zip(arena.VOTES, vote_btns):
         button.click(voter(key), battle, [battle, reveal, *vote_btns], api_name=f"arena_vote_{key}")

@@ -127,7 +127,7 @@ def client(db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Scr
 
 def test_names_stay_hidden_until_the_vote_and_the_leaderboard_counts_it(client) -> None:
     api, _ = client
-    job = api.submit("Say something.", "lan-party", api_name="/arena_battle")
+    job = api.submit("Say something.", "lan-party", [], api_name="/arena_battle")
     job.result(timeout=60)
     frames = json.dumps(job.outputs())
     for secret in ("secret-alpha", "secret-beta", "Codename", "m1", "m2"):

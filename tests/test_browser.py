@@ -268,3 +268,33 @@ def test_the_presenter_steps_through_the_deck_and_replays_a_recorded_step(app_ur
     flow.open_app(plain, app_url)
     assert not plain.locator("#deck-step").is_visible()
     assert not plain.evaluate("document.body.classList.contains('pp-presenter')")
+
+
+def test_the_arena_hides_both_names_until_the_vote(app_url: str, page_at: Any) -> None:
+    """In Chromium: the host picks a pool of two, a battle streams two answers, and the arena's part
+    of the page names neither model until the vote; then both are revealed."""
+    labels = flow.target_labels()
+    pair = ("smollm2-onnx", "smollm2-openvino")
+    page = page_at(flow.DESKTOP)
+    flow.open_app(page, app_url + "?room=browser-test")
+    page.get_by_role("tab", name="Arena").click()
+    for target in pair:
+        page.locator("#arena-pool label").filter(has_text=labels[target]).click()
+    page.locator("#arena-prompt textarea").fill("Name a colour.")
+    page.locator("#arena-battle").click()
+    page.locator("#arena-vote-a").wait_for(state="visible", timeout=300_000)
+    before = page.evaluate("""() => ['#arena-answer-a', '#arena-answer-b', '#arena-state-a', '#arena-state-b',
+                                     '#arena-reveal'].map((s) => {
+                                       const el = document.querySelector(s);
+                                       const box = el && el.querySelector('textarea');
+                                       return (box ? box.value : '') + ' ' + (el ? el.innerText : '');
+                                     }).join(' ')""")
+    assert page.locator("#arena-room input, #arena-room textarea").first.input_value() == "browser-test"
+    for target in pair:
+        assert labels[target] not in before and target not in before, target
+    assert before.count("done") == 2
+    page.locator("#arena-vote-tie").click()
+    page.wait_for_function("() => document.querySelector('#arena-reveal').innerText.includes('You voted')",
+                           timeout=30_000)
+    revealed = page.locator("#arena-reveal").inner_text()
+    assert all(labels[target] in revealed for target in pair), revealed

@@ -205,15 +205,18 @@ def postgres() -> Iterator[str]:
 
 WRITER = """
 import json, sys
-from playground import records
+from playground import arena, records
 document = json.loads(sys.stdin.read())
+answers = [{"text": "x", "ttft_s": 0.1}, {"text": "y", "ttft_s": 0.2}]
 for i in range(25):
     records.record(document, [], "workshop-%s" % sys.argv[1])
+    battle = arena.record_battle("conference", "voter-%s-%d" % (sys.argv[1], i), "p", ("a", "b"), answers, [])
+    arena.vote(battle, "a" if i % 2 else "tie")
 print("ok")
 """
 
 
-async def test_postgresql_takes_runs_from_two_processes_at_once(server, postgres: str, monkeypatch,
+async def test_postgresql_takes_runs_and_votes_from_two_processes_at_once(server, postgres: str, monkeypatch,
                                                                 clean_env) -> None:
     monkeypatch.setenv("PLAYGROUND_DB", postgres)
     document, columns = await a_run(server, ("paced",))
@@ -229,6 +232,10 @@ async def test_postgresql_takes_runs_from_two_processes_at_once(server, postgres
             w.kill()
     assert [w.returncode for w in writers] == [0, 0], [o[1][-1000:] for o in outs]
     assert len(records.recent("workshop-1", limit=100)) == 25 and len(records.recent("workshop-2", limit=100)) == 25
+    from playground import arena
+
+    board = arena.standings("conference")  # two replicas' votes on one leaderboard
+    assert board["votes"] == 50 and [r["votes"] for r in board["ratings"]] == [50, 50]
 
 
 async def test_stopping_one_replayed_column_ends_it_at_once_not_at_its_next_recorded_event() -> None:

@@ -119,6 +119,13 @@ async def test_vision_and_text_only_targets_in_one_run(server: ScriptedServer, t
 
     document = run_document("What is in the picture?", "be brief", request.params, columns, (prepared,))
     assert document["images"][0]["name"] == "photo.jpg" and "data" not in document["images"][0]
+    # what a recorded run keeps of it: a hash of the bytes sent, and a thumbnail, not the picture
+    import hashlib
+
+    entry = document["images"][0]
+    assert entry["sha256"] == hashlib.sha256(prepared.data).hexdigest()
+    _, _, thumb = decode_uri(entry["thumbnail"])
+    assert max(thumb.size) <= 96 and len(entry["thumbnail"]) < 12_000
     assert [r["images_sent"] for r in document["results"]] == [1, 1, 0]
 
 
