@@ -18,6 +18,7 @@ import random
 import re
 import secrets as stdlib_secrets
 import statistics
+import threading
 import time
 from typing import Any
 
@@ -102,7 +103,8 @@ def gives_itself_away(text: str, names: list[str]) -> bool:
     """An answer that names a model family or one of the battle's targets."""
     lowered = text.lower()
     words = set(FAMILIES) | {n.lower() for n in names if len(n) >= 3}
-    return any(re.search(rf"(?<![a-z]){re.escape(w)}", lowered) for w in words)
+    # a name as a word of its own ("Phi-3", "phi3", "SmolLM2"), not inside another ("philosophy")
+    return any(re.search(rf"(?<![a-z]){re.escape(w)}(?![a-z])", lowered) for w in words)
 
 
 def record_battle(room: str, session: str, prompt: str, targets: tuple[str, str], answers: list[dict[str, Any]],
@@ -150,15 +152,25 @@ def voted(room: str) -> list[dict[str, Any]]:
 
 
 _boards: dict[tuple[str, int, float], dict[str, Any]] = {}
+_boards_lock = threading.Lock()
 
 
 def standings(room: str) -> dict[str, Any]:
     """The room's leaderboard: ratings with intervals, votes, the median TTFT and decode rate of
-    each target in its battles, and the win-rate matrix. Cached per room until its next vote."""
+    each target in its battles, and the win-rate matrix. Cached per room until its next vote, and
+    computed once per vote: 30 open leaderboards ticking after a vote wait for one fit, not 30."""
     rows = voted(room)
     key = (room, len(rows), rows[-1]["voted_at"] if rows else 0.0)
-    if key in _boards:
+    with _boards_lock:
+        if key not in _boards:
+            _boards[key] = _standings(room, rows)
+            if len(_boards) > 200:
+                for old in list(_boards)[:100]:
+                    del _boards[old]
         return _boards[key]
+
+
+def _standings(room: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     pairs = [(r["target_a"], r["target_b"], r["vote"]) for r in rows]
     speed: dict[str, dict[str, list[float]]] = {}
     for r in rows:
@@ -177,9 +189,6 @@ def standings(room: str) -> dict[str, Any]:
                     for r in ratings.leaderboard(pairs)],
         "win_rates": ratings.win_rates(pairs),
     }
-    if len(_boards) > 200:
-        _boards.clear()
-    _boards[key] = board
     return board
 
 
@@ -187,13 +196,15 @@ def _median(values: list[float] | None) -> float | None:
     return statistics.median(values) if values else None
 
 
-def votes_csv(room: str) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["battle", "room", "voted_at", "target_a", "target_b", "vote", "flagged", "prompt"])
+def votes_csv(room: str, prompts: bool = True) -> str:
+    """The room's votes, one row each; ``prompts`` False (public mode): without what visitors typed."""
     from playground.report import csv_safe
 
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["battle", "room", "voted_at", "target_a", "target_b", "vote", "flagged"]
+                    + (["prompt"] if prompts else []))
     for r in voted(room):
-        writer.writerow([csv_safe(v) for v in (r["id"], r["room"], r["voted_at"], r["target_a"], r["target_b"],
-                                               r["vote"], r["flagged"], r["prompt"])])
+        row = [r["id"], r["room"], r["voted_at"], r["target_a"], r["target_b"], r["vote"], r["flagged"]]
+        writer.writerow([csv_safe(v) for v in row + ([r["prompt"]] if prompts else [])])
     return out.getvalue()

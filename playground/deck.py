@@ -8,19 +8,21 @@ of running live (a run id of the run database, or an exported run file).
       max_tokens: 96
     - prompt: Write a haiku about debugging.
       replay: runs/haiku.json      # relative paths are read from the deck's folder
-
-Images are not part of a step: attach them by hand when the step needs one.
+    - prompt: What is in this picture?
+      images: [photos/harbour.jpg]
 """
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from playground.request import MAX_PROMPT_CHARS
+from playground.request import MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_CHARS
 from playground.settings import MAX_COLUMNS
 
 
@@ -36,9 +38,10 @@ class Step(BaseModel):
     targets: list[str] | None = Field(None, min_length=1, max_length=MAX_COLUMNS)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS_LIMIT)
     seed: int | None = None
     replay: str | None = None  # a recorded run's id, or a run file (relative to the deck's folder)
+    images: list[str] | None = Field(None, max_length=8)  # files, relative to the deck's folder
 
 
 def load(path: str | Path) -> list[Step]:
@@ -56,20 +59,46 @@ def load(path: str | Path) -> list[Step]:
     steps = []
     for number, entry in enumerate(data, start=1):
         try:
-            steps.append(Step.model_validate(entry))
+            step = Step.model_validate(entry)
         except ValidationError as exc:
             problem = exc.errors()[0]
             field = ".".join(str(p) for p in problem["loc"]) or "step"
             raise DeckError(f"{file}: step {number}: {field}: {problem['msg']}") from None
+        for image in step.images or []:
+            if not resolve(image, file).is_file():
+                raise DeckError(f"{file}: step {number}: images: no file {image!r}")
+        if step.replay and step.replay.endswith(".json") and not resolve(step.replay, file).is_file():
+            raise DeckError(f"{file}: step {number}: replay: no file {step.replay!r}")
+        steps.append(step)
     return steps
+
+
+def resolve(name: str, deck_path: str | Path) -> Path:
+    """A path the deck names, relative to the deck's folder unless absolute."""
+    path = Path(name).expanduser()
+    return path if path.is_absolute() else Path(deck_path).expanduser().parent / path
 
 
 def replay_source(step: Step, deck_path: str | Path) -> tuple[str, Path | None]:
     """What ``step.replay`` names: ("id", None) for a run id, ("file", PATH) for a run file."""
     assert step.replay is not None
-    candidate = Path(step.replay).expanduser()
-    if not candidate.is_absolute():
-        candidate = Path(deck_path).expanduser().parent / candidate
+    candidate = resolve(step.replay, deck_path)
     if step.replay.endswith(".json") or candidate.is_file():
         return "file", candidate
     return "id", None
+
+
+def staged_images(step: Step, deck_path: str | Path, uploads: str | Path) -> list[str]:
+    """The step's images, copied where the page's own uploads live (so that the prompt box can show
+    them and a run accepts them as uploaded); the copies are named by content, made once."""
+    staged = []
+    for name in step.images or []:
+        source = resolve(name, deck_path)
+        data = source.read_bytes()
+        folder = Path(uploads) / "deck" / hashlib.sha256(data).hexdigest()[:20]
+        target = folder / source.name
+        if not target.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        staged.append(str(target))
+    return staged

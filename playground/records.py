@@ -21,6 +21,7 @@ import logging
 import secrets as stdlib_secrets
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +101,9 @@ def engine(address: str | None = None) -> sa.Engine:
 def _connect(address: str) -> sa.Engine:
     try:
         if address.startswith("sqlite:///"):
-            Path(address.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            file = address.removeprefix("sqlite:///")
+            if not file.startswith(("file:", ":memory:")):  # a plain path (a "file:" URI is SQLite's to open)
+                Path(file).expanduser().parent.mkdir(parents=True, exist_ok=True)
             made = sa.create_engine(address, connect_args={"timeout": 10})
 
             @sa.event.listens_for(made, "connect")
@@ -149,10 +152,12 @@ def record(document: dict[str, Any], columns: list[Column], session: str, now: f
     stored = {**document, "format": FORMAT, "recorded_at": now,
               "timelines": [column_entry(c) for c in columns]}
 
+    hidden = [v for v in private if v and len(v) >= 4]
+    hidden += [host for v in hidden if (host := urllib.parse.urlsplit(v).hostname) and len(host) >= 4]
+
     def clean(text: str) -> str:
-        for value in private:
-            if value and len(value) >= 4:
-                text = text.replace(json.dumps(value)[1:-1], "(your endpoint)").replace(value, "(your endpoint)")
+        for value in sorted(set(hidden), key=len, reverse=True):  # the whole URL before its host alone
+            text = text.replace(json.dumps(value)[1:-1], "(your endpoint)").replace(value, "(your endpoint)")
         return secrets.redact(text)
 
     text = clean(json.dumps(stored, ensure_ascii=False))

@@ -511,20 +511,19 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             row = getattr(event, "row_value", None) or []
             return str(row[0]) if row else gr.skip()
 
-        def _recorded(run_id_value: str | None, request: gr.Request, own: bool = False) -> dict[str, Any]:
-            """A recorded run by its id. The id (128 random bits) is the capability: whoever has it (the
-            history of the session that made the run, or a share link) may replay it; ``own``: in
-            public mode, only a run of this session (to share it)."""
+        def _recorded(run_id_value: str | None, request: gr.Request) -> dict[str, Any]:
+            """A recorded run by its id; in public mode only one of this session's (a share link, which
+            opens another's run, goes through ``open_shared``)."""
             if not run_id_value or not str(run_id_value).strip():
                 raise gr.Error("Run id: pick a run in the history first.")
             try:
-                return records.load(str(run_id_value).strip(), _session(request) if own and policy.public else None)
+                return records.load(str(run_id_value).strip(), _session(request) if policy.public else None)
             except records.RecordError as exc:
                 raise gr.Error(str(exc)) from None
 
         def share_link(run_id_value: str | None, request: gr.Request) -> str:
             """A link that opens the run and replays it: the page's address and ``?run=ID``, nothing else."""
-            _recorded(run_id_value, request, own=True)
+            _recorded(run_id_value, request)
             page = (request.headers.get("referer") or "").split("?")[0].split("#")[0]
             link = f"{page}?run={str(run_id_value).strip()}"
             return f"Share this link: it opens the run and replays it (no key, no endpoint in it): [{link}]({link})"
@@ -596,16 +595,29 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             return gr.update(value=str(path), visible=True)
 
         steps = _deck_steps(deck_file())
+        for number, step in enumerate(steps, start=1):
+            unknown = [t for t in step.targets or [] if t not in full_catalog.ids]
+            if unknown:
+                raise SettingsError(f"PLAYGROUND_DECK: step {number}: targets: unknown target {unknown[0]!r}")
 
         def deck_values(at: int) -> list[Any]:
             """Step ``at`` in the page: its line, prompt, system prompt, parameters, columns, targets."""
             step = steps[at]
             targets = [t for t in (step.targets or []) if t in catalog.ids]
-            parameters = [gr.update(value=v) if v is not None else gr.skip()
-                          for v in (step.temperature, step.top_p, step.max_tokens)]
+            # a parameter the step leaves out goes back to the page's default, not the previous step's
+            parameters = [gr.update(value=default if v is None else v)
+                          for v, default in ((step.temperature, 0.7), (step.top_p, 1.0), (step.max_tokens, 256))]
             seed_value = gr.update(value="" if step.seed is None else str(step.seed))
             title = f"**Step {at + 1} of {len(steps)}**" + (" · recorded run ready" if step.replay else "")
-            return [at, title, {"text": step.prompt, "files": []}, step.system or "", *parameters, seed_value,
+            try:
+                from gradio.utils import get_upload_folder
+
+                from playground import deck
+
+                files = deck.staged_images(step, deck_file() or "", get_upload_folder())
+            except OSError as exc:
+                raise gr.Error(f"step {at + 1}: its images cannot be read: {exc}") from None
+            return [at, title, {"text": step.prompt, "files": files}, step.system or "", *parameters, seed_value,
                     len(targets) if targets else gr.skip(),
                     *[gr.update(value=targets[i]) if i < len(targets) else gr.skip() for i in range(MAX_COLUMNS)],
                     gr.update(visible=bool(step.replay))]

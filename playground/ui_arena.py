@@ -174,7 +174,8 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
                                                              else f"{v * 100:.0f} %")) for j in names]]
                 for i in names]
         header = ["", *[labels.get(j, j) for j in names]]
-        summary = (f"Room **{board_data['room']}**: {board_data['votes']} votes"
+        count = board_data["votes"]
+        summary = (f"Room **{board_data['room']}**: {count} vote{'' if count == 1 else 's'}"
                    + (f", {board_data['flagged']} flagged (an answer named a model)" if board_data["flagged"] else "")
                    + ". Bradley–Terry ratings (1000 is the average) with 95 % bootstrap intervals.")
         return [summary, {"headers": board.headers, "data": rows} if rows else None,
@@ -183,7 +184,7 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
     def votes_file(room_value: str, request: gr.Request) -> Any:
         try:
             name = arena.room_name(room_value)
-            text = arena.votes_csv(name)
+            text = arena.votes_csv(name, prompts=not policy.public)  # visitors' prompts stay with the host
         except arena.ArenaError as exc:
             raise gr.Error(str(exc)) from None
         path = exports.new_folder(session_of(request)) / f"arena-votes-{name}.csv"
@@ -197,7 +198,7 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
     for key, button in zip(arena.VOTES, vote_btns):
         button.click(voter(key), battle, [battle, reveal, *vote_btns], api_name=f"arena_vote_{key}")
     board_out = [board_line, board, matrix]
-    refresh.click(standings, board_room, board_out, api_name="leaderboard").then(
+    refresh.click(standings, board_room, board_out, api_name="leaderboard").success(
         votes_file, board_room, csv_btn, api_name=False, show_progress="hidden")
     timer.tick(standings, board_room, board_out, api_name=False, show_progress="hidden")
     board_tab.select(lambda: gr.Timer(active=True), None, timer, api_name=False, queue=False).then(
@@ -207,9 +208,14 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
 
 
 def room_from_link(request: gr.Request) -> list[Any]:
-    """``?room=NAME`` fills both rooms (a bad name is left out, and said at the first battle)."""
+    """``?room=NAME`` fills both rooms; a name that cannot be a room is left out, and said."""
     wanted = str(dict(request.query_params).get("room") or "").strip() if request else ""
     if not wanted:
         return [gr.skip(), gr.skip()]
-    return [wanted[:40], wanted[:40]]
+    try:
+        name = arena.room_name(wanted)
+    except arena.ArenaError as exc:
+        gr.Warning(f"?room=: {exc}")
+        return [gr.skip(), gr.skip()]
+    return [name, name]
 

@@ -168,9 +168,9 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
     for i, column in enumerate(run.columns):
         histories[i].append(finished_turn(plan.shown_prompt, column))
         histories[i][-1].sent_user = plan.prompt_text
-    document = run_document(plan.prompt_text, plan.system_text, plan.params, run.columns, plan.images)
     samples = run.samples if isinstance(run, RepeatedRun) else None
-    results, _ = await asyncio.gather(asyncio.to_thread(_results, plan, table, download, document, run.columns,
+    # the document hashes and thumbnails the images: in the thread, off this loop
+    results, _ = await asyncio.gather(asyncio.to_thread(_results, plan, table, download, None, run.columns,
                                                         samples),
                                       asyncio.sleep(OUTCOME_AFTER_S))
     final = [(f"**{phase}** · " if phase else "") + status_markdown(c)
@@ -229,12 +229,14 @@ async def _paced(source: AsyncIterator[list[Column]], min_gap_s: float) -> Async
         await asyncio.gather(task, return_exceptions=True)
 
 
-def _results(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton, document: dict[str, Any],
+def _results(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton, document: dict[str, Any] | None,
              columns: list[Column], samples: list[list[repeats.Sample]] | None
              ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str], BenchOutcome | None, Recorded]:
     """The results table, the two downloads (file writes: in a thread), each column's code, in
     benchmark mode the statistics, the charts and the benchmark's own exports, and the run's record."""
     requests = [job.request for job in plan.jobs]
+    if document is None:
+        document = run_document(plan.prompt_text, plan.system_text, plan.params, columns, plan.images)
     if plan.replay is not None:  # what was recorded, not this machine's
         document = {**document, "environment": plan.replay.get("environment"),
                     "replay_of": plan.replay.get("recorded_at")}

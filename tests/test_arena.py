@@ -138,7 +138,7 @@ def test_names_stay_hidden_until_the_vote_and_the_leaderboard_counts_it(client) 
     reveal = json.dumps(revealed)
     assert "Codename Alpha" in reveal and "Codename Beta" in reveal and "You voted: A is better" in reveal
     summary, table, _ = api.predict("lan-party", api_name="/leaderboard")
-    assert "1 votes" in summary and len(table["data"]) == 2
+    assert "1 vote." in summary and len(table["data"]) == 2
     with pytest.raises(Exception, match="No battle to vote on"):
         api.predict(api_name="/arena_vote_b")  # the battle had its one vote
 
@@ -148,6 +148,7 @@ def test_a_deck_is_read_and_a_bad_one_stops_the_app_with_its_step_and_field(tmp_
 
     good = tmp_path / "deck.yaml"
     good.write_text("- prompt: Hi\n  targets: [smollm2-onnx]\n  temperature: 0\n- prompt: Bye\n  replay: run.json\n")
+    (tmp_path / "run.json").write_text("{}")
     steps = deck.load(good)
     assert [s.prompt for s in steps] == ["Hi", "Bye"] and steps[0].temperature == 0
     assert deck.replay_source(steps[1], good) == ("file", tmp_path / "run.json")
@@ -157,3 +158,28 @@ def test_a_deck_is_read_and_a_bad_one_stops_the_app_with_its_step_and_field(tmp_
     assert any("PLAYGROUND_DECK" in p and "step 2: temperature" in p for p in settings.problems())
     monkeypatch.setenv("PLAYGROUND_DECK", str(tmp_path / "missing.yaml"))
     assert any("cannot be read" in p for p in settings.problems())
+
+
+def test_a_one_sided_record_converges_and_family_names_are_words() -> None:
+    chain = ratings.fit([("a", "b", "a"), ("b", "c", "a"), ("c", "d", "a")])
+    again = ratings.fit([("a", "b", "a"), ("b", "c", "a"), ("c", "d", "a")] * 1)
+    assert chain == again and chain["a"] > chain["b"] > chain["c"] > chain["d"]
+    gaps = [chain["a"] - chain["b"], chain["b"] - chain["c"], chain["c"] - chain["d"]]
+    assert gaps[0] == pytest.approx(gaps[2], rel=1e-6)  # symmetric: the fit converged, not cut short
+    assert not arena.gives_itself_away("Philosophy began in Philadelphia.", [])
+    assert arena.gives_itself_away("I'm Phi3.", [])
+
+
+def test_a_deck_step_must_name_files_that_exist(tmp_path: Path) -> None:
+    from playground import deck
+
+    bad = tmp_path / "deck.yaml"
+    bad.write_text("- prompt: Hi\n  replay: missing.json\n")
+    with pytest.raises(deck.DeckError, match="step 1: replay: no file 'missing.json'"):
+        deck.load(bad)
+    bad.write_text("- prompt: Hi\n  images: [nowhere.png]\n")
+    with pytest.raises(deck.DeckError, match="step 1: images: no file 'nowhere.png'"):
+        deck.load(bad)
+    bad.write_text("- prompt: Hi\n  max_tokens: 999999\n")
+    with pytest.raises(deck.DeckError, match="step 1: max_tokens"):
+        deck.load(bad)

@@ -32,6 +32,7 @@ DECK = """
   max_tokens: 8
 - prompt: Name a fruit.
   replay: fruit.json
+  images: [fruit.png]
 """
 FRUIT_RUN = {"format": 1, "prompt": "Name a fruit.", "recorded_at": 1795900000, "parameters": {"temperature": 0},
              "results": [{"id": "smollm2-onnx", "label": "recorded", "text": "A ripe mango.", "output_tokens": 4,
@@ -47,6 +48,9 @@ def app_url(bundled_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     folder = tmp_path_factory.mktemp("deck")
     (folder / "deck.yaml").write_text(DECK, encoding="utf-8")
     (folder / "fruit.json").write_text(json.dumps(FRUIT_RUN), encoding="utf-8")
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (200, 120, 30)).save(folder / "fruit.png")
     with flow.running_app(PLAYGROUND_DECK=str(folder / "deck.yaml")) as url:
         flow.warm_up(url)  # both models loaded: the streams the browser watches don't compete with a load
         yield url
@@ -257,6 +261,7 @@ def test_the_presenter_steps_through_the_deck_and_replays_a_recorded_step(app_ur
     page.locator("#deck-next").click()
     page.wait_for_function("() => document.querySelector('#deck-step').innerText.includes('Step 2 of 2') && "
                            "document.querySelector('#prompt textarea').value === 'Name a fruit.'", timeout=30_000)
+    page.wait_for_function("() => document.querySelectorAll('#prompt img').length === 1", timeout=30_000)  # its image
     page.locator("#deck-replay").click()
     page.wait_for_function("() => document.querySelector('#col-0-status').innerText.includes('replay of') && "
                            "document.querySelector('#col-0-status').innerText.includes('done')", timeout=60_000)

@@ -101,6 +101,13 @@ async def test_a_database_that_cannot_take_the_run_fails_the_recording_not_the_r
     recorded = _record(document, columns, "s")
     assert recorded.run_id is None and recorded.message.startswith("⚠ the run database cannot be opened")
 
+    read_only = tmp_path / "read-only.sqlite"
+    monkeypatch.setenv("PLAYGROUND_DB", str(read_only))
+    records.record(document, columns, "s")  # the file and its table exist
+    monkeypatch.setenv("PLAYGROUND_DB", f"sqlite:///file:{read_only}?mode=ro&uri=true")  # as a read-only mount
+    recorded = _record(document, columns, "s")
+    assert recorded.run_id is None and "readonly" in recorded.message.replace("read-only", "readonly")
+
     full = tmp_path / "full.sqlite"
     monkeypatch.setenv("PLAYGROUND_DB", str(full))
     engine = records.engine()
@@ -264,3 +271,10 @@ async def test_a_visitors_own_endpoint_never_reaches_the_record(server, db: Path
     run_id = records.record(document, columns, "s", private=(url,))
     stored = json.dumps(records.load(run_id))
     assert url not in stored and "(your endpoint)/chat/completions" in stored
+
+
+async def test_a_visitors_endpoint_host_alone_is_hidden_too(server, db: Path) -> None:
+    document, columns = await a_run(server, ("paced",))
+    document["results"][0]["error"] = "Cannot connect to host my-private-host.example:443 ssl:default"
+    run_id = records.record(document, columns, "s", private=("https://my-private-host.example/v1",))
+    assert "my-private-host" not in json.dumps(records.load(run_id))
