@@ -116,9 +116,14 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
             print(column.text)
             if entry["error"]:
                 print(f"error: {entry['error']}")
-            print(f"TTFT {entry['ttft_s']} s · decode {entry['decode_tokens_per_s']} tok/s · "
-                  f"tokens {entry['output_tokens']} ({entry['tokens_source']}) · E2E {entry['e2e_s']} s\n")
+            print(figures_line(entry) + "\n")
     return EXIT_OK if all(c.status == "done" for c in columns) else EXIT_FAILED
+
+
+def figures_line(entry: dict[str, Any]) -> str:
+    """A result's figures on one line (``report.result_entry``'s rounding)."""
+    return (f"TTFT {entry['ttft_s']} s · decode {entry['decode_tokens_per_s']} tok/s · "
+            f"tokens {entry['output_tokens']} ({entry['tokens_source']}) · E2E {entry['e2e_s']} s")
 
 
 def cmd_prepare() -> int:
@@ -205,18 +210,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for index, result in enumerate(document["results"]):
         print(f"\n== {result.get('label') or result.get('id')}", flush=True)
         column = asyncio.run(play(index))
-        m = column.metrics()
-        print(f"\n-- {column.status} · TTFT {_ms(m.ttft_s)} · decode {_rate(m.decode_tokens_per_s)} · "
-              f"tokens {m.output_tokens} · E2E {_ms(m.e2e_s)}", flush=True)
+        print(f"\n-- {column.status} · {figures_line(result_entry(column))}", flush=True)
     return EXIT_OK
-
-
-def _ms(value: float | None) -> str:
-    return "–" if value is None else f"{value * 1000:.0f} ms"
-
-
-def _rate(value: float | None) -> str:
-    return "–" if value is None else f"{value:.1f} tok/s"
 
 
 def main(argv: list[str] | None = None) -> int:

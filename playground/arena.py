@@ -118,7 +118,7 @@ def record_battle(room: str, session: str, prompt: str, targets: tuple[str, str]
         with _engine().begin() as connection:
             connection.execute(battles.insert().values(**row))
     except (sa.exc.SQLAlchemyError, records.RecordError, OSError) as exc:
-        raise ArenaError(f"the battle was not recorded: {records._reason(exc)}") from None
+        raise ArenaError(f"the battle was not recorded: {records.reason(exc)}") from None
     return battle_id
 
 
@@ -132,7 +132,7 @@ def vote(battle_id: str, choice: str) -> dict[str, Any]:
                                        .values(vote=choice, voted_at=time.time())).rowcount
             row = connection.execute(sa.select(battles).where(battles.c.id == battle_id)).mappings().first()
     except (sa.exc.SQLAlchemyError, records.RecordError, OSError) as exc:
-        raise ArenaError(f"the vote was not recorded: {records._reason(exc)}") from None
+        raise ArenaError(f"the vote was not recorded: {records.reason(exc)}") from None
     if row is None:
         raise ArenaError("no such battle")
     if not taken:
@@ -147,8 +147,20 @@ def voted(room: str) -> list[dict[str, Any]]:
         with _engine().connect() as connection:
             rows = connection.execute(query).mappings().all()
     except (sa.exc.SQLAlchemyError, records.RecordError, OSError) as exc:
-        raise ArenaError(f"the room's votes cannot be read: {records._reason(exc)}") from None
+        raise ArenaError(f"the room's votes cannot be read: {records.reason(exc)}") from None
     return [{**dict(r), "answers": json.loads(r["answers"])} for r in rows]
+
+
+def _version(room: str) -> tuple[int, float]:
+    """The room's vote count and its last vote's time: what a cached leaderboard is keyed on."""
+    query = sa.select(sa.func.count(), sa.func.max(battles.c.voted_at)).where(
+        battles.c.room == room, battles.c.vote.is_not(None))
+    try:
+        with _engine().connect() as connection:
+            count, last = connection.execute(query).one()
+    except (sa.exc.SQLAlchemyError, records.RecordError, OSError) as exc:
+        raise ArenaError(f"the room's votes cannot be read: {records.reason(exc)}") from None
+    return int(count), float(last or 0.0)
 
 
 _boards: dict[tuple[str, int, float], dict[str, Any]] = {}
@@ -159,11 +171,10 @@ def standings(room: str) -> dict[str, Any]:
     """The room's leaderboard: ratings with intervals, votes, the median TTFT and decode rate of
     each target in its battles, and the win-rate matrix. Cached per room until its next vote, and
     computed once per vote: 30 open leaderboards ticking after a vote wait for one fit, not 30."""
-    rows = voted(room)
-    key = (room, len(rows), rows[-1]["voted_at"] if rows else 0.0)
+    key = (room, *_version(room))  # a leaderboard's tick reads two numbers while no one votes
     with _boards_lock:
         if key not in _boards:
-            _boards[key] = _standings(room, rows)
+            _boards[key] = _standings(room, voted(room))
             if len(_boards) > 200:
                 for old in list(_boards)[:100]:
                     del _boards[old]

@@ -117,10 +117,10 @@ def _connect(address: str) -> sa.Engine:
         metadata.create_all(made)
         return made
     except (sa.exc.SQLAlchemyError, OSError) as exc:
-        raise RecordError(f"the run database cannot be opened: {_reason(exc)}") from None
+        raise RecordError(f"the run database cannot be opened: {reason(exc)}") from None
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).splitlines()[0]
     return secrets.redact(text)[:200]
 
@@ -171,7 +171,7 @@ def record(document: dict[str, Any], columns: list[Column], session: str, now: f
     except RecordError:
         raise
     except (sa.exc.SQLAlchemyError, OSError) as exc:
-        raise RecordError(f"this run was not recorded: {_reason(exc)}") from None
+        raise RecordError(f"this run was not recorded: {reason(exc)}") from None
     return run_id
 
 
@@ -199,7 +199,7 @@ def recent(session: str | None, search: str = "", limit: int = 50) -> list[dict[
         with engine().connect() as connection:
             rows = connection.execute(query.limit(limit)).mappings().all()
     except (sa.exc.SQLAlchemyError, OSError) as exc:
-        raise RecordError(f"the run history cannot be read: {_reason(exc)}") from None
+        raise RecordError(f"the run history cannot be read: {reason(exc)}") from None
     return [dict(row) for row in rows]
 
 
@@ -212,7 +212,7 @@ def load(run_id: str, session: str | None = None) -> dict[str, Any]:
         with engine().connect() as connection:
             text = connection.execute(query).scalar()
     except (sa.exc.SQLAlchemyError, OSError) as exc:
-        raise RecordError(f"the run cannot be read: {_reason(exc)}") from None
+        raise RecordError(f"the run cannot be read: {reason(exc)}") from None
     if text is None:
         raise RecordError(f"no recorded run {str(run_id)[:64]!r}" + (" of this session" if session else ""))
     return json.loads(text)

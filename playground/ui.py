@@ -214,13 +214,7 @@ def _benchmark(repeat: Any, warmup: Any, fair: Any, objectives: Any, targets: li
 
 def _column_count(value: Any) -> int:
     """The API's column count, checked (7 would index past the last column, -1 drop one)."""
-    try:
-        count = float(value)
-    except (TypeError, ValueError):
-        raise gr.Error(f"columns: must be a whole number from 1 to {MAX_COLUMNS} (got {value!r})") from None
-    if not count.is_integer() or not 1 <= count <= MAX_COLUMNS:
-        raise gr.Error(f"columns: must be a whole number from 1 to {MAX_COLUMNS} (got {value!r})")
-    return int(count)
+    return _whole(value, "columns", 1, MAX_COLUMNS)
 
 
 def _uploaded_only(value: Any) -> Any:
