@@ -331,6 +331,12 @@ def table_rows(page: Any) -> list[list[str]]:
     return page.evaluate(TABLE_JS)
 
 
+def wait_table_rows(page: Any, count: int, timeout_s: float = 30) -> list[list[str]]:
+    """The results table arrives in a follow-up event after the statuses end: wait for its rows."""
+    page.wait_for_function(f"() => ({TABLE_JS})().length >= {count}", timeout=timeout_s * 1000, polling=100)
+    return table_rows(page)
+
+
 def streaming_lengths(samples: list[dict[str, Any]], column: int) -> list[int]:
     """The answer's length at each change seen while that column said "streaming" (0: nothing yet)."""
     return [s["cols"][column]["len"] for s in samples if "streaming" in s["cols"][column]["status"]]
@@ -386,7 +392,7 @@ def compare(page: Any, url: str, download_dir: Path, targets: tuple[str, str] = 
     elapsed = time.monotonic() - started
     # the run's last update carries the table and shows the download buttons
     page.locator("#download-csv").wait_for(state="visible", timeout=60_000)
-    page.wait_for_function(f"() => ({TABLE_JS})().length >= {len(targets)}", timeout=30_000, polling=100)
+    wait_table_rows(page, len(targets))
     samples = page.evaluate("window.__ppSamples")
     with page.expect_download(timeout=30_000) as info:
         page.locator("#download-csv").click()
@@ -426,7 +432,7 @@ def long_answer_then_stop(page: Any, count: int = 2, prompt: str = LONG_PROMPT, 
     if outcome["ended"] is not None:
         page.locator("#stop").click()  # leave the page settled: stop the others, let the run end
         wait_statuses(page, count, ("stopped", "done", "error"), 30)
-        page.wait_for_function(f"() => ({TABLE_JS})().length >= {count}", timeout=30_000, polling=100)
+        wait_table_rows(page, count)
         raise ColumnEndedEarly(f"a column ended before every column was seen streaming: {outcome['ended']}")
     if while_streaming is not None:
         while_streaming(page)
@@ -436,7 +442,7 @@ def long_answer_then_stop(page: Any, count: int = 2, prompt: str = LONG_PROMPT, 
     stop_to_stopped = time.monotonic() - clicked
     first_seen = (answer_texts(page, count), statuses(page, count))
     # the run's last update fills the (cleared) table; after it nothing may change any more
-    page.wait_for_function(f"() => ({TABLE_JS})().length >= {count}", timeout=30_000, polling=100)
+    wait_table_rows(page, count)
     ended = (answer_texts(page, count), statuses(page, count))
     page.wait_for_timeout(1500)  # an observation window, not a wait for readiness: nothing may change in it
     later = (answer_texts(page, count), statuses(page, count))

@@ -93,7 +93,7 @@ def test_two_people_see_only_their_own_run_keys_and_downloads_and_one_stop_stops
     for page, mine, theirs, their_key in ((alice, "alpha", "beta", KEY_B), (bob, "beta", "alpha", KEY_A)):
         html = page.content()
         assert mine in html and theirs not in html and their_key not in html
-        rows = flow.table_rows(page)
+        rows = flow.wait_table_rows(page, 2)
         assert len(rows) == 2, rows
         with page.expect_download() as download:
             page.locator("#download-csv").click()
