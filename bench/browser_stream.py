@@ -54,7 +54,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 BARE_FRAME_S = 0.05  # the bare app yields at 20 Hz
 TTFT_S = 0.2
-SETTLE_S = 0.3  # after a run has finished, before its CPU time is read
+SETTLE_S = 0.3
+BARE_POLL_ENV = "PP_BARE_QUEUE_POLL_S"  # after a run has finished, before its CPU time is read
 
 # --- the page's probe ------------------------------------------------------------------------
 # Each animation frame, read every column's latest answer, find the last token in it ("t41 "),
@@ -139,7 +140,11 @@ def serve_bare(port: int, log_path: str, columns: int) -> None:
         with gr.Row():
             boxes = [gr.Textbox(label=f"column {i}", lines=8, max_lines=8, elem_id=f"bare-{i}") for i in range(columns)]
         button.click(stream, [run_id, rate, tokens, ttft], boxes, show_progress="hidden")
-    demo.queue(default_concurrency_limit=64).launch(server_name="127.0.0.1", server_port=port, quiet=True)
+    demo.queue(default_concurrency_limit=64)
+    if poll := os.environ.get(BARE_POLL_ENV):  # --bare-queue-poll-ms: the playground's setting, for comparison
+        demo._queue.sleep_when_free = float(poll)
+        demo._queue.progress_update_sleep_when_free = 0.05
+    demo.launch(server_name="127.0.0.1", server_port=port, quiet=True)
 
 
 # --- the apps, as processes --------------------------------------------------------------------
@@ -495,12 +500,16 @@ def main() -> None:
     parser.add_argument("--columns", type=int, default=None)
     parser.add_argument("--later-runs", type=int, default=None)
     parser.add_argument("--only", choices=["playground", "bare"], default=None, help="measure one app only")
+    parser.add_argument("--bare-queue-poll-ms", type=float, default=None,
+                        help="poll the bare app's Gradio queue this often (default: Gradio's 1 ms; the playground's is 10)")
     parser.add_argument("--serve-bare", nargs=3, metavar=("PORT", "LOG", "COLUMNS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
         port, log, columns = args.serve_bare
         serve_bare(int(port), log, int(columns))
         return
+    if args.bare_queue_poll_ms is not None:
+        os.environ[BARE_POLL_ENV] = str(args.bare_queue_poll_ms / 1000)  # the bare app's process inherits it
     import browser_flow as flow
     from sse_server import Script, ServerProcess
 
@@ -535,7 +544,8 @@ def main() -> None:
     err = max((m.clock_err_s for m in results.values()), default=0.0)
     print(f"{plan.columns} columns, TTFT {TTFT_S * 1000:.0f} ms; page clock ±{err * 1000:.1f} ms; "
           f"took {time.perf_counter() - started:.0f} s; load average {load[0]:.1f} before, "
-          f"{os.getloadavg()[0]:.1f} after, {os.cpu_count()} CPUs\n")
+          f"{os.getloadavg()[0]:.1f} after, {os.cpu_count()} CPUs; Gradio's queue polled every 10 ms "
+          f"(playground), {args.bare_queue_poll_ms or 1:g} ms (bare app)\n")
     print(table(results, cases))
 
 
