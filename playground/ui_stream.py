@@ -5,7 +5,8 @@ What a frame costs decides the shape of this module (measured with ``bench/brows
 - The run events skip Gradio's postprocess (a pydantic pass over every column's whole transcript
   and a thread hop per output, each frame), so the values are built here in their wire shape.
 - Every frame carries a value for every output, never ``gr.skip()``: Gradio turns a skip into a new
-  component and its JSON schema, each frame.
+  component and its JSON schema, each frame. The exception is a ``gr.State``: a skip leaves it
+  alone, while a value rebuilds its config entry, so the states are set in the first and last frames.
 - The page streams each answer as plain text into a light textbox and renders it as Markdown once,
   in the chat, when the run ends: a chat re-renders its Markdown, and measures itself, on every
   change. The API's ``/run`` streams into the chat, as it always has.
@@ -338,8 +339,12 @@ async def page_values(plan: Plan, stream: AsyncIterator[Frame]) -> AsyncIterator
             lives = ([gr.update(visible=True if i < plan.count else "hidden", value=t) for i, t in enumerate(texts)]
                      if first else texts)
         out = frame.outcome
-        states = [plan.histories, None] if out is None else [
-            out.histories, (out.table, out.csv_file, out.json_file, out.codes, out.bench, out.recorded)]
+        if out is not None:
+            states = [out.histories, (out.table, out.csv_file, out.json_file, out.codes, out.bench, out.recorded)]
+        elif first:  # no earlier run's results for the follow-up event, should this run end without an outcome
+            states = [plan.histories, None]
+        else:  # setting a State rebuilds its config entry (tens of ms a run); a skip leaves it as it is
+            states = [gr.skip(), gr.skip()]
         yield chats + frame.statuses + states + lives
         first = False
 
