@@ -139,6 +139,12 @@ def local_memory_gb() -> float | None:
     return _number("PLAYGROUND_LOCAL_MEMORY_GB", 0.0, float, 0.1) or None
 
 
+def session_capacity() -> int:
+    """PLAYGROUND_SESSIONS: how many browser sessions' state the app keeps (the least recently used
+    goes first past it); Gradio's own default is 10,000."""
+    return _number("PLAYGROUND_SESSIONS", 500, int, 10)
+
+
 def queue_timeout_s() -> float:
     """How long a column may wait before its request is sent."""
     return _number("PLAYGROUND_QUEUE_TIMEOUT_S", 300.0, float, 1.0)
@@ -227,7 +233,8 @@ def ollama_host() -> str | None:
 
 
 CHECKED: list[Callable[[], object]] = [
-    from_env, public_mode, _rate_checked, public_targets, allow_private_urls, local_slots, local_memory_gb, queue_timeout_s,
+    from_env, public_mode, _rate_checked, public_targets, allow_private_urls, local_slots, local_memory_gb, session_capacity,
+    queue_timeout_s,
     model_hang_s, llamacpp_threads, llamacpp_extra_buffers, measure_process, measure_priority, stall_trace,
     db_url, keep_days, keep_runs, arena_targets, arena_speed, _deck_checked,
 ]

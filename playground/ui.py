@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import logging
 import math
 import sys
 from contextlib import aclosing
@@ -24,8 +25,11 @@ from playground.report import TABLE_COLUMNS
 from playground.request import (MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_CHARS, ChatRequest, InputError, Message,
                                 build_messages, fit_history, make_params)
 from playground.runner import Job
-from playground.settings import MAX_COLUMNS, Settings, SettingsError, deck_file, from_env, problems
+from playground.settings import (MAX_COLUMNS, Settings, SettingsError, deck_file, from_env, problems,
+                                 session_capacity)
 from playground.ui_format import Turn, key_availability, ordered_choices
+
+log = logging.getLogger(__name__)
 
 EXAMPLES = [
     "Explain in three sentences why the sky is blue.",
@@ -752,9 +756,11 @@ def _quiet_queue(demo: gr.Blocks) -> None:
     when the request is sent); queued events are still taken one after another without a pause.
     Attributes of ``gradio.queueing.Queue`` read on every turn of its loops."""
     queue = getattr(demo, "_queue", None)
-    if queue is not None and hasattr(queue, "sleep_when_free"):
-        queue.sleep_when_free = QUEUE_POLL_S
-        queue.progress_update_sleep_when_free = PROGRESS_POLL_S
+    if queue is None or not hasattr(queue, "sleep_when_free"):
+        log.warning("Gradio's queue has no sleep_when_free: its poll interval is left as it is")
+        return
+    queue.sleep_when_free = QUEUE_POLL_S
+    queue.progress_update_sleep_when_free = PROGRESS_POLL_S
 
 
 class NoDeepLinks:
@@ -791,6 +797,10 @@ def launch_options(**kwargs: Any) -> dict[str, Any]:
     # The key boxes' values live in the session's component state: Gradio's deep links write that state
     # to disk and serve it back from /config, and its run history keeps the inputs of runs. Neither here.
     kwargs.setdefault("run_history", False)
+    # Gradio keeps each session's state (histories, the components a run updated) until an hour after
+    # its page closes, up to 10,000 sessions: about 0.5 MB each after 10 runs (bench/load.py), 5 GB
+    # at that cap. Past ours, the least recently used session's state goes first.
+    kwargs.setdefault("state_session_capacity", session_capacity())
     app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(NoDeepLinks)]
     kwargs["app_kwargs"] = app_kwargs

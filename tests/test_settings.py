@@ -51,6 +51,7 @@ def test_no_module_but_settings_and_secrets_reads_the_environment() -> None:
     ("PLAYGROUND_MODEL_HANG_S", "inf", "PLAYGROUND_MODEL_HANG_S must be at least 2 (got inf)"),
     ("PLAYGROUND_STALL_TRACE", "0x", "PLAYGROUND_STALL_TRACE must be 0 or 1"),
     ("PLAYGROUND_RATE", "fast", "PLAYGROUND_RATE must look like 6/min"),
+    ("PLAYGROUND_SESSIONS", "5", "PLAYGROUND_SESSIONS must be at least 10 (got 5)"),
 ])
 def test_a_bad_value_is_refused_by_name_and_never_exits(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
                                                         message: str) -> None:
