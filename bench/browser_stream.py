@@ -54,8 +54,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 BARE_FRAME_S = 0.05  # the bare app yields at 20 Hz
 TTFT_S = 0.2
-SETTLE_S = 0.3
-BARE_POLL_ENV = "PP_BARE_QUEUE_POLL_S"  # after a run has finished, before its CPU time is read
+SETTLE_S = 0.3  # after a run has finished, before its CPU time is read
+BARE_POLL_ENV = "PP_BARE_QUEUE_POLL_S"  # --bare-queue-poll-ms, handed to the bare app's process
 
 # --- the page's probe ------------------------------------------------------------------------
 # Each animation frame, read every column's latest answer, find the last token in it ("t41 "),
@@ -141,9 +141,11 @@ def serve_bare(port: int, log_path: str, columns: int) -> None:
             boxes = [gr.Textbox(label=f"column {i}", lines=8, max_lines=8, elem_id=f"bare-{i}") for i in range(columns)]
         button.click(stream, [run_id, rate, tokens, ttft], boxes, show_progress="hidden")
     demo.queue(default_concurrency_limit=64)
-    if poll := os.environ.get(BARE_POLL_ENV):  # --bare-queue-poll-ms: the playground's setting, for comparison
+    if (poll := os.environ.get(BARE_POLL_ENV)) is not None:  # --bare-queue-poll-ms: to compare like for like
+        from playground.ui import PROGRESS_POLL_S
+
         demo._queue.sleep_when_free = float(poll)
-        demo._queue.progress_update_sleep_when_free = 0.05
+        demo._queue.progress_update_sleep_when_free = PROGRESS_POLL_S
     demo.launch(server_name="127.0.0.1", server_port=port, quiet=True)
 
 
@@ -513,6 +515,8 @@ def main() -> None:
     import browser_flow as flow
     from sse_server import Script, ServerProcess
 
+    from playground.ui import QUEUE_POLL_S
+
     plan = (Plan(columns=args.columns or 2, slow_tokens=10, fast_tokens=50, later_runs=args.later_runs or 1)
             if args.quick else
             Plan(columns=args.columns or 6, slow_tokens=100, fast_tokens=500,
@@ -544,8 +548,9 @@ def main() -> None:
     err = max((m.clock_err_s for m in results.values()), default=0.0)
     print(f"{plan.columns} columns, TTFT {TTFT_S * 1000:.0f} ms; page clock ±{err * 1000:.1f} ms; "
           f"took {time.perf_counter() - started:.0f} s; load average {load[0]:.1f} before, "
-          f"{os.getloadavg()[0]:.1f} after, {os.cpu_count()} CPUs; Gradio's queue polled every 10 ms "
-          f"(playground), {args.bare_queue_poll_ms or 1:g} ms (bare app)\n")
+          f"{os.getloadavg()[0]:.1f} after, {os.cpu_count()} CPUs; Gradio's queue polled every "
+          f"{QUEUE_POLL_S * 1000:g} ms (playground), "
+          f"{1 if args.bare_queue_poll_ms is None else args.bare_queue_poll_ms:g} ms (bare app)\n")
     print(table(results, cases))
 
 

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import sys
+from secrets import token_urlsafe
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -102,6 +103,23 @@ def _remembered(saved: Any) -> list[Any]:
     if not isinstance(saved, dict) or not saved:
         return [gr.skip()] * (len(KEY_FIELDS) + 1)
     return [True, *(str(saved.get(name) or "")[:2000] for name, _, _ in KEY_FIELDS)]
+
+
+def _on_load(saved: Any, mark: dict[str, str]) -> list[Any]:
+    """The remembered form, and the session's token, kept in its state and shown to the page."""
+    mark["id"] = token_urlsafe(12)  # the State's own dict: Gradio keeps this object for the session
+    return [*_remembered(saved), mark["id"]]
+
+
+def _lost_state(mark: dict[str, str], shown: str | None) -> str | None:
+    """What to tell a page whose session state the server dropped (more sessions than
+    PLAYGROUND_SESSIONS since it was last used): its chats still show earlier turns the models
+    will not get. Takes the page's token again, so it is said once."""
+    if not shown or mark.get("id") == shown:
+        return None
+    mark["id"] = shown
+    return (f"This conversation's earlier turns are no longer on the server (it restarted, or it keeps "
+            f"only the {session_capacity()} most recently active sessions): this answer did not see them.")
 
 
 def _column_stopper(index: int) -> Any:
@@ -275,6 +293,10 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("Compare", elem_id="tab-compare") as compare_tab:
                 histories = gr.State([[] for _ in range(MAX_COLUMNS)])
+                # the same token in the session's state and in the page: a page whose token the server
+                # no longer has lost its session's state to the cap (PLAYGROUND_SESSIONS)
+                session_mark = gr.State({})
+                page_mark = gr.Textbox(visible=False, elem_id="session-mark")
                 n_cols = gr.Slider(1, MAX_COLUMNS, value=n_initial, step=1, label="Columns", elem_id="n-columns")
                 slots, pickers, chats, lives, statuses, column_stops, codes = [], [], [], [], [], [], []
                 with gr.Row(equal_height=False, elem_id="columns"):
@@ -384,7 +406,8 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         async def plan_run(prompt_value: Any, system_text: str, temp: float, p: float, max_new: float,
                            seed_value: str | None, columns: float, hist: list[list[Turn]], chosen: list[str | None],
                            request: gr.Request, credentials: secrets.Credentials | None = None,
-                           bench: tuple[Any, Any, Any, Any] = (1, 0, "auto", "")) -> ui_stream.Plan:
+                           bench: tuple[Any, Any, Any, Any] = (1, 0, "auto", ""), notices: tuple[str, ...] = ()
+                           ) -> ui_stream.Plan:
             monitor_this_loop("gradio")  # logs any stall of Gradio's own loop over 100 ms
             target_ids = list(chosen[:_column_count(columns)])
             prompt_text, images = await _read_prompt(prompt_value)
@@ -412,7 +435,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                 mine = credentials if target.backend == "openai" else None
                 jobs.append(Job(target, ChatRequest(build_messages(prompt_text, system_text, past, images), params,
                                                     credentials=mine),
-                                notices=(note,) if note else ()))
+                                notices=notices + ((note,) if note else ())))
             shown_prompt = prompt_text + (f"\n\n🖼 {', '.join(i.name for i in images)}" if images else "")
             return ui_stream.Plan(_session(request), prompt_text, shown_prompt, system_text, params, images, jobs, hist,
                                   benchmark)
@@ -458,11 +481,15 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                                 seed_value: str | None, columns: float, hist: list[list[Turn]], targets: str,
                                 k0: str, k1: str, k2: str, k3: str, k4: str, k5: str, k6: str,  # KEY_FIELDS
                                 repeats: float, warmup_runs: float, fair_mode: str, objectives: str,
-                                request: gr.Request) -> AsyncIterator[list[Any]]:
+                                mark: dict[str, str], shown_mark: str, request: gr.Request
+                                ) -> AsyncIterator[list[Any]]:
             typed = (k0, k1, k2, k3, k4, k5, k6)
+            lost = _lost_state(mark, shown_mark)
             plan = await plan_run(prompt_value, system_text, temp, p, max_new, seed_value, columns, hist,
                                   (targets or "").split("\n"), request, _credentials(typed, policy, request),
-                                  (repeats, warmup_runs, fair_mode, objectives))
+                                  (repeats, warmup_runs, fair_mode, objectives), (lost,) if lost else ())
+            if lost:
+                gr.Warning(lost)
             async with aclosing(ui_stream.frames(plan, table, csv_btn)) as stream:
                 async for values in ui_stream.page_values(plan, stream):
                     yield values
@@ -665,7 +692,8 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         results = gr.State(None)
         results_out = [table, csv_btn, json_btn, *codes, bench_summary, bench_table, ttft_chart, decode_chart,
                        recorded_line, run_id]
-        gr.on([prompt.submit, run_btn.click], run_from_page, inputs=[*settings_in, picked, *key_boxes, *bench_in],
+        gr.on([prompt.submit, run_btn.click], run_from_page,
+              inputs=[*settings_in, picked, *key_boxes, *bench_in, session_mark, page_mark],
               outputs=[*chats, *statuses, histories, results, *lives], api_name=False, show_progress_on=[run_btn],
               **streaming).success(ui_stream.results_values, results, results_out, api_name=False,
                                    show_progress="hidden", show_progress_on=[run_btn], postprocess=False
@@ -732,8 +760,8 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         for trigger in [remember.change, *(box.blur for box in key_boxes)]:
             trigger(_to_remember, remember_inputs, remembered, api_name=False, show_progress="hidden",
                     queue=False)
-        demo.load(_remembered, remembered, [remember, *key_boxes], api_name=False, show_progress="hidden",
-                  queue=False).then(refresh_choices, key_boxes, pickers, api_name=False, show_progress="hidden",
+        demo.load(_on_load, [remembered, session_mark], [remember, *key_boxes, page_mark], api_name=False,
+                  show_progress="hidden", queue=False).then(refresh_choices, key_boxes, pickers, api_name=False, show_progress="hidden",
                                     show_progress_on=[picked])
         keys_said = gr.Textbox(visible=False)
         gr.Button(visible=False).click(set_keys, key_boxes, [session_keys, keys_said], api_name="keys")
@@ -750,11 +778,13 @@ PROGRESS_POLL_S = 0.05  # Gradio's default: 10 ms
 
 def _quiet_queue(demo: gr.Blocks) -> None:
     """Poll Gradio's queue less often. While nothing waits in it, its loop wakes every millisecond:
-    measured, 53 ms of CPU a second for an idle app, 14 at 10 ms. That is a quarter of a streamed
-    run's server CPU (``bench/browser_stream.py``), on the loop that serves the frames. The cost: a
-    click waits up to 10 ms more before its event starts (never inside a timing, whose clock starts
-    when the request is sent); queued events are still taken one after another without a pause.
-    Attributes of ``gradio.queueing.Queue`` read on every turn of its loops."""
+    measured, 53 ms of CPU a second for an idle app, 14 at 10 ms; on the loop that serves the
+    frames. The cost: a queued event (a click, each follow-up step of a run, a timer's tick, an
+    event waiting for a free slot) may start up to 10 ms later; no timing includes that, its clock
+    starts when the request is sent. Streamed frames do not go through this loop, and events
+    already waiting are taken one after another without a pause. The progress poll only serves
+    ``gr.Progress``, which the app does not use. These attributes of ``gradio.queueing.Queue`` are
+    read on every turn of its loops; a later ``demo.queue()`` would make a new queue without them."""
     queue = getattr(demo, "_queue", None)
     if queue is None or not hasattr(queue, "sleep_when_free"):
         log.warning("Gradio's queue has no sleep_when_free: its poll interval is left as it is")
@@ -797,9 +827,10 @@ def launch_options(**kwargs: Any) -> dict[str, Any]:
     # The key boxes' values live in the session's component state: Gradio's deep links write that state
     # to disk and serve it back from /config, and its run history keeps the inputs of runs. Neither here.
     kwargs.setdefault("run_history", False)
-    # Gradio keeps each session's state (histories, the components a run updated) until an hour after
-    # its page closes, up to 10,000 sessions: about 0.5 MB each after 10 runs (bench/load.py), 5 GB
-    # at that cap. Past ours, the least recently used session's state goes first.
+    # Gradio keeps each session (its copy of the page's config, the components and values a run
+    # updated) until 10,000 newer ones push it out; only gr.State values expire,
+    # an hour after the page closes. About 0.5 MB a session after 10 runs (bench/load.py): 5 GB at
+    # that cap. Past ours, the least recently active session goes first.
     kwargs.setdefault("state_session_capacity", session_capacity())
     app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(NoDeepLinks)]

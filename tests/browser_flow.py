@@ -332,7 +332,8 @@ def table_rows(page: Any) -> list[list[str]]:
 
 
 def wait_table_rows(page: Any, count: int, timeout_s: float = 30) -> list[list[str]]:
-    """The results table arrives in a follow-up event after the statuses end: wait for its rows."""
+    """The results table arrives in a follow-up event after the statuses end: wait for its rows.
+    Any ``count`` rows will do, an earlier run's too: call it on a fresh page or after Clear."""
     page.wait_for_function(f"() => ({TABLE_JS})().length >= {count}", timeout=timeout_s * 1000, polling=100)
     return table_rows(page)
 

@@ -36,7 +36,7 @@ def server() -> Iterator[ScriptedServer]:
 
 
 @pytest.fixture(scope="module")
-def app_url(server: ScriptedServer) -> Iterator[str]:
+def app(server: ScriptedServer) -> Iterator[Any]:
     targets = [
         Target(id="slow", label="scripted slow", backend="openai", model="slow", base_url=server.base_url),
         Target(id="yours/openai", label="Your endpoint", backend="openai", model="(your model)",
@@ -48,9 +48,14 @@ def app_url(server: ScriptedServer) -> Iterator[str]:
     demo.launch(**launch_options(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
                                  quiet=True))
     try:
-        yield demo.local_url
+        yield demo
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(app: Any) -> str:
+    return app.local_url
 
 
 def open_keys(page: Any) -> None:
@@ -143,3 +148,28 @@ def test_keys_stay_in_a_browser_only_when_asked_and_never_in_clear(app_url: str,
     flow.open_app(page, app_url)
     open_keys(page)
     assert page.locator(KEY_BOX).input_value() == "", "unticking did not forget the key"
+
+
+def test_a_page_whose_session_the_server_dropped_is_told_its_earlier_turns_are_gone(
+        app: Any, server: ScriptedServer, page_at: Any) -> None:
+    """Past PLAYGROUND_SESSIONS the least recently active session's state goes: its page still shows
+    earlier turns that the models will no longer get, and must say so, once."""
+    page = page_at()
+    flow.open_app(page, app.local_url)
+    flow.set_parameter(page, "max-tokens", 4)
+    flow.submit_prompt(page, "first: tell me about lakes")
+    flow.wait_statuses(page, 2, ("done", "error"), 60)
+    before = len(server.chat_requests("slow"))
+
+    app.server_app.state_holder.session_data.clear()  # what the cap does to an idle session
+    flow.submit_prompt(page, "second: and about seas")
+    flow.wait_statuses(page, 2, ("done", "error"), 60)
+    requests = server.chat_requests("slow")[before:]
+    assert len(requests) == 1 and "first" not in str(requests[0].body)  # the turn the server no longer had
+    said = "earlier turns are no longer on the server"
+    assert said in page.content()
+    flow.submit_prompt(page, "third: and rivers")  # the page's token was taken again: said once
+    flow.wait_statuses(page, 2, ("done", "error"), 60)
+    latest = server.chat_requests("slow")[-1]
+    assert "second" in str(latest.body), "the turn after the notice is the conversation again"
+    assert said not in flow.statuses(page, 2)[0]

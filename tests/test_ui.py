@@ -10,7 +10,7 @@ import pytest
 from gradio_client import Client
 
 from playground.settings import MAX_COLUMNS, Settings
-from playground.ui import PROGRESS_POLL_S, QUEUE_POLL_S, build_ui
+from playground.ui import PROGRESS_POLL_S, QUEUE_POLL_S, build_ui, launch_options
 
 
 def free_port() -> int:
@@ -23,7 +23,8 @@ def free_port() -> int:
 def demo() -> Iterator[gr.Blocks]:
     settings = Settings(host="127.0.0.1", port=None, columns=2, default_targets=[], concurrency=8, catalog=None)
     demo = build_ui(settings=settings)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
+    demo.launch(**launch_options(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
+                                 quiet=True))
     try:
         yield demo
     finally:
@@ -35,15 +36,10 @@ def client(demo: gr.Blocks) -> Client:
     return Client(demo.local_url, verbose=False)
 
 
-def test_the_app_keeps_a_bounded_number_of_sessions_state(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Gradio keeps up to 10,000 sessions' state for an hour after they close (README: ~0.5 MB each)."""
-    import inspect
-
-    from playground.ui import launch_options
-
-    assert "state_session_capacity" in inspect.signature(gr.Blocks.launch).parameters
-    monkeypatch.delenv("PLAYGROUND_SESSIONS", raising=False)
-    assert launch_options()["state_session_capacity"] == 500
+def test_the_app_keeps_a_bounded_number_of_sessions_state(demo: gr.Blocks, monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """Gradio keeps up to 10,000 sessions' state (README: ~0.5 MB each after 10 runs)."""
+    assert demo.server_app.state_holder.capacity == 500  # launched with launch_options, the default
     monkeypatch.setenv("PLAYGROUND_SESSIONS", "40")
     assert launch_options()["state_session_capacity"] == 40
 

@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any, AsyncIterator
 
+import gradio as gr
 import pytest
 
 from playground.ui_stream import _paced
@@ -111,6 +112,10 @@ def test_the_page_streams_into_the_live_box_and_renders_the_chat_once_at_the_end
     assert last[chats][0] == wire_messages([{"role": "user", "content": "q0"}, {"role": "assistant", "content": "a0"},
                                             {"role": "user", "content": "q1"},
                                             {"role": "assistant", "content": "**t0 t1**"}])
+    # the states: set in the first frame (no earlier run's results), left alone while streaming
+    # (a State's value rebuilds its config entry each frame), set to the outcome at the end
+    assert first[2 * MAX_COLUMNS] is plan.histories and first[2 * MAX_COLUMNS + 1] is None
+    assert second[2 * MAX_COLUMNS:2 * MAX_COLUMNS + 2] == [gr.skip(), gr.skip()]
     assert last[2 * MAX_COLUMNS] == done and last[2 * MAX_COLUMNS + 1][0] == {"data": []}
     table, csv_file, _, code, *others = results_values(last[2 * MAX_COLUMNS + 1])
     assert table == {"data": []} and csv_file["visible"] is True and csv_file["value"] == {"path": "a.csv"}
@@ -119,3 +124,25 @@ def test_the_page_streams_into_the_live_box_and_renders_the_chat_once_at_the_end
     assert code == "print('the code')" and len(others) == MAX_COLUMNS - 1 + BENCH_OUTPUTS
     assert all(o == {"__type__": "update"} for o in others[:MAX_COLUMNS - 1])  # the other columns' code stays
     assert all(o["visible"] is False for o in others[MAX_COLUMNS - 1:])  # a single run: no benchmark results
+
+
+def test_a_skip_leaves_a_state_as_it_is_and_builds_nothing() -> None:
+    """What page_values relies on, in the Gradio this project pins: a skip for a State output
+    neither changes the session's value nor builds a component (a value does rebuild its entry)."""
+    from gradio.state_holder import SessionState
+
+    with gr.Blocks() as demo:
+        state = gr.State([])
+        button = gr.Button()
+        button.click(lambda: None, None, state)
+    session = SessionState(demo)
+    session[state._id] = ["kept"]
+    block_fn = demo.fns[0]
+
+    async def post(value: Any) -> list[Any]:
+        return await demo.postprocess_data(block_fn, value, session)
+
+    assert asyncio.run(post(gr.skip())) == [None]
+    assert session[state._id] == ["kept"]
+    asyncio.run(post(["new"]))
+    assert session[state._id] == ["new"]
