@@ -5,6 +5,7 @@ person's Stop leaves the other's run streaming. Keys are remembered in a browser
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,29 @@ def test_keys_stay_in_a_browser_only_when_asked_and_never_in_clear(app_url: str,
     assert page.locator(KEY_BOX).input_value() == "", "unticking did not forget the key"
 
 
+def run_and_wait(page: Any, server: ScriptedServer, prompt: str) -> Any:
+    """Submit; wait (bounded) for the run's request to reach the server and its column to end. A run
+    takes one submit at a time: an Enter pressed while the last run's event is still closing is
+    dropped (its statuses say "done" a moment before), so one that sent nothing is pressed again."""
+    before = len(server.chat_requests("slow"))
+    deadline = time.monotonic() + 60
+    while len(server.chat_requests("slow")) == before:
+        assert time.monotonic() < deadline, (f"no request for {prompt!r}", flow.statuses(page, 2))
+        flow.submit_prompt(page, prompt)
+        pressed = time.monotonic()
+        while len(server.chat_requests("slow")) == before and time.monotonic() - pressed < 2:
+            page.wait_for_timeout(50)
+    [request] = server.chat_requests("slow")[before:]
+    return request
+
+
+def wait_first_status(page: Any, has: str, lacks: str = "\u0000") -> None:
+    """Wait until column 0's status says ``has`` and not ``lacks`` (its run's own status, not the last one's)."""
+    page.wait_for_function("([has, lacks]) => { const t = document.querySelector('#col-0-status').innerText;"
+                           " return t.includes(has) && !t.includes(lacks); }",
+                           arg=[has, lacks], timeout=60_000, polling=100)
+
+
 def test_a_page_whose_session_the_server_dropped_is_told_its_earlier_turns_are_gone(
         app: Any, server: ScriptedServer, page_at: Any) -> None:
     """Past PLAYGROUND_SESSIONS the least recently active session's state goes: its page still shows
@@ -157,19 +181,15 @@ def test_a_page_whose_session_the_server_dropped_is_told_its_earlier_turns_are_g
     page = page_at()
     flow.open_app(page, app.local_url)
     flow.set_parameter(page, "max-tokens", 4)
-    flow.submit_prompt(page, "first: tell me about lakes")
-    flow.wait_statuses(page, 2, ("done", "error"), 60)
-    before = len(server.chat_requests("slow"))
+    said = "earlier turns are no longer on the server"
+    first = run_and_wait(page, server, "first: tell me about lakes")
+    wait_first_status(page, "done")
+    assert "lakes" in str(first.body)
 
     app.server_app.state_holder.session_data.clear()  # what the cap does to an idle session
-    flow.submit_prompt(page, "second: and about seas")
-    flow.wait_statuses(page, 2, ("done", "error"), 60)
-    requests = server.chat_requests("slow")[before:]
-    assert len(requests) == 1 and "first" not in str(requests[0].body)  # the turn the server no longer had
-    said = "earlier turns are no longer on the server"
-    assert said in page.content()
-    flow.submit_prompt(page, "third: and rivers")  # the page's token was taken again: said once
-    flow.wait_statuses(page, 2, ("done", "error"), 60)
-    latest = server.chat_requests("slow")[-1]
-    assert "second" in str(latest.body), "the turn after the notice is the conversation again"
-    assert said not in flow.statuses(page, 2)[0]
+    second = run_and_wait(page, server, "second: and about seas")
+    assert "first" not in str(second.body)  # the turn the server no longer had
+    wait_first_status(page, said)  # the column says so (and the run goes on)
+    third = run_and_wait(page, server, "third: and rivers")  # the page's token was taken again: said once
+    assert "second" in str(third.body), "the turn after the notice is the conversation again"
+    wait_first_status(page, "done", lacks=said)
