@@ -142,7 +142,7 @@ def serve_bare(port: int, log_path: str, columns: int) -> None:
         button.click(stream, [run_id, rate, tokens, ttft], boxes, show_progress="hidden")
     demo.queue(default_concurrency_limit=64)
     if (poll := os.environ.get(BARE_POLL_ENV)) is not None:  # --bare-queue-poll-ms: to compare like for like
-        from playground.ui import PROGRESS_POLL_S
+        from playground.settings import PROGRESS_POLL_S  # not playground.ui: the bare app stays bare
 
         demo._queue.sleep_when_free = float(poll)
         demo._queue.progress_update_sleep_when_free = PROGRESS_POLL_S
@@ -515,7 +515,7 @@ def main() -> None:
     import browser_flow as flow
     from sse_server import Script, ServerProcess
 
-    from playground.ui import QUEUE_POLL_S
+    from playground.settings import QUEUE_POLL_S
 
     plan = (Plan(columns=args.columns or 2, slow_tokens=10, fast_tokens=50, later_runs=args.later_runs or 1)
             if args.quick else

@@ -83,7 +83,6 @@ class RepeatedRun:
         self.samples: list[list[Sample]] = [[] for _ in jobs]
         self.phase = [""] * len(jobs)  # "warm-up 1 of 2", "run 3 of 10"
         self._runs: list[Run | None] = [None] * len(jobs)
-        self._stopped = False
         self._halted: set[int] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
@@ -91,7 +90,6 @@ class RepeatedRun:
         self._cpu: asyncio.Lock | None = None
 
     def stop(self) -> None:
-        self._stopped = True
         for i in range(len(self.jobs)):
             self.stop_column(i)
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 MAX_COLUMNS = 6
+QUEUE_POLL_S = 0.01  # how often Gradio's queue is polled (its default: 1 ms; see ui._quiet_queue)
+PROGRESS_POLL_S = 0.05  # its progress updates (its default: 10 ms)
 N = TypeVar("N", int, float)
 
 

@@ -26,8 +26,8 @@ from playground.report import TABLE_COLUMNS
 from playground.request import (MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_CHARS, ChatRequest, InputError, Message,
                                 build_messages, fit_history, make_params)
 from playground.runner import Job
-from playground.settings import (MAX_COLUMNS, Settings, SettingsError, deck_file, from_env, problems,
-                                 session_capacity)
+from playground.settings import (MAX_COLUMNS, PROGRESS_POLL_S, QUEUE_POLL_S, Settings, SettingsError, deck_file,
+                                 from_env, problems, session_capacity)
 from playground.ui_format import Turn, key_availability, ordered_choices
 
 log = logging.getLogger(__name__)
@@ -723,8 +723,11 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         share_btn.click(share_link, run_id, share_line, api_name=False, show_progress_on=[share_btn])
         deck_out = [deck_at, deck_line, prompt, system, temperature, top_p, max_tokens, seed, n_cols, *pickers,
                     deck_replay]
-        demo.load(open_presenter, None, [deck_box, *deck_out], api_name=False, show_progress="hidden",
-                  js=PRESENTER_JS)
+        if steps:
+            demo.load(open_presenter, None, [deck_box, *deck_out], api_name=False, show_progress="hidden",
+                      js=PRESENTER_JS)
+        else:  # ?presenter=1 without a deck: the larger type only, and no event for every page load
+            demo.load(None, None, None, js=PRESENTER_JS, api_name=False, queue=False)
         deck_prev.click(lambda at: deck_step(at, -1), deck_at, deck_out, api_name=False, queue=False,
                         show_progress="hidden")
         deck_next.click(lambda at: deck_step(at, 1), deck_at, deck_out, api_name=False, queue=False,
@@ -770,10 +773,6 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
     demo.queue(default_concurrency_limit=settings.concurrency)
     _quiet_queue(demo)
     return demo
-
-
-QUEUE_POLL_S = 0.01  # Gradio's default: 1 ms
-PROGRESS_POLL_S = 0.05  # Gradio's default: 10 ms
 
 
 def _quiet_queue(demo: gr.Blocks) -> None:

@@ -103,6 +103,7 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
         timer = gr.Timer(LIVE_S, active=False)
 
     hidden_votes = [gr.update(visible=False)] * len(vote_btns)
+    vote_labels = list(arena.VOTES.values())  # the buttons' values: nothing changes, nothing is built
 
     async def run_battle(text: str, room_value: str, chosen: list[str] | None, request: gr.Request
                          ) -> AsyncIterator[list[Any]]:
@@ -124,10 +125,14 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
         request_ = ChatRequest(messages, make_params(max_tokens=MAX_TOKENS))
         run = Run([Job(catalog.get(t), request_) for t in pair])
         columns: list[Column] = run.columns
+        # the first frame hides the votes and clears the battle; later ones leave them as they are (a
+        # State's value rebuilds its config entry, a button's update builds a component, each frame)
+        settled = [None, "", *hidden_votes]
         async with aclosing(run.frames()) as frames:
             async for columns in frames:
                 yield [columns[0].text, columns[1].text, _state_line(columns[0], show_speed),
-                       _state_line(columns[1], show_speed), None, "", *hidden_votes]
+                       _state_line(columns[1], show_speed), *settled]
+                settled = [gr.skip(), "", *vote_labels]
         answers = [_answer(c) for c in columns]
         try:
             battle_id = await asyncio.to_thread(arena.record_battle, room_id, session_of(request), text, pair, answers,
@@ -187,7 +192,8 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
             text = arena.votes_csv(name, prompts=not policy.public)  # visitors' prompts stay with the host
         except arena.ArenaError as exc:
             raise gr.Error(str(exc)) from None
-        path = exports.new_folder(session_of(request)) / f"arena-votes-{name}.csv"
+        # a folder set of its own: the session's last run downloads (three kept) stay
+        path = exports.new_folder(f"{session_of(request)}:arena-votes") / f"arena-votes-{name}.csv"
         path.write_text(text, encoding="utf-8")
         return gr.update(value=str(path), visible=True)
 

@@ -171,7 +171,7 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
         histories[i][-1].sent_user = plan.prompt_text
     samples = run.samples if isinstance(run, RepeatedRun) else None
     # the document hashes and thumbnails the images: in the thread, off this loop
-    results, _ = await asyncio.gather(asyncio.to_thread(_results, plan, table, download, None, run.columns,
+    results, _ = await asyncio.gather(asyncio.to_thread(_results, plan, table, download, run.columns,
                                                         samples),
                                       asyncio.sleep(OUTCOME_AFTER_S))
     final = [(f"**{phase}** · " if phase else "") + status_markdown(c)
@@ -230,14 +230,13 @@ async def _paced(source: AsyncIterator[list[Column]], min_gap_s: float) -> Async
         await asyncio.gather(task, return_exceptions=True)
 
 
-def _results(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton, document: dict[str, Any] | None,
+def _results(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton,
              columns: list[Column], samples: list[list[repeats.Sample]] | None
              ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str], BenchOutcome | None, Recorded]:
     """The results table, the two downloads (file writes: in a thread), each column's code, in
     benchmark mode the statistics, the charts and the benchmark's own exports, and the run's record."""
     requests = [job.request for job in plan.jobs]
-    if document is None:
-        document = run_document(plan.prompt_text, plan.system_text, plan.params, columns, plan.images)
+    document = run_document(plan.prompt_text, plan.system_text, plan.params, columns, plan.images)
     if plan.replay is not None:  # what was recorded, not this machine's
         document = {**document, "environment": plan.replay.get("environment"),
                     "replay_of": plan.replay.get("recorded_at")}
