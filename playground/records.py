@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import secrets as stdlib_secrets
 import threading
 import time
@@ -62,10 +63,21 @@ def url() -> str | None:
         return "postgresql+psycopg://" + chosen.split("://", 1)[1]  # psycopg 3, not SQLAlchemy's psycopg2 default
     if chosen and "://" in chosen:
         return chosen
+    return f"sqlite:///{Path(chosen).expanduser() if chosen else default_file()}"
+
+
+SPACE_STORAGE = Path("/data")  # a Hugging Face Space's persistent storage, where the owner bought it
+
+
+def default_file() -> Path:
+    """The cache folder's ``runs.sqlite``; on a Space with persistent storage, ``/data``'s, since a
+    Space's own disk is wiped at every restart and the history, the share links and the arena's votes
+    with it."""
+    if settings.on_space() and SPACE_STORAGE.is_dir() and os.access(SPACE_STORAGE, os.W_OK):
+        return SPACE_STORAGE / "phi-playground" / "runs.sqlite"
     from playground import models
 
-    path = Path(chosen).expanduser() if chosen else models.cache_root() / "runs.sqlite"
-    return f"sqlite:///{path}"
+    return models.cache_root() / "runs.sqlite"
 
 
 RETRY_S = 30.0  # a database that could not be opened is not tried again sooner (each run would wait)

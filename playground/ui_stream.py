@@ -275,6 +275,7 @@ class Recorded:
 
     run_id: str | None
     message: str
+    failed: bool = False  # the database could not take it (not: recording is off)
 
 
 def _record(document: dict[str, Any], columns: list[Column], session: str, private: tuple[str, ...] = ()
@@ -282,8 +283,10 @@ def _record(document: dict[str, Any], columns: list[Column], session: str, priva
     try:
         run_id = records.record(document, columns, session, private=private)
     except RecordError as exc:  # a full or read-only database fails the recording, never the run
+        if records.url() is None:
+            return Recorded(None, "Recording is off (PLAYGROUND_DB=off).")
         log.warning("%s", exc)
-        return Recorded(None, f"⚠ {exc}")
+        return Recorded(None, f"⚠ {exc}", failed=True)
     return Recorded(run_id, f"Recorded as `{run_id}`: replay or export it under *History*.")
 
 
@@ -358,6 +361,8 @@ def results_values(results: tuple[Any, ...] | None) -> list[Any]:
     if results is None:  # the run failed before it began
         return [gr.skip()] * (3 + MAX_COLUMNS + BENCH_OUTPUTS + 2)
     table, csv_file, json_file, codes, bench, recorded = results
+    if recorded.failed:  # the line is under History, out of sight: the run is fine, its record is not
+        gr.Warning(f"This run was not recorded (History, replay and share links lack it): {recorded.message[2:]}")
     return [table, gr.update(value=csv_file, visible=True), gr.update(value=json_file, visible=True),
             *codes, *[gr.skip()] * (MAX_COLUMNS - len(codes)), *bench_values(bench),
             recorded.message, recorded.run_id if recorded.run_id else gr.skip()]

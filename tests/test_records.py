@@ -92,7 +92,7 @@ async def test_old_runs_and_runs_beyond_the_cap_are_pruned(server, db: Path, mon
 
 async def test_a_database_that_cannot_take_the_run_fails_the_recording_not_the_run(
         server, tmp_path: Path, monkeypatch) -> None:
-    from playground.ui_stream import _record
+    from playground.ui_stream import _record, results_values
 
     document, columns = await a_run(server, ("paced",))
     blocker = tmp_path / "a-file"
@@ -100,6 +100,10 @@ async def test_a_database_that_cannot_take_the_run_fails_the_recording_not_the_r
     monkeypatch.setenv("PLAYGROUND_DB", str(blocker / "runs.sqlite"))  # cannot be created
     recorded = _record(document, columns, "s")
     assert recorded.run_id is None and recorded.message.startswith("⚠ the run database cannot be opened")
+    assert recorded.failed
+    with pytest.warns(UserWarning, match="This run was not recorded .*cannot be opened"):  # a toast on the page
+        values = results_values(("table", None, None, [], None, recorded))
+    assert values[-2] == recorded.message  # the History tab's line says it too
 
     read_only = tmp_path / "read-only.sqlite"
     monkeypatch.setenv("PLAYGROUND_DB", str(read_only))
@@ -120,6 +124,10 @@ async def test_a_database_that_cannot_take_the_run_fails_the_recording_not_the_r
     big = {**document, "prompt": "x" * 200_000}
     recorded = _record(big, columns, "s")
     assert recorded.run_id is None and "full" in recorded.message and "not recorded" in recorded.message
+
+    monkeypatch.setenv("PLAYGROUND_DB", "off")
+    recorded = _record(document, columns, "s")
+    assert (recorded.run_id, recorded.failed) == (None, False) and "off" in recorded.message  # chosen: no toast
 
 
 async def test_a_replay_releases_each_event_at_its_recorded_offset_and_gives_the_recorded_figures(
@@ -278,3 +286,27 @@ async def test_a_visitors_endpoint_host_alone_is_hidden_too(server, db: Path) ->
     document["results"][0]["error"] = "Cannot connect to host my-private-host.example:443 ssl:default"
     run_id = records.record(document, columns, "s", private=("https://my-private-host.example/v1",))
     assert "my-private-host" not in json.dumps(records.load(run_id))
+
+
+def test_on_a_space_with_persistent_storage_runs_go_to_data(tmp_path: Path, monkeypatch) -> None:
+    from playground import models
+
+    storage = tmp_path / "data"
+    monkeypatch.setattr(records, "SPACE_STORAGE", storage)
+    monkeypatch.delenv("PLAYGROUND_DB", raising=False)
+    monkeypatch.setenv("SPACE_ID", "someone/phi-playground")
+    cache = f"sqlite:///{models.cache_root() / 'runs.sqlite'}"
+    assert records.url() == cache  # a Space without persistent storage: its own disk
+    storage.mkdir()
+    assert records.url() == f"sqlite:///{storage / 'phi-playground' / 'runs.sqlite'}"
+    storage.chmod(0o500)  # mounted read-only: not a place to write
+    try:
+        if not os.access(storage, os.W_OK):  # root writes anyway
+            assert records.url() == cache
+    finally:
+        storage.chmod(0o700)
+    monkeypatch.delenv("SPACE_ID")
+    assert records.url() == cache  # not a Space: the cache folder, even where a /data exists
+    monkeypatch.setenv("SPACE_ID", "someone/phi-playground")
+    monkeypatch.setenv("PLAYGROUND_DB", str(tmp_path / "chosen.sqlite"))
+    assert records.url() == f"sqlite:///{tmp_path / 'chosen.sqlite'}"  # the owner's choice wins
