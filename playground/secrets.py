@@ -11,6 +11,7 @@ as Python's ``repr`` writes it (``b'Bearer sk-...\\n'``) and URL-encoded, and it
 from __future__ import annotations
 
 import logging
+import hmac
 import os
 import json
 import re
@@ -65,6 +66,19 @@ def env_key(name: str | None) -> str | None:
         return None
     value = (os.environ.get(name) or "").strip()
     return value if value and not control_character(value) else None
+
+
+OWNER_KEY = "PLAYGROUND_OWNER_KEY"
+
+
+def owner_key() -> str | None:
+    """PLAYGROUND_OWNER_KEY: in public mode, whoever types it sees everyone's recorded runs."""
+    return env_key(OWNER_KEY)
+
+
+def is_owner(typed: str | None) -> bool:
+    key = owner_key()
+    return bool(key and typed) and hmac.compare_digest(str(typed).strip().encode(), key.encode())  # type: ignore[union-attr]
 
 
 MAX_REMEMBERED = 10_000

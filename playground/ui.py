@@ -133,6 +133,28 @@ def _session(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "anonymous"
 
 
+def sees_everyone(policy: public.Policy, scope_value: str | None, owner_value: str | None) -> bool:
+    """Everyone's recorded runs: locally the owner's machine; in public mode only with the owner key."""
+    if not policy.public or secrets.is_owner(owner_value):
+        return True
+    if scope_value == EVERYONE:
+        raise gr.Error("Everyone's runs: in public mode only the owner sees them (type the owner key).")
+    return False
+
+
+def recorded_run(policy: public.Policy, run_id_value: str | None, owner_value: str | None,
+                 session: str) -> dict[str, Any]:
+    """A recorded run by its id; in public mode only one of this session's, unless the owner asks (a
+    share link, which opens another's run, goes through ``open_shared``)."""
+    if not run_id_value or not str(run_id_value).strip():
+        raise gr.Error("Run id: pick a run in the history first.")
+    mine = None if sees_everyone(policy, None, owner_value) else session
+    try:
+        return records.load(str(run_id_value).strip(), mine)
+    except records.RecordError as exc:
+        raise gr.Error(str(exc)) from None
+
+
 def _choices(catalog: Catalog, credentials: secrets.Credentials | None = None,
              policy: public.Policy | None = None) -> list[tuple[str, str]]:
     """Picker entries; each keyed target says whose key it will use."""
@@ -201,6 +223,8 @@ def _deck_steps(path: str | None) -> list[Any]:
 
 MAX_REPEAT, MAX_WARMUP = 20, 3
 HISTORY_COLUMNS = ["id", "when", "prompt", "targets"]
+THIS_SESSION, EVERYONE = "this page's", "everyone's"
+SCOPES = (THIS_SESSION, EVERYONE)
 SPEEDS = replay.SPEEDS
 FAIR_CHOICES = ["auto", "on", "off"]
 
@@ -290,8 +314,8 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         gr.Markdown("# Phi Playground\nOne prompt, several models and backends, streamed side by side "
                     "with honest numbers. Offline by default: the bundled SmolLM2-135M runs on two backends.")
         gr.Markdown(policy.describe(), elem_id="mode")
-        with gr.Tabs(elem_id="tabs"):
-            with gr.Tab("Compare", elem_id="tab-compare") as compare_tab:
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("Compare", id="compare", elem_id="tab-compare") as compare_tab:
                 histories = gr.State([[] for _ in range(MAX_COLUMNS)])
                 # the same token in the session's state and in the page: a page whose token the server
                 # no longer has lost its session's state to the cap (PLAYGROUND_SESSIONS)
@@ -378,27 +402,33 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                 with gr.Row():
                     csv_btn = gr.DownloadButton("Download CSV", visible="hidden", elem_id="download-csv")
                     json_btn = gr.DownloadButton("Download JSON", visible="hidden", elem_id="download-json")
-                with gr.Accordion("History", open=False, elem_id="history"):
-                    recorded_line = gr.Markdown("Every finished run is recorded here: replay one at its recorded pace, "
-                                                "with no model, key or network, or export it to replay elsewhere.",
-                                                elem_id="recorded")
-                    with gr.Row():
-                        search = gr.Textbox(label="Search prompts and targets", elem_id="history-search", max_length=200)
-                        refresh_btn = gr.Button("Refresh", size="sm", elem_id="history-refresh")
-                    history_table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, elem_id="history-runs",
-                                                 wrap=True)
-                    with gr.Row():
-                        run_id = gr.Textbox(label="Run id (pick a row)", elem_id="run-id", max_length=64)
-                        speed = gr.Radio(list(SPEEDS), value="1×", label="Replay pace", elem_id="replay-speed")
-                    with gr.Row():
-                        replay_btn = gr.Button("Replay", elem_id="replay")
-                        export_btn = gr.Button("Export run", elem_id="export-run")
-                        share_btn = gr.Button("Share", elem_id="share-run")
-                        export_file = gr.DownloadButton("Download the run file", visible="hidden", elem_id="export-file")
-                        import_btn = gr.UploadButton("Import a run file and replay it", file_types=[".json"],
-                                                     elem_id="import-run")
-                    share_line = gr.Markdown("", elem_id="share-link")
                 replay_doc = gr.State(None)
+            with gr.Tab("History", id="history", elem_id="tab-history"):
+                recorded_line = gr.Markdown("Every finished run is recorded here: replay one at its recorded pace, "
+                                            "with no model, key or network, or export it to replay elsewhere.",
+                                            elem_id="recorded")
+                with gr.Row():
+                    search = gr.Textbox(label="Search prompts and targets", elem_id="history-search", max_length=200)
+                    scope = gr.Radio(list(SCOPES), value=THIS_SESSION if policy.public else EVERYONE, label="Runs", elem_id="history-scope",
+                                     visible=not policy.public or secrets.owner_key() is not None)
+                    owner_box = gr.Textbox(label="Owner key (PLAYGROUND_OWNER_KEY), for everyone's runs", type="password",
+                                           max_length=200, elem_id="owner-key",
+                                           visible=policy.public and secrets.owner_key() is not None)
+                    refresh_btn = gr.Button("Refresh", size="sm", elem_id="history-refresh")
+                history_table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, elem_id="history-runs",
+                                             wrap=True)
+                with gr.Row():
+                    run_id = gr.Textbox(label="Run id (pick a row)", elem_id="run-id", max_length=64)
+                    speed = gr.Radio(list(SPEEDS), value="1×", label="Replay pace", elem_id="replay-speed")
+                with gr.Row():
+                    open_btn = gr.Button("Open as it ended", elem_id="open-run")
+                    replay_btn = gr.Button("Replay", elem_id="replay")
+                    export_btn = gr.Button("Export run", elem_id="export-run")
+                    share_btn = gr.Button("Share", elem_id="share-run")
+                    export_file = gr.DownloadButton("Download the run file", visible="hidden", elem_id="export-file")
+                    import_btn = gr.UploadButton("Import a run file and replay it", file_types=[".json"],
+                                                 elem_id="import-run")
+                share_line = gr.Markdown("", elem_id="share-link")
             arena_room, board_room, board_timer = ui_arena.build(catalog, policy, quota, _session,
                                                                  lambda request: _quota_keys(request))
         empty_table = table.postprocess(None).model_dump()
@@ -516,19 +546,22 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                 async for values in ui_stream.api_values(plan, stream, empty_table, statistics=True):
                     yield values
 
-        def history_rows(text: str | None, request: gr.Request) -> Any:
-            """This session's recorded runs (locally, everyone's: the owner's machine)."""
+        def history_rows(text: str | None, scope_value: str | None, owner_value: str | None,
+                         request: gr.Request) -> Any:
+            """This page's recorded runs, or everyone's (for the owner)."""
+            everyone = scope_value == EVERYONE and sees_everyone(policy, scope_value, owner_value)
             try:
-                rows = records.recent(_session(request) if policy.public else None, text or "")
+                rows = records.recent(None if everyone else _session(request), text or "")
             except records.RecordError as exc:
                 raise gr.Error(str(exc)) from None
             return [[r["id"], replay.when({"recorded_at": r["created"]}), r["prompt"][:120], r["targets"]]
                     for r in rows]
 
-        def history_after_run(text: str | None, request: gr.Request) -> Any:
+        def history_after_run(text: str | None, scope_value: str | None, owner_value: str | None,
+                              request: gr.Request) -> Any:
             """The history, refreshed after a run; a database that is off or unreadable already said so."""
             try:
-                return history_rows(text, request)
+                return history_rows(text, scope_value, owner_value, request)
             except gr.Error:
                 return gr.skip()
 
@@ -536,19 +569,12 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             row = getattr(event, "row_value", None) or []
             return str(row[0]) if row else gr.skip()
 
-        def _recorded(run_id_value: str | None, request: gr.Request) -> dict[str, Any]:
-            """A recorded run by its id; in public mode only one of this session's (a share link, which
-            opens another's run, goes through ``open_shared``)."""
-            if not run_id_value or not str(run_id_value).strip():
-                raise gr.Error("Run id: pick a run in the history first.")
-            try:
-                return records.load(str(run_id_value).strip(), _session(request) if policy.public else None)
-            except records.RecordError as exc:
-                raise gr.Error(str(exc)) from None
+        def _recorded(run_id_value: str | None, owner_value: str | None, request: gr.Request) -> dict[str, Any]:
+            return recorded_run(policy, run_id_value, owner_value, _session(request))
 
-        def share_link(run_id_value: str | None, request: gr.Request) -> str:
+        def share_link(run_id_value: str | None, owner_value: str | None, request: gr.Request) -> str:
             """A link that opens the run and replays it: the page's address and ``?run=ID``, nothing else."""
-            _recorded(run_id_value, request)
+            _recorded(run_id_value, owner_value, request)
             page = (request.headers.get("referer") or "").split("?")[0].split("#")[0]
             link = f"{page}?run={str(run_id_value).strip()}"
             return f"Share this link: it opens the run and replays it (no key, no endpoint in it): [{link}]({link})"
@@ -573,8 +599,8 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             async for values in replay_from_page(document, pace, hist, request):
                 yield values
 
-        def load_recorded(run_id_value: str | None, request: gr.Request) -> list[Any]:
-            return _replay_setup(_recorded(run_id_value, request))
+        def load_recorded(run_id_value: str | None, owner_value: str | None, request: gr.Request) -> list[Any]:
+            return [*_replay_setup(_recorded(run_id_value, owner_value, request)), gr.Tabs(selected="compare")]
 
         def load_import(file: Any) -> list[Any]:
             path = getattr(file, "name", None) or (file if isinstance(file, str) else None)
@@ -587,7 +613,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                 raise gr.Error(f"Import: the file cannot be read: {exc}") from None
             except records.RecordError as exc:
                 raise gr.Error(f"Import: {exc}") from None
-            return _replay_setup(document)
+            return [*_replay_setup(document), gr.Tabs(selected="compare")]
 
         def _replay_setup(document: dict[str, Any]) -> list[Any]:
             """The document, the column count, and each picker showing the recorded target if it has one."""
@@ -613,8 +639,8 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                 async for values in ui_stream.page_values(plan, stream):
                     yield values
 
-        def export_run(run_id_value: str | None, request: gr.Request) -> Any:
-            document = _recorded(run_id_value, request)
+        def export_run(run_id_value: str | None, owner_value: str | None, request: gr.Request) -> Any:
+            document = _recorded(run_id_value, owner_value, request)
             path = exports.new_folder(_session(request)) / f"phi-playground-run-{str(run_id_value).strip()[:24]}.json"
             path.write_text(json.dumps(document, ensure_ascii=False, indent=1), encoding="utf-8")
             return gr.update(value=str(path), visible=True)
@@ -684,6 +710,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             picker.change(None, pickers, picked, js="(...ids) => ids.map((id) => id ?? '').join('\\n')",
                           queue=False, api_name=False, show_progress="hidden")
         run_outputs = [*chats, *statuses, table, csv_btn, json_btn, histories]
+        history_filter = [search, scope, owner_box]
         bench_in = [repeat, warmups, fair, goodput]
         settings_in = [prompt, system, temperature, top_p, max_tokens, seed, n_cols, histories]
         streaming = dict(trigger_mode="once", show_progress="hidden",
@@ -698,7 +725,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
               **streaming).success(ui_stream.results_values, results, results_out, api_name=False,
                                    show_progress="hidden", show_progress_on=[run_btn], postprocess=False
                                    ).then(quota_status, None, quota_line, api_name=False, show_progress="hidden"
-                                          ).then(history_after_run, search, history_table, api_name=False,
+                                          ).then(history_after_run, history_filter, history_table, api_name=False,
                                                  show_progress="hidden")
         api_run = gr.Button(visible=False)
         api_run.click(run_from_api, inputs=[*settings_in, *pickers, session_keys], outputs=run_outputs, api_name="run",
@@ -708,19 +735,22 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                                        outputs=[*run_outputs, bench_table], api_name="bench", **streaming
                                        ).then(quota_status, None, quota_line, api_name=False, show_progress="hidden")
         history_in = dict(api_name=False, show_progress="hidden", show_progress_on=[refresh_btn])
-        refresh_btn.click(history_rows, search, history_table, **history_in)
-        search.submit(history_rows, search, history_table, **history_in)
+        gr.on([refresh_btn.click, search.submit, scope.change], history_rows, history_filter, history_table,
+              **history_in)
         history_table.select(pick_run, None, run_id, api_name=False, show_progress="hidden", queue=False)
         page_stream = dict(outputs=[*chats, *statuses, histories, results, *lives], api_name=False,
                            show_progress_on=[run_btn], **streaming)
-        for trigger, load, source in ((replay_btn.click, load_recorded, run_id), (import_btn.upload, load_import, import_btn)):
-            trigger(load, source, [replay_doc, n_cols, *pickers], api_name=False, show_progress="hidden",
+        instant = gr.State("instant")  # Open: the run in the columns as it ended
+        for trigger, load, source, pace in ((replay_btn.click, load_recorded, [run_id, owner_box], speed),
+                                            (open_btn.click, load_recorded, [run_id, owner_box], instant),
+                                            (import_btn.upload, load_import, import_btn, speed)):
+            trigger(load, source, [replay_doc, n_cols, *pickers, tabs], api_name=False, show_progress="hidden",
                     show_progress_on=[replay_btn]
-                    ).success(replay_from_page, [replay_doc, speed, histories], **page_stream
+                    ).success(replay_from_page, [replay_doc, pace, histories], **page_stream
                               ).success(ui_stream.results_values, results, results_out, api_name=False,
                                         show_progress="hidden", show_progress_on=[run_btn], postprocess=False)
-        export_btn.click(export_run, run_id, export_file, api_name=False, show_progress_on=[export_btn])
-        share_btn.click(share_link, run_id, share_line, api_name=False, show_progress_on=[share_btn])
+        export_btn.click(export_run, [run_id, owner_box], export_file, api_name=False, show_progress_on=[export_btn])
+        share_btn.click(share_link, [run_id, owner_box], share_line, api_name=False, show_progress_on=[share_btn])
         deck_out = [deck_at, deck_line, prompt, system, temperature, top_p, max_tokens, seed, n_cols, *pickers,
                     deck_replay]
         if steps:

@@ -534,11 +534,16 @@ LIVE_SAMPLER_JS = """() => {
 }"""
 
 
+def open_history(page: Any) -> None:
+    """The *History* tab (its content is built when it is first shown)."""
+    page.get_by_role("tab", name="History").click()
+    page.locator("#run-id input, #run-id textarea").first.wait_for(state="visible", timeout=30_000)
+
+
 def replay_last_run(page: Any, timeout_s: float = 120) -> tuple[str, list[list[float]]]:
     """Open *History*, replay the last run (its id is filled in) at 1×; the run id and column 0's
     live-box lengths over the page's time while the replay streamed."""
-    if not page.locator("#run-id input, #run-id textarea").first.is_visible():
-        page.get_by_text("History", exact=True).click()
+    open_history(page)
     box = page.locator("#run-id input, #run-id textarea").first
     page.wait_for_function("(sel) => document.querySelector(sel)?.value.length > 10",
                            arg="#run-id input, #run-id textarea", timeout=30_000)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -223,14 +224,29 @@ def test_a_recorded_run_replays_at_its_recorded_pace(app_url: str, page_at: Any,
     ttft = document["results"][0]["ttft_s"]
     assert f"TTFT {round(ttft * 1000)} ms" in status or f"TTFT {ttft:.2f} s" in status, (status, ttft)
 
+    # Open: the run in the columns as it ended, at once, back on the Compare tab
+    page.locator("#clear").click()
+    page.wait_for_function("() => document.querySelectorAll('#col-0-chat [data-testid=\"bot\"]').length === 0",
+                           timeout=30_000, polling=100)
+    flow.open_history(page)
+    assert not page.locator("#col-0-status").is_visible()  # History is a tab of its own
+    started = time.monotonic()
+    page.locator("#open-run").click()
+    page.wait_for_function("() => document.querySelector('#col-0-status')?.checkVisibility() && "
+                           "document.querySelector('#col-0-status').innerText.includes('replay of') && "
+                           "document.querySelector('#col-0-status').innerText.includes('done')",
+                           timeout=30_000, polling=100)
+    took, streamed = time.monotonic() - started, document["timelines"][0]["ended"]
+    assert streamed < 3 or took < streamed, (took, streamed)  # not at the recorded pace
+    assert flow.answer_texts(page, 1)[0] == document["results"][0]["text"]
+
 
 def test_a_share_link_opens_the_run_and_replays_it(app_url: str, page_at: Any, tmp_path: Path) -> None:
     """Share gives the page's address with ?run=ID and nothing else; opening it in a fresh browser
     context replays that run into the columns."""
     page = page_at(flow.DESKTOP)
     flow.compare(page, app_url, tmp_path)
-    if not page.locator("#share-run").is_visible():
-        page.get_by_text("History", exact=True).click()
+    flow.open_history(page)
     run_id = page.locator("#run-id input, #run-id textarea").first.input_value()
     page.locator("#share-run").click()
     link = page.locator("#share-link a").first

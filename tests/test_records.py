@@ -310,3 +310,29 @@ def test_on_a_space_with_persistent_storage_runs_go_to_data(tmp_path: Path, monk
     monkeypatch.setenv("SPACE_ID", "someone/phi-playground")
     monkeypatch.setenv("PLAYGROUND_DB", str(tmp_path / "chosen.sqlite"))
     assert records.url() == f"sqlite:///{tmp_path / 'chosen.sqlite'}"  # the owner's choice wins
+
+
+async def test_in_public_mode_a_visitor_opens_and_shares_only_their_own_runs_and_the_owner_all(
+        server, db: Path, monkeypatch) -> None:
+    import gradio as gr
+
+    from playground.public import Policy
+    from playground.ui import EVERYONE, THIS_SESSION, recorded_run, sees_everyone
+
+    document, columns = await a_run(server, ("paced",))
+    run_id = records.record(document, columns, "visitor-a")
+    space, local = Policy(public=True), Policy(public=False)
+    assert recorded_run(space, run_id, None, "visitor-a")["prompt"] == "Tell me a story."
+    with pytest.raises(gr.Error, match="of this session"):  # Open, Replay, Export and Share all go through it
+        recorded_run(space, run_id, None, "visitor-b")
+    with pytest.raises(gr.Error, match="only the owner"):
+        sees_everyone(space, EVERYONE, None)
+    assert sees_everyone(space, THIS_SESSION, None) is False
+    monkeypatch.setenv("PLAYGROUND_OWNER_KEY", "owner-secret-1234\n")  # pasted from a file
+    with pytest.raises(gr.Error, match="only the owner"):
+        sees_everyone(space, EVERYONE, "owner-secret-123")
+    assert sees_everyone(space, EVERYONE, " owner-secret-1234 ")
+    assert recorded_run(space, run_id, "owner-secret-1234", "visitor-b")["prompt"] == "Tell me a story."
+    assert recorded_run(local, run_id, None, "visitor-b")["prompt"] == "Tell me a story."  # the owner's machine
+    with pytest.raises(gr.Error, match="pick a run"):
+        recorded_run(space, "  ", None, "visitor-a")
