@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import math
 import threading
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,31 @@ def test_the_interval_holds_the_rating_and_is_reproducible() -> None:
     assert board[0].votes == 11
     rates = ratings.win_rates(votes)
     assert rates["A"]["B"] == 0.75 and rates["B"]["A"] == 0.25 and rates["A"]["C"] == 0.5 and rates["A"]["A"] is None
+
+
+def test_the_bootstrap_interval_against_the_binomial_worked_by_hand() -> None:
+    # A beats B in 30 of 40 battles. A resample draws 40 battles with replacement, so A's wins in it
+    # are Binomial(40, 3/4), and a fit of k wins in 40 puts A at 1000 + 200 log10(k / (40 - k)). The
+    # 2.5th and 97.5th percentiles of 200 resamples then fall, as win counts, between the
+    # binomial's 0.5 % and 5 % quantiles, and between its 95 % and 99.5 % ones.
+    votes = [("A", "B", "a")] * 30 + [("A", "B", "b")] * 10
+    a, b = ratings.leaderboard(votes)
+
+    def wins(rating: float) -> float:  # the win count a rating of A stands for
+        return 40 / (1 + 10 ** (-(rating - 1000) / 200))
+
+    def quantile(q: float) -> int:
+        cdf = 0.0
+        for k in range(41):
+            cdf += math.comb(40, k) * 0.75 ** k * 0.25 ** (40 - k)
+            if cdf >= q:
+                return k
+        return 40
+
+    assert (quantile(0.005), quantile(0.05), quantile(0.95), quantile(0.995)) == (23, 25, 34, 36)
+    assert wins(a.rating) == pytest.approx(30, abs=0.01)
+    assert 23 - 0.01 <= wins(a.ci_low) <= 25 + 0.01 and 34 - 0.01 <= wins(a.ci_high) <= 36 + 0.01
+    assert (b.ci_low, b.ci_high) == pytest.approx((2000 - a.ci_high, 2000 - a.ci_low))  # B mirrors A
 
 
 def test_pairs_spread_the_votes_and_rooms_stay_apart(db: Path) -> None:
@@ -101,8 +128,9 @@ def test_an_answer_that_names_a_model_is_flagged() -> None:
 
 
 # --- through the UI ---------------------------------------------------------------------------
-@pytest.fixture
-def client(db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, ScriptedServer]]:
+@contextmanager
+def arena_app(monkeypatch: pytest.MonkeyPatch, beta: Script = Script(tokens=8), speed: bool = False
+              ) -> Iterator[tuple[Any, ScriptedServer]]:
     from gradio_client import Client
 
     from playground.catalog import Catalog, Target
@@ -110,12 +138,13 @@ def client(db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Scr
     from playground.ui import build_ui
     from tests.test_ui import free_port
 
-    with ScriptedServer({"m1": Script(tokens=6), "m2": Script(tokens=8)}) as server:
+    with ScriptedServer({"m1": Script(tokens=6), "m2": beta}) as server:
         targets = [Target(id="secret-alpha", label="Codename Alpha", backend="openai", model="m1",
                           base_url=server.base_url),
                    Target(id="secret-beta", label="Codename Beta", backend="openai", model="m2",
                           base_url=server.base_url)]
         monkeypatch.setenv("PLAYGROUND_ARENA_TARGETS", "secret-alpha,secret-beta")
+        monkeypatch.setenv("PLAYGROUND_ARENA_SPEED", "1" if speed else "0")
         settings = Settings(host="127.0.0.1", port=None, columns=2, default_targets=[], concurrency=8, catalog=None)
         demo = build_ui(Catalog(targets=targets, defaults=["secret-alpha"]), settings)
         demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
@@ -125,6 +154,12 @@ def client(db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Scr
             demo.close()
 
 
+@pytest.fixture
+def client(db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, ScriptedServer]]:
+    with arena_app(monkeypatch) as made:
+        yield made
+
+
 def test_names_stay_hidden_until_the_vote_and_the_leaderboard_counts_it(client) -> None:
     api, _ = client
     job = api.submit("Say something.", "lan-party", [], api_name="/arena_battle")
@@ -132,8 +167,17 @@ def test_names_stay_hidden_until_the_vote_and_the_leaderboard_counts_it(client) 
     frames = json.dumps(job.outputs())
     for secret in ("secret-alpha", "secret-beta", "Codename", "m1", "m2"):
         assert secret not in frames, secret  # not in any frame the page received
+    assert "TTFT" not in frames and "tok/s" not in frames  # speed can give a model away: off unless the host asks
     final = job.outputs()[-1]
     assert final[0].startswith("t0") and final[1].startswith("t0") and "done" in final[2] and "done" in final[3]
+    with urllib.request.urlopen(api.src.rstrip("/") + "/config", timeout=30) as response:
+        config = json.loads(response.read())  # what every page load receives, fetched mid-battle
+    arena_parts = [c for c in config["components"] if str(c.get("props", {}).get("elem_id", "")).startswith("arena-")
+                   and c["props"]["elem_id"] != "arena-pool"]  # the pool lists every name by design, and no pair
+    states = [c for c in config["components"] if c.get("type") == "state"]
+    assert len(arena_parts) >= 9 and states
+    for secret in ("secret-alpha", "secret-beta", "Codename"):
+        assert secret not in json.dumps(arena_parts + states), secret
     revealed = api.predict(api_name="/arena_vote_a")
     reveal = json.dumps(revealed)
     assert "Codename Alpha" in reveal and "Codename Beta" in reveal and "You voted: A is better" in reveal
@@ -141,6 +185,20 @@ def test_names_stay_hidden_until_the_vote_and_the_leaderboard_counts_it(client) 
     assert "1 vote." in summary and len(table["data"]) == 2
     with pytest.raises(Exception, match="No battle to vote on"):
         api.predict(api_name="/arena_vote_b")  # the battle had its one vote
+
+
+def test_speed_shows_only_when_the_host_asks_and_a_failure_says_why_only_after_the_vote(
+        db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with arena_app(monkeypatch, beta=Script(tokens=8, status=500), speed=True) as (api, _):
+        job = api.submit("Say something.", "speed-room", [], api_name="/arena_battle")
+        job.result(timeout=60)
+        frames = json.dumps(job.outputs())
+        assert "TTFT" in frames and "tok/s" in frames  # PLAYGROUND_ARENA_SPEED=1
+        assert "this answer failed (why is shown after the vote)" in frames
+        for secret in ("Sorry about that", "Codename"):  # the server's error could name its model
+            assert secret not in frames, secret
+        revealed = json.dumps(api.predict(api_name="/arena_vote_tie"))
+        assert "Sorry about that" in revealed and "Codename Beta" in revealed
 
 
 def test_a_deck_is_read_and_a_bad_one_stops_the_app_with_its_step_and_field(tmp_path: Path, monkeypatch) -> None:
