@@ -519,6 +519,29 @@ def benchmark(page: Any, url: str, download_dir: Path, targets: tuple[str, ...] 
     return Benchmarked(statuses(page, len(targets)), summary, page.evaluate(BENCH_TABLE_JS), charts, json_path)
 
 
+#: a copy of every event stream the page reads (Gradio's client reads its SSE through fetch)
+WIRE_TAP_JS = """(() => {
+  window.__ppWire = [];
+  const fetched = window.fetch;
+  window.fetch = async (...args) => {
+    const response = await fetched(...args);
+    const url = String(args[0] && args[0].url ? args[0].url : args[0]);
+    if (!url.includes('/queue/data') || !response.body) return response;
+    const [mine, copy] = response.body.tee();
+    (async () => {
+      const reader = copy.getReader();
+      const text = new TextDecoder();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        window.__ppWire.push(text.decode(value, { stream: true }));
+      }
+    })();
+    return new Response(mine, { status: response.status, statusText: response.statusText, headers: response.headers });
+  };
+})();"""
+
+
 #: every change of column 0's live box, stamped by the page's own clock each animation frame
 LIVE_SAMPLER_JS = """() => {
   window.__ppLive = [];

@@ -7,6 +7,7 @@ replays them)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import time
@@ -297,11 +298,14 @@ def test_the_arena_hides_both_names_until_the_vote(app_url: str, page_at: Any) -
     labels = flow.target_labels()
     pair = ("smollm2-onnx", "smollm2-openvino")
     page = page_at(flow.DESKTOP)
+    page.add_init_script(flow.WIRE_TAP_JS)
     flow.open_app(page, app_url + "?room=browser-test")
     page.get_by_role("tab", name="Arena").click()
     for target in pair:
         page.locator("#arena-pool label").filter(has_text=labels[target]).click()
     page.locator("#arena-prompt textarea").fill("Name a colour.")
+    # from here on the wire carries the battle's frames (the page load's picker lists name every target)
+    page.evaluate("window.__ppWire.length = 0")
     page.locator("#arena-battle").click()
     page.locator("#arena-vote-a").wait_for(state="visible", timeout=300_000)
     before = page.evaluate("""() => ['#arena-answer-a', '#arena-answer-b', '#arena-state-a', '#arena-state-b',
@@ -314,8 +318,14 @@ def test_the_arena_hides_both_names_until_the_vote(app_url: str, page_at: Any) -
     for target in pair:
         assert labels[target] not in before and target not in before, target
     assert before.count("done") == 2
+    wire = page.evaluate("window.__ppWire.join('')")  # every frame the page received, as sent
+    answer = page.locator("#arena-answer-a textarea").input_value()
+    assert answer and json.dumps(answer)[1:-1][:40] in wire  # the tap saw the battle's frames
+    for target in pair:
+        assert labels[target] not in wire and target not in wire, target
     page.locator("#arena-vote-tie").click()
     page.wait_for_function("() => document.querySelector('#arena-reveal').innerText.includes('You voted')",
                            timeout=30_000)
     revealed = page.locator("#arena-reveal").inner_text()
     assert all(labels[target] in revealed for target in pair), revealed
+    assert labels[pair[0]] in page.evaluate("window.__ppWire.join('')")  # the reveal comes the same way
