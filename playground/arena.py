@@ -46,6 +46,13 @@ battles = sa.Table(
     sa.Column("flagged", sa.Boolean, nullable=False, default=False),
     sa.Column("voted_at", sa.Float),
 )
+#: the pool the host picked for a room in the page (PLAYGROUND_ARENA_TARGETS is the default for all)
+room_pools = sa.Table(
+    "arena_rooms", records.metadata,
+    sa.Column("room", sa.String(40), primary_key=True),
+    sa.Column("pool", sa.Text, nullable=False),  # JSON: target ids
+    sa.Column("updated", sa.Float, nullable=False),
+)
 
 
 class ArenaError(Exception):
@@ -59,7 +66,7 @@ def _engine() -> sa.Engine:
     """The run database, with the arena's table (created on first use, whatever opened it first)."""
     made = records.engine()
     if id(made) not in _ready:
-        records.metadata.create_all(made, tables=[battles])
+        records.metadata.create_all(made, tables=[battles, room_pools])
         _ready.add(id(made))
     return made
 
@@ -71,6 +78,33 @@ def room_name(value: str | None) -> str:
     if not ROOM.match(text):
         raise ArenaError(f"room: letters, digits, - and _, up to 40 (got {text[:40]!r})")
     return text
+
+
+def set_pool(room: str, target_ids: list[str]) -> None:
+    """The room's pool, for everyone in it; an empty list goes back to the default."""
+    for attempt in range(2):  # two hosts saving at once: the loser of the insert saves again
+        try:
+            with _engine().begin() as connection:
+                connection.execute(room_pools.delete().where(room_pools.c.room == room))
+                if target_ids:
+                    connection.execute(room_pools.insert().values(room=room, pool=json.dumps(target_ids),
+                                                                  updated=time.time()))
+            return
+        except sa.exc.IntegrityError:
+            if attempt:
+                raise ArenaError("the room's pool was not saved: another host saved at the same moment") from None
+        except (sa.exc.SQLAlchemyError, records.RecordError, OSError) as exc:
+            raise ArenaError(f"the room's pool was not saved: {records.reason(exc)}") from None
+
+
+def room_pool(room: str) -> list[str]:
+    """The pool the host picked for the room; empty where none was picked."""
+    try:
+        with _engine().connect() as connection:
+            found = connection.execute(sa.select(room_pools.c.pool).where(room_pools.c.room == room)).scalar()
+    except (sa.exc.SQLAlchemyError, records.RecordError, OSError):
+        return []
+    return [str(t) for t in json.loads(found)] if found else []
 
 
 def _battle_counts(room: str) -> dict[frozenset[str], int]:
@@ -88,7 +122,7 @@ def pick_pair(pool: list[str], room: str, rng: random.Random | None = None) -> t
     rng = rng or random.Random()
     pairs = [frozenset(p) for p in itertools.combinations(sorted(set(pool)), 2)]
     if not pairs:
-        raise ArenaError("the arena needs at least two targets that can run (PLAYGROUND_ARENA_TARGETS)")
+        raise ArenaError("the arena needs at least two targets that can run (the room's pool, else PLAYGROUND_ARENA_TARGETS)")
     try:
         counts = _battle_counts(room)
     except (sa.exc.SQLAlchemyError, records.RecordError, OSError):

@@ -72,8 +72,9 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
         room = gr.Textbox(arena.DEFAULT_ROOM, label="Room (a workshop's votes stay together: ?room=NAME)",
                           elem_id="arena-room", max_length=40)
         picked = gr.CheckboxGroup([(t.label, t.id) for t in catalog.targets], value=[], elem_id="arena-pool",
-                                  label="Pool, the host's pick (none: PLAYGROUND_ARENA_TARGETS, else every target "
-                                        "that can run now)", visible=not policy.public)
+                                  label="This room's pool, the host's pick: every battle in the room draws from it "
+                                        "(none: PLAYGROUND_ARENA_TARGETS, else every target that can run now)",
+                                  visible=not policy.public)
         prompt = gr.Textbox(label="Prompt", lines=2, max_lines=8, elem_id="arena-prompt", max_length=8000)
         battle_btn = gr.Button("Get two answers", variant="primary", elem_id="arena-battle")
         with gr.Row(equal_height=False):
@@ -118,6 +119,9 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
                 raise gr.Error(quota.refusal(wait))
         try:
             picked_ids = [t for t in (chosen or []) if t in catalog.ids] if not policy.public else []
+            if not picked_ids:
+                picked_ids = [t for t in await asyncio.to_thread(arena.room_pool, room_id) if t in catalog.ids
+                              and policy.refusal(catalog.get(t)) is None]
             names = picked_ids or await asyncio.to_thread(pool, catalog, policy)
             pair = await asyncio.to_thread(arena.pick_pair, names, room_id)
         except arena.ArenaError as exc:
@@ -197,6 +201,23 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
         path.write_text(text, encoding="utf-8")
         return gr.update(value=str(path), visible=True)
 
+    def save_pool(room_value: str, chosen: list[str] | None) -> None:
+        if policy.public:
+            raise gr.Error("On a public Space the arena's pool is the host's setting: PLAYGROUND_ARENA_TARGETS.")
+        try:
+            arena.set_pool(arena.room_name(room_value), [t for t in (chosen or []) if t in catalog.ids])
+        except arena.ArenaError as exc:
+            raise gr.Error(str(exc)) from None
+
+    def show_pool(room_value: str) -> Any:
+        try:
+            return [t for t in arena.room_pool(arena.room_name(room_value)) if t in catalog.ids]
+        except arena.ArenaError:
+            return gr.skip()  # a bad room name is said when a battle asks for it
+
+    picked.input(save_pool, [room, picked], None, api_name="arena_pool", show_progress="hidden")
+    if not policy.public:  # the box shows the room's pool: when the tab opens, and when the room changes
+        gr.on([arena_tab.select, room.change], show_pool, room, picked, api_name=False, show_progress="hidden")
     battle_btn.click(run_battle, [prompt, room, picked], [answer_a, answer_b, state_a, state_b, battle, reveal, *vote_btns],
                      api_name="arena_battle", trigger_mode="once")
     prompt.submit(run_battle, [prompt, room, picked], [answer_a, answer_b, state_a, state_b, battle, reveal, *vote_btns],

@@ -95,6 +95,16 @@ def test_pairs_spread_the_votes_and_rooms_stay_apart(db: Path) -> None:
         arena.room_name("../etc")
 
 
+def test_a_room_keeps_the_pool_its_host_picked(db: Path) -> None:
+    assert arena.room_pool("room-1") == []  # none picked: the default pool
+    arena.set_pool("room-1", ["a", "b"])
+    arena.set_pool("room-2", ["c", "d"])
+    arena.set_pool("room-1", ["a", "c"])  # picked again: replaced
+    assert arena.room_pool("room-1") == ["a", "c"] and arena.room_pool("room-2") == ["c", "d"]
+    arena.set_pool("room-2", [])
+    assert arena.room_pool("room-2") == []
+
+
 def test_thirty_voters_at_once_lose_no_vote_and_a_battle_takes_one(db: Path) -> None:
     answers = [{"text": "x"}, {"text": "y"}]
     ids = [arena.record_battle("workshop", f"s{i}", "p", ("a", "b"), answers, []) for i in range(30)]
@@ -178,6 +188,11 @@ def test_names_stay_hidden_until_the_vote_and_the_leaderboard_counts_it(client) 
     assert len(arena_parts) >= 9 and states
     for secret in ("secret-alpha", "secret-beta", "Codename"):
         assert secret not in json.dumps(arena_parts + states), secret
+    api.predict("lan-party", ["secret-alpha"], api_name="/arena_pool")  # the host leaves one target in the room
+    with pytest.raises(Exception, match="needs at least two targets"):
+        api.predict("Another?", "lan-party", [], api_name="/arena_battle")  # everyone in the room gets that pool
+    assert arena.room_pool("other-room") == [] and arena.room_pool("lan-party") == ["secret-alpha"]
+    api.predict("lan-party", [], api_name="/arena_pool")  # back to the default
     revealed = api.predict(api_name="/arena_vote_a")
     reveal = json.dumps(revealed)
     assert "Codename Alpha" in reveal and "Codename Beta" in reveal and "You voted: A is better" in reveal

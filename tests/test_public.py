@@ -120,6 +120,8 @@ def test_the_page_says_public_mode_and_offers_no_download(client: Client) -> Non
 
 
 def test_through_the_api_refusals_name_the_reason_and_the_quota_bites_last(client: Client) -> None:
+    with pytest.raises(Exception, match="the arena's pool is the host's setting"):
+        client.predict("lobby", [QUICK], api_name="/arena_pool")  # not a visitor's to change
     with pytest.raises(Exception, match="hub/phi is not offered on this public Space: it downloads 7.6 GB"):
         client.submit(*run_args("hi", ["hub/phi"], columns=1), api_name="/run").result(timeout=60)
     with pytest.raises(Exception, match="quick is in 3 columns"):
