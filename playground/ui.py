@@ -44,6 +44,10 @@ CSS = """
 /* presenter mode (?presenter=1): larger type for the back of the room */
 body.pp-presenter .gradio-container { font-size: 1.3em; }
 body.pp-presenter .pp-live textarea, body.pp-presenter #deck-step { font-size: 1.4em; }
+/* the settings folded away until the presenter asks for them */
+body:not(.pp-presenter) #presenter-settings { display: none !important; }
+body.pp-folded #parameters, body.pp-folded #keys, body.pp-folded #examples, body.pp-folded #n-columns,
+body.pp-folded #quota { display: none !important; }
 .pp-status { font-size: 0.85em; min-height: 3.2em; }
 /* on a phone the results table scrolls sideways instead of crushing a header to a letter a line */
 #results th, #bench-stats th { min-width: 6em; }
@@ -203,10 +207,18 @@ def _validate(catalog: Catalog, prompt: str, system: str, temperature: float, to
 
 
 PRESENTER_JS = """() => {
-  if (['1', 'true', 'yes'].includes(new URLSearchParams(location.search).get('presenter') || '')) {
-    document.body.classList.add('pp-presenter');
-  }
+  if (!['1', 'true', 'yes'].includes(new URLSearchParams(location.search).get('presenter') || '')) return;
+  document.body.classList.add('pp-presenter', 'pp-folded');
+  // a clicker sends PageDown / PageUp; arrows too, outside a text field
+  document.addEventListener('keydown', (event) => {
+    const typing = event.target.closest && event.target.closest('input, textarea, [contenteditable="true"]');
+    if (typing || event.altKey || event.ctrlKey || event.metaKey) return;
+    const id = { PageDown: 'deck-next', ArrowRight: 'deck-next', PageUp: 'deck-prev', ArrowLeft: 'deck-prev' }[event.key];
+    const button = id && document.getElementById(id);
+    if (button && button.offsetParent !== null) { event.preventDefault(); button.click(); }
+  });
 }"""
+SETTINGS_TOGGLE_JS = "() => { document.body.classList.toggle('pp-folded'); }"
 
 
 def _deck_steps(path: str | None) -> list[Any]:
@@ -358,8 +370,9 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                     run_btn = gr.Button("Run", variant="primary", elem_id="run")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
                     clear_btn = gr.Button("Clear", elem_id="clear")
+                    settings_btn = gr.Button("⚙ Settings", elem_id="presenter-settings", size="sm")
                 quota_line = gr.Markdown("", elem_id="quota", visible=quota is not None)
-                with gr.Accordion("Parameters", open=False):
+                with gr.Accordion("Parameters", open=False, elem_id="parameters"):
                     system = gr.Textbox(label="System prompt", lines=2, elem_id="system")
                     with gr.Row():
                         temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)", elem_id="temperature")
@@ -388,7 +401,8 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                 # the storage's secret is drawn at each start of the app: after a restart nothing stored can be read
                 remembered = gr.BrowserState(None, storage_key="phi-playground-keys")
                 session_keys = gr.State(None)  # the API's keys (/keys), server-side for this session only
-                gr.Examples([{"text": e, "files": []} for e in EXAMPLES], inputs=[prompt], label="Examples")
+                with gr.Column(elem_id="examples"):
+                    gr.Examples([{"text": e, "files": []} for e in EXAMPLES], inputs=[prompt], label="Examples")
                 table = gr.Dataframe(headers=TABLE_COLUMNS, label="Results", interactive=False, elem_id="results", wrap=True)
                 # "hidden": in the page, out of sight, so their code is fetched with the page, not when a run ends
                 bench_summary = gr.Markdown("", visible="hidden", elem_id="bench-summary")
@@ -772,6 +786,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                   ).then(replay_shared, [replay_doc, speed, histories], **page_stream
                          ).then(ui_stream.results_values, results, results_out, api_name=False,
                                 show_progress="hidden", postprocess=False)
+        settings_btn.click(None, None, None, js=SETTINGS_TOGGLE_JS, api_name=False, queue=False)
         stop_btn.click(stop, None, None, api_name="stop", concurrency_limit=None, queue=False)
         for i, button in enumerate(column_stops):
             button.click(_column_stopper(i), None, None, api_name=False, concurrency_limit=None, queue=False)

@@ -270,12 +270,18 @@ def test_the_presenter_steps_through_the_deck_and_replays_a_recorded_step(app_ur
     page.wait_for_function("() => document.querySelector('#deck-step').innerText.includes('Step 1 of 2')",
                            timeout=30_000)
     assert page.evaluate("document.body.classList.contains('pp-presenter')")  # the larger type
+    assert not page.locator("#parameters").is_visible() and not page.locator("#examples").is_visible()  # folded away
+    page.locator("#presenter-settings").click()
+    page.locator("#parameters").wait_for(state="visible", timeout=10_000)
+    page.locator("#presenter-settings").click()
+    page.locator("#parameters").wait_for(state="hidden", timeout=10_000)
     page.wait_for_function("() => document.querySelector('#prompt textarea').value === 'Name a colour.'",
                            timeout=30_000)
     assert not page.locator("#deck-replay").is_visible()  # step 1 runs live
     page.locator("#prompt textarea").press("Enter")
     flow.wait_statuses(page, 1, ("done",), 300)
-    page.locator("#deck-next").click()
+    page.locator("#deck-step").click()  # out of the prompt box: a clicker's PageDown is Next
+    page.keyboard.press("PageDown")
     page.wait_for_function("() => document.querySelector('#deck-step').innerText.includes('Step 2 of 2') && "
                            "document.querySelector('#prompt textarea').value === 'Name a fruit.'", timeout=30_000)
     page.wait_for_function("() => document.querySelectorAll('#prompt img').length === 1", timeout=30_000)  # its image
@@ -283,13 +289,21 @@ def test_the_presenter_steps_through_the_deck_and_replays_a_recorded_step(app_ur
     page.wait_for_function("() => document.querySelector('#col-0-status').innerText.includes('replay of') && "
                            "document.querySelector('#col-0-status').innerText.includes('done')", timeout=60_000)
     assert flow.answer_texts(page, 1)[0] == "A ripe mango."
-    page.locator("#deck-prev").click()
+    page.locator("#deck-step").click()
+    page.keyboard.press("ArrowLeft")
     page.wait_for_function("() => document.querySelector('#deck-step').innerText.includes('Step 1 of 2')",
+                           timeout=30_000)
+    page.locator("#prompt textarea").press("ArrowLeft")  # in a text field the arrows are the text's
+    page.wait_for_timeout(300)
+    assert "Step 1 of 2" in page.locator("#deck-step").inner_text()
+    page.locator("#deck-next").click()
+    page.wait_for_function("() => document.querySelector('#deck-step').innerText.includes('Step 2 of 2')",
                            timeout=30_000)
     plain = page_at(flow.DESKTOP)  # without ?presenter=1: no deck, ordinary type
     flow.open_app(plain, app_url)
     assert not plain.locator("#deck-step").is_visible()
     assert not plain.evaluate("document.body.classList.contains('pp-presenter')")
+    assert not plain.locator("#presenter-settings").is_visible() and plain.locator("#examples").is_visible()
 
 
 def test_the_arena_hides_both_names_until_the_vote(app_url: str, page_at: Any) -> None:
