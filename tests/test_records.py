@@ -1,6 +1,7 @@
 """Recorded runs in a real database: SQLite files (read back exactly, across a restart, pruned,
 degrading to a notice when the database cannot take a run), a real PostgreSQL on loopback with two
-processes writing at once, and replays at the recorded pace."""
+processes writing at once and two app processes voting in one room through their UIs' API, and
+replays at the recorded pace."""
 
 from __future__ import annotations
 
@@ -251,6 +252,71 @@ async def test_postgresql_takes_runs_and_votes_from_two_processes_at_once(server
 
     board = arena.standings("conference")  # two replicas' votes on one leaderboard
     assert board["votes"] == 50 and [r["votes"] for r in board["ratings"]] == [50, 50]
+
+
+APP = """
+import sys
+from playground.catalog import Catalog, Target
+from playground.settings import Settings
+from playground.ui import build_ui, launch_options
+base_url, port = sys.argv[1], int(sys.argv[2])
+targets = [Target(id=t, label="scripted " + t, backend="openai", model="paced", base_url=base_url) for t in ("t-a", "t-b")]
+settings = Settings(host="127.0.0.1", port=None, columns=2, default_targets=[], concurrency=8, catalog=None)
+demo = build_ui(Catalog(targets=targets, defaults=["t-a"]), settings)
+demo.launch(**launch_options(server_name="127.0.0.1", server_port=port, quiet=True))
+"""
+
+
+def test_two_app_processes_on_one_postgresql_share_the_rooms_pool_and_lose_no_vote(server, postgres: str,
+                                                                                    monkeypatch, clean_env) -> None:
+    """Two replicas of the app (real processes, real UI, one PostgreSQL), their arenas voted in at
+    once through the API, as a conference's balancer would spread its room."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client
+
+    from conftest import free_loopback_port
+    from playground import arena
+
+    monkeypatch.setenv("PLAYGROUND_DB", postgres)
+    env = clean_env(PLAYGROUND_DB=postgres, PLAYGROUND_ARENA_TARGETS="t-a,t-b")
+    ports = [free_loopback_port() for _ in range(2)]
+    apps = [subprocess.Popen([sys.executable, "-c", APP, server.base_url, str(port)], cwd=ROOT, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for port in ports]
+    try:
+        clients = []
+        for app, port in zip(apps, ports):
+            deadline = time.monotonic() + 120
+            while True:
+                assert app.poll() is None, app.stderr.read()[-2000:] if app.stderr else app.returncode
+                try:
+                    clients.append(Client(f"http://127.0.0.1:{port}/", verbose=False))
+                    break
+                except Exception:  # noqa: BLE001 - not listening yet
+                    assert time.monotonic() < deadline, "the app did not start in 120 s"
+                    time.sleep(0.5)
+        clients[0].predict("replicas", ["t-a"], api_name="/arena_pool")  # the host, on the first replica
+        with pytest.raises(Exception, match="needs at least two targets"):
+            clients[1].predict("p", "replicas", [], api_name="/arena_battle")  # the second replica sees it
+        clients[1].predict("replicas", ["t-a", "t-b"], api_name="/arena_pool")
+
+        def voter(n: int) -> str:
+            api = Client(clients[n % 2].src, verbose=False)  # a session of its own, on one replica or the other
+            for i in range(3):
+                api.predict(f"question {n}.{i}", "replicas", [], api_name="/arena_battle")
+                api.predict(api_name="/arena_vote_a" if (n + i) % 2 else "/arena_vote_tie")
+            return "ok"
+
+        with ThreadPoolExecutor(6) as pool:
+            assert list(pool.map(voter, range(6))) == ["ok"] * 6
+        board = arena.standings("replicas")
+        assert board["votes"] == 18 and sorted(r["votes"] for r in board["ratings"]) == [18, 18]
+        summary, _, _ = clients[0].predict("replicas", api_name="/leaderboard")
+        assert "18 votes" in summary  # either replica shows the whole room
+    finally:
+        for app in apps:
+            app.kill()
+            app.wait(timeout=30)
 
 
 async def test_stopping_one_replayed_column_ends_it_at_once_not_at_its_next_recorded_event() -> None:
