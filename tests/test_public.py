@@ -140,3 +140,29 @@ def test_a_benchmark_costs_one_run_per_repeat_and_warm_up() -> None:
     assert quota.take(["s"], cost=7) == math.inf  # more than the limit itself: never allowed
     now[0] += 61
     assert quota.take(["s"], cost=6) is None and quota.left(["s"]) == 0
+
+
+def _request(forwarded: str | None, host: str = "10.0.0.9") -> object:
+    from types import SimpleNamespace
+    headers = {"x-forwarded-for": forwarded} if forwarded is not None else {}
+    return SimpleNamespace(headers=headers, client=SimpleNamespace(host=host))
+
+
+def test_the_quota_address_is_the_entry_the_proxy_appended() -> None:
+    """Entries left of the right-most one are whatever the client sent (README, Security)."""
+    from playground.ui import _address
+
+    behind = Policy(public=True, trust_forwarded_for=True)
+    assert _address(_request("6.6.6.6, 1.2.3.4, 203.0.113.7"), behind) == "203.0.113.7"
+    assert _address(_request(""), behind) == "10.0.0.9"
+    assert _address(_request("6.6.6.6, 203.0.113.7"), Policy(public=True)) == "10.0.0.9"  # not on a Space
+    assert _address(None, behind) == "unknown"
+
+
+def test_the_readme_says_which_forwarded_entry_counts_and_that_a_nat_shares_it() -> None:
+    from pathlib import Path
+
+    text = " ".join((Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8").split())
+    assert "first `X-Forwarded-For` entry" not in text
+    assert "right-most `X-Forwarded-For` entry" in text
+    assert "NAT" in text and "shares one address quota" in text
