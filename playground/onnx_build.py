@@ -19,7 +19,7 @@ import time
 from collections import deque
 from typing import IO, AsyncIterator
 
-from playground import models, settings
+from playground import models, secrets, settings
 from playground.errors import BackendError, ErrorKind
 
 
@@ -27,7 +27,8 @@ LAYER_LINE = re.compile(r"Reading layer (\d+)")
 
 
 async def _run(cmd: list[str], on_line: "callable[[str], str | None]") -> AsyncIterator[str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
+    # the build reads a local GGUF and needs no key: a crash dump or a builder's log cannot show one
+    env = dict(secrets.without_secrets(dict(os.environ)), PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
     )
