@@ -15,11 +15,13 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from typing import IO, AsyncIterator
 
-from playground import models, settings
+from playground import models, secrets, settings
 from playground.errors import BackendError, ErrorKind
 
 
@@ -27,7 +29,8 @@ LAYER_LINE = re.compile(r"Reading layer (\d+)")
 
 
 async def _run(cmd: list[str], on_line: "callable[[str], str | None]") -> AsyncIterator[str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
+    # the build reads a local GGUF and needs no key: a crash dump or a builder's log cannot show one
+    env = dict(secrets.without_secrets(dict(os.environ)), PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
     )
@@ -115,3 +118,51 @@ async def ensure_bundled_onnx() -> AsyncIterator[str]:
     finally:
         fcntl.flock(lock_file, fcntl.LOCK_UN)
         lock_file.close()
+
+
+_lock = threading.Lock()
+_build: Future[None] | None = None  # this process's build, shared by the columns waiting on it
+STARTING = "building ONNX model (first run only)…"
+_latest = STARTING
+_SECONDS = re.compile(r" \(\d+ s\)$")
+
+
+def _build_in_thread(future: Future[None]) -> None:
+    """The build on a loop of its own: a column that gives up on it (or is stopped) leaves it going."""
+    global _build, _latest
+
+    async def follow() -> None:
+        global _latest
+        async for line in ensure_bundled_onnx():
+            _latest = _SECONDS.sub("", line)  # the watcher adds the seconds waited
+
+    future.set_running_or_notify_cancel()  # from here no waiter's cancel reaches it
+    try:
+        asyncio.run(follow())
+        future.set_result(None)
+    except BaseException as exc:  # noqa: BLE001 - handed to the waiting columns
+        future.set_exception(exc)
+    finally:
+        with _lock:
+            if _build is future:
+                _build = None  # a failed build is tried afresh by the next run
+
+
+async def bundled_onnx_ready() -> AsyncIterator[str]:
+    """What the build is doing, with the seconds waited, each second until the cached model is ready;
+    after PLAYGROUND_QUEUE_TIMEOUT_S the column gives up and the build goes on for the next run."""
+    global _build, _latest
+    if models.is_complete(models.bundled_onnx_dir()):
+        return
+    from playground.backends import local
+
+    with _lock:
+        if _build is None:
+            _latest, _build = STARTING, Future()
+            threading.Thread(target=_build_in_thread, args=(_build,), name="onnx build", daemon=True).start()
+        future = _build
+    yield _latest
+    done: list[None] = []
+    async for progress in local.watched(asyncio.shield(asyncio.wrap_future(future)), "building ONNX model…", done,
+                                        status=lambda: _latest):
+        yield progress.message

@@ -113,7 +113,8 @@ def _forms(secret: str) -> set[str]:
         # those echoes a non-ASCII key; and JSON's escapes, as json.dumps writes it by default
         mojibake = {s.encode().decode("latin-1"), s.encode().decode("cp1252", "replace")}
         forms |= {s, repr(s)[1:-1], repr(s.encode())[2:-1], quote(s, safe=""), quote_plus(s), json.dumps(s)[1:-1],
-                  *mojibake, *(repr(m)[1:-1] for m in mojibake)}
+                  *mojibake, *(repr(m)[1:-1] for m in mojibake),
+                  *(f(m, safe="") for m in mojibake for f in (quote, quote_plus))}  # read as latin-1, sent on in a URL
     return {f for f in forms if len(f) >= MIN_SECRET_LEN and f.lower() not in NOT_SECRETS}
 
 

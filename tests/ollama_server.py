@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 MAX_REQUESTS_PER_CONNECTION = 100
 DIGEST = "61819fb370a3c1a9be6694869331e5f85f867a079e9271d66cb223acb81d04ba"
-REASONS = {200: "OK", 401: "Unauthorized", 404: "Not Found", 500: "Internal Server Error", 502: "Bad Gateway"}
+REASONS = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway"}
 HANG_S = 30.0  # a hanging chat is released after this, or when the server stops
 
 
@@ -152,8 +152,9 @@ class OllamaStub:
         model = body["model"]
         mode = self.modes.get(model, self.mode)
         key = (headers or {}).get("authorization", "").removeprefix("Bearer ")
-        if mode == "401":  # a proxy in front of Ollama that echoes what it was sent
-            await self._json(writer, 401, {"error": f"unauthorized: key {key!r} is not valid"})
+        if mode in ("401", "403", "429"):  # a proxy in front of Ollama that echoes what it was sent
+            words = {"401": "unauthorized", "403": "forbidden", "429": "too many requests"}[mode]
+            await self._json(writer, int(mode), {"error": f"{words}: key {key!r} ({quote(key, safe='')})"})
             return True
         if mode == "502":
             page = f"<html><body><h1>502 Bad Gateway</h1><p>/api/chat?key={quote(key, safe='')}</p></body></html>"

@@ -65,6 +65,7 @@ class Script:
     prompt_tokens: int = 11
     usage_tokens: int | None = None  # completion_tokens to report, when chunks are not one token each
     ttft_jitter_s: float = 0.0  # each request's TTFT gets a uniform extra in [0, this), seeded by its arrival
+    echo_key: bool = False  # an error's message quotes the key it was sent: raw, repr-escaped, URL-encoded
 
     def token(self, i: int) -> str:
         return f"t{i} "
@@ -286,6 +287,8 @@ async def _send_error(writer: asyncio.StreamWriter, script: Script, request: Rec
     template = ERROR_BODIES.get(script.status, ERROR_BODIES[500])
     # servers do echo what they were sent: the client must redact it
     error = {k: v.format(key=key, model=model) if isinstance(v, str) else v for k, v in template.items()}
+    if script.echo_key:  # as a careless proxy or a debug build does
+        error["message"] = f"{error.get('message') or ''} (sent {auth!r}, {quote(key, safe='')})"
     extra = {"retry-after": script.retry_after} if script.retry_after else {}
     await _send_json(writer, script.status, {"error": error}, extra)
 

@@ -7,7 +7,11 @@ The keys come plain, with a trailing newline, with a trailing space, with charac
 and with a control character that no HTTP header can carry (refused by the variable's name before
 any transport could print it in its error). The faulting servers echo what they were sent, as
 real ones do: raw, repr-escaped, and URL-encoded inside a link. A canary's middle ("canary-plain-Q7x")
-is in every one of those forms, so looking for it finds any of them, and a partial mask does not."""
+is in every one of those forms, so looking for it finds any of them, and a partial mask does not.
+
+Every key form a request can carry meets every OpenAI fault (ordered so the stalls share one
+batch's wait); one run also goes the production way, through the measurement process, whose
+log lines reach the app's stderr directly."""
 
 from __future__ import annotations
 
@@ -45,14 +49,19 @@ CANARIES = {  # variable -> value as set
 }
 MARKERS = ["canary-plain-Q7x", "canary-newline-R2v", "canary-space-T5w", "canary-unicode-", "canary-control-P4u",
            "canary-ollama-U3z"]
-ROTATION = ["CANARY_PLAIN_KEY", "CANARY_NEWLINE_KEY", "CANARY_SPACE_KEY"]
+KEY_FORMS = {"plain": "CANARY_PLAIN_KEY", "newline": "CANARY_NEWLINE_KEY", "space": "CANARY_SPACE_KEY",
+             "unicode": "CANARY_UNICODE_KEY"}  # the ones a request can carry; the control one cannot
 
 OPENAI_FAULTS: dict[str, Script] = {
-    "f401": Script(status=401), "f403": Script(status=403), "f429": Script(status=429, retry_after="7"),
-    "f500": Script(status=500), "f502": Script(status=502), "malformed": Script(fault="malformed"),
-    "cut": Script(fault="drop", tokens=20), "stall": Script(fault="hang"), "header": Script(tokens=3),
+    "f401": Script(status=401, echo_key=True), "f403": Script(status=403, echo_key=True),
+    "f429": Script(status=429, retry_after="7", echo_key=True), "f500": Script(status=500, echo_key=True),
+    "f502": Script(status=502), "malformed": Script(fault="malformed"), "cut": Script(fault="drop", tokens=20),
+    "stall": Script(fault="hang"), "header": Script(tokens=3),
 }
-OLLAMA_FAULTS = ["401", "500", "502", "malformed", "cut", "error_line", "hang"]
+ECHOED = ("f401", "f403", "f429", "f500")  # the server sends the key back in its message: the column shows ***
+# every key form meets every fault; "header" is the control key's own (a header cannot carry it)
+CROSSED = [name for name in OPENAI_FAULTS if name != "header"] + ["f404", "refused"]
+OLLAMA_FAULTS = ["401", "403", "429", "500", "502", "malformed", "cut", "error_line", "hang"]
 
 
 def leaks(text: str) -> list[str]:
@@ -84,12 +93,15 @@ def targets(servers: tuple[ScriptedServer, OllamaStub]) -> list[Target]:
     openai, ollama = servers
     closed = f"http://127.0.0.1:{free_port()}"
     made = []
-    for i, name in enumerate([*OPENAI_FAULTS, "f404", "refused"]):
-        key = {"header": "CANARY_CONTROL_KEY", "f401": "CANARY_UNICODE_KEY"}.get(name, ROTATION[i % len(ROTATION)])
-        url = f"{closed}/v1" if name == "refused" else openai.base_url
-        made.append(Target(id=f"openai-{name}", label=f"openai {name}", backend="openai",
-                           model="unknown-model" if name == "f404" else name, base_url=url, api_key_env=key,
-                           timeout_s=2.0, connect_timeout_s=2.0))
+    # ordered by fault, so the four stalls share one batch and its 2 s wait
+    for name in CROSSED:
+        for form, key in KEY_FORMS.items():
+            url = f"{closed}/v1" if name == "refused" else openai.base_url
+            made.append(Target(id=f"openai-{name}-{form}", label=f"openai {name} {form}", backend="openai",
+                               model="unknown-model" if name == "f404" else name, base_url=url, api_key_env=key,
+                               timeout_s=2.0, connect_timeout_s=2.0))
+    made.append(Target(id="openai-header", label="openai header", backend="openai", model="header",
+                       base_url=openai.base_url, api_key_env="CANARY_CONTROL_KEY", timeout_s=2.0, connect_timeout_s=2.0))
     for mode in [*OLLAMA_FAULTS, "404"]:
         made.append(Target(id=f"ollama-{mode}", label=f"ollama {mode}", backend="ollama", model=f"o{mode}:latest",
                            timeout_s=2.0, connect_timeout_s=2.0))
@@ -147,6 +159,11 @@ def test_no_canary_on_any_surface_through_any_fault(app: tuple[str, io.StringIO]
     # every column failed (or was cut) as scripted: the faults were reached, not skipped
     for target in targets:
         assert "✗" in seen[target.id] or "error" in seen[target.id].lower(), (target.id, seen[target.id])
+    echoed = [t.id for t in targets if t.id.split("-")[1] in ECHOED and t.backend == "openai"
+              or t.id in {"ollama-401", "ollama-403", "ollama-429"}]
+    assert len(echoed) == 4 * 4 + 3
+    for target_id in echoed:  # the key went there and back: what the column shows is the redaction's work
+        assert "***" in seen[target_id], (target_id, seen[target_id])
     seen["page"] = fetch(url)
     seen["/config"] = fetch(url.rstrip("/") + "/config")
     seen["API info"] = fetch(url.rstrip("/") + "/gradio_api/info")
@@ -180,3 +197,47 @@ def test_no_canary_in_the_command_lines_output(targets: list[Target], tmp_path: 
         assert done.returncode == 1, done.stderr[-2000:]
         assert "openai-f401" in done.stdout or "openai f401" in done.stdout
         assert not leaks(done.stdout + done.stderr), (leaks(done.stdout), leaks(done.stderr))
+
+
+def test_no_canary_through_the_measurement_process(app: tuple[str, io.StringIO], capfd: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The app's production path: HTTP streams run in the measurement process, which keeps the keys
+    and writes its log lines straight to the app's stderr (here, at DEBUG)."""
+    from playground import measure_process
+
+    (tmp_path / "sitecustomize.py").write_text("import logging, os, sys\n"
+                                               "logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)\n"
+                                               "sys.stderr.write(f'child {os.getpid()} logs at DEBUG\\n')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.delenv("PLAYGROUND_MEASURE_PROCESS", raising=False)
+    if measure_process._worker is not None:  # one started before capfd would write elsewhere
+        measure_process._worker.close()
+        measure_process._worker = None
+    measure_process.use(True)
+    url, log = app
+    batch = ["openai-f401-plain", "openai-f429-unicode", "openai-f502-newline", "openai-malformed-space",
+             "ollama-401", "ollama-429"]
+    try:
+        job = Client(url, verbose=False).submit(*run_args("hello", batch, max_tokens=8, columns=len(batch)),
+                                                api_name="/run")
+        job.result(timeout=120)
+        child = measure_process._worker
+        assert child is not None and child.alive, "the run did not go through the measurement process"
+        pid = child.pid
+    finally:
+        measure_process.use(False)
+        if measure_process._worker is not None:
+            measure_process._worker.close()
+            measure_process._worker = None
+    final = job.outputs()[-1]
+    statuses = [str(s) for s in final[MAX_COLUMNS:MAX_COLUMNS + len(batch)]]
+    for target_id, status in zip(batch, statuses):
+        if "f502" not in target_id and "malformed" not in target_id:
+            assert "***" in status, (target_id, status)  # the echoed key reached the child and was redacted there
+    captured = capfd.readouterr()
+    assert f"child {pid} logs at DEBUG" in captured.err, "the child's stderr was not captured"
+    assert "HTTP Request: POST http://127.0.0.1" in captured.err, "the child logged nothing of the runs"
+    seen = {"frames": json.dumps(job.outputs(), default=str), "stdout": captured.out, "stderr": captured.err,
+            "log": log.getvalue()}
+    leaked = {where: leaks(text) for where, text in seen.items() if leaks(text)}
+    assert not leaked, leaked

@@ -539,3 +539,15 @@ def test_a_seeded_transformers_sample_draws_from_its_own_generator_not_torchs_gl
     assert len(set(drawn)) > 1  # sampled, not greedy
     out = first(ids, scores.clone())
     assert torch.isfinite(out).sum() == 1  # generate's own draw has one choice
+
+
+def test_the_onnx_build_subprocesses_start_without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_canary_build_0123456789")
+    monkeypatch.setenv("PLAYGROUND_BUILD_PROBE", "seen")
+    script = ("import os; print(sorted(k for k in os.environ if 'TOKEN' in k)); "
+              "print(os.environ.get('PLAYGROUND_BUILD_PROBE'))")
+
+    async def lines() -> list[str]:
+        return [line async for line in onnx_build._run([sys.executable, "-c", script], lambda line: line)]
+
+    assert asyncio.run(lines()) == ["[]", "seen"]  # keys gone, the rest kept

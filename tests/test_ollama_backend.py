@@ -272,3 +272,19 @@ async def test_images_arrive_as_base64_and_text_only_targets_get_none(stub, tmp_
     assert received.convert("RGB").getpixel((630, 470)) == pytest.approx((30, 30, 200), abs=12)
     assert all("images" not in m for m in without["messages"])
     assert columns[1].notices == ["text only: image not sent"]
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 429, 500, -1])
+def test_a_key_across_the_300_character_cut_leaves_no_half_of_itself(monkeypatch, status):
+    import ollama
+
+    key = "ollama-canary-" + "k" * 30
+    monkeypatch.setenv("OLLAMA_API_KEY", key)
+    text = "x" * (300 - len(key) // 2) + key + " and more"  # the cut at 300 falls in the key's middle
+    error = ollama_native.map_error(ollama.ResponseError(text, status), Target(
+        id="o", label="o", backend="ollama", model="m"), "http://127.0.0.1:9")
+    assert key[: len(key) // 2] not in str(error) and "ollama-canary" not in str(error)
+    assert "***" in str(error)
+    malformed = ollama_native.map_error(ValueError("y" * (200 - len(key) // 2) + key), Target(
+        id="o", label="o", backend="ollama", model="m"), "http://127.0.0.1:9")
+    assert "ollama-canary" not in str(malformed)

@@ -309,3 +309,19 @@ def test_an_error_is_redacted_before_it_is_cut_short() -> None:
     body = json.dumps({"error": {"message": "x" * 290 + " " + key}}).encode()  # the key across the cut
     message = status_error(401, body, {}, target, key).message
     assert "sk-test-SEC" not in message and "sk-t" not in message
+
+
+async def test_no_organization_or_project_header_comes_from_the_environment(
+        server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The openai SDK would send OPENAI_ORG_ID / OPENAI_PROJECT_ID to any endpoint; GitHub, NIM and
+    Azure targets must get only what their catalog entry names."""
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-canary-ORG123456")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj_canary_PROJ123456")
+    before = len(server.received)
+    _, error = await collect(target(server.base_url, "five"))
+    assert error is None, error
+    sent = server.received[before:]
+    assert any(r.method == "POST" for r in sent)
+    for received in sent:  # the warm-up's GET too
+        assert not {"openai-organization", "openai-project"} & set(received.headers), received.headers
+        assert "canary" not in json.dumps(received.headers)

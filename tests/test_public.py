@@ -142,3 +142,73 @@ def test_a_benchmark_costs_one_run_per_repeat_and_warm_up() -> None:
     assert quota.take(["s"], cost=7) == math.inf  # more than the limit itself: never allowed
     now[0] += 61
     assert quota.take(["s"], cost=6) is None and quota.left(["s"]) == 0
+
+
+def _request(forwarded: str | None, host: str = "10.0.0.9") -> object:
+    from types import SimpleNamespace
+    headers = {"x-forwarded-for": forwarded} if forwarded is not None else {}
+    return SimpleNamespace(headers=headers, client=SimpleNamespace(host=host))
+
+
+def test_the_quota_address_is_the_entry_the_proxy_appended() -> None:
+    """Entries left of the right-most one are whatever the client sent (README, Security)."""
+    from playground.ui import _address
+
+    behind = Policy(public=True, trust_forwarded_for=True)
+    assert _address(_request("6.6.6.6, 1.2.3.4, 203.0.113.7"), behind) == "203.0.113.7"
+    assert _address(_request(""), behind) == "10.0.0.9"
+    assert _address(_request("6.6.6.6, 203.0.113.7"), Policy(public=True)) == "10.0.0.9"  # not on a Space
+    assert _address(None, behind) == "unknown"
+
+
+def test_the_readme_says_which_forwarded_entry_counts_and_that_a_nat_shares_it() -> None:
+    from pathlib import Path
+
+    text = " ".join((Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8").split())
+    assert "first `X-Forwarded-For` entry" not in text
+    assert "right-most `X-Forwarded-For` entry" in text
+    assert "NAT" in text and "shares one address quota" in text
+
+
+def _page_event(url: str, session_hash: str, fn_index: int) -> list:
+    """Run one of the page's own events (no API name, so gradio_client will not) the way the page does."""
+    import httpx
+
+    base = url.rstrip("/") + "/gradio_api"
+    joined = httpx.post(f"{base}/queue/join", json={"data": [], "fn_index": fn_index, "session_hash": session_hash,
+                                                    "event_data": None, "trigger_id": None}, timeout=30)
+    joined.raise_for_status()
+    with httpx.stream("GET", f"{base}/queue/data", params={"session_hash": session_hash}, timeout=30) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    assert message.get("success"), message
+                    return message["output"]["data"]
+    raise AssertionError("the event never completed")
+
+
+def test_the_page_shows_the_quota_before_any_run_and_counts_it_down(server: ScriptedServer) -> None:
+    catalog = Catalog(targets=[http(server.base_url)], defaults=[QUICK])
+    settings = Settings(host="127.0.0.1", port=None, columns=1, default_targets=[], concurrency=8, catalog=None)
+    demo = build_ui(catalog, settings, Policy(public=True, rate=Rate(6, 60)))
+    demo.launch(**launch_options(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True))
+    try:
+        [on_load] = [index for index, fn in demo.fns.items() if getattr(fn.fn, "__name__", "") == "quota_status"
+                     and any(event == "load" for _, event in fn.targets)]
+        line = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "quota")
+        assert demo.fns[on_load].outputs == [line] and line.visible
+        client = Client(demo.local_url, verbose=False)
+        assert _page_event(demo.local_url, client.session_hash, on_load) == ["6 of 6 runs left this minute"]
+        client.submit(*run_args("hi", [QUICK], columns=1), api_name="/run").result(timeout=60)
+        assert _page_event(demo.local_url, client.session_hash, on_load) == ["5 of 6 runs left this minute"]
+        roots = set()  # the runs whose end the page follows with a fresh quota line
+        for fn in demo.fns.values():
+            if getattr(fn.fn, "__name__", "") == "quota_status" and fn.trigger_after is not None:
+                first = fn
+                while first.trigger_after is not None:
+                    first = demo.fns[first.trigger_after]
+                roots.add(first.fn.__name__)
+        assert {"run_from_page", "run_from_api", "bench_from_api"} <= roots
+    finally:
+        demo.close()

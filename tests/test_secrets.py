@@ -174,6 +174,8 @@ def test_a_non_ascii_key_is_blanked_as_servers_echo_it(monkeypatch: pytest.Monke
     key = "sk-ünï-中文-€-key-4417"
     monkeypatch.setenv("UNICODE_API_KEY", key)
     for echoed in (key, json.dumps(key)[1:-1], key.encode().decode("latin-1"), key.encode().decode("cp1252", "replace"),
-                   quote(key, safe="")):
+                   quote(key, safe=""),
+                   # read from the header as latin-1, then URL-encoded as UTF-8 (a Python server's link)
+                   quote(key.encode().decode("latin-1"), safe=""), quote(key.encode().decode("cp1252", "replace"))):
         clean = secrets.redact(f"bad key: {echoed}.")
         assert "4417" not in clean and clean.startswith("bad key: ***"), (echoed, clean)

@@ -52,6 +52,20 @@ def test_the_launched_queue_is_polled_every_10_ms_not_every_1(demo: gr.Blocks) -
     assert queue.progress_update_sleep_when_free == PROGRESS_POLL_S
 
 
+def test_an_upload_over_50_mb_is_refused_before_it_is_stored(demo: gr.Blocks) -> None:
+    import httpx
+
+    from playground.images import MAX_FILE_BYTES
+
+    assert launch_options()["max_file_size"] == MAX_FILE_BYTES == 50 * 1024 * 1024
+    assert demo.max_file_size == MAX_FILE_BYTES  # what the launched app enforces
+    url = demo.local_url.rstrip("/") + "/gradio_api/upload"
+    over = httpx.post(url, files={"files": ("big.png", b"\0" * (MAX_FILE_BYTES + 1))}, timeout=60)
+    assert over.status_code == 413 and "maximum allowed size" in over.text
+    small = httpx.post(url, files={"files": ("small.png", b"\0" * 1024)}, timeout=60)
+    assert small.status_code == 200, small.text
+
+
 def run_args(prompt: str, targets: list[str], max_tokens: int = 24, columns: int = 2) -> list:
     padded = targets + [None] * (MAX_COLUMNS - len(targets))
     return [{"text": prompt, "files": []}, "", 0.0, 1.0, max_tokens, "", columns, *padded]

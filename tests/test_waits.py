@@ -138,3 +138,48 @@ async def test_a_download_counts_seconds_and_gives_up(monkeypatch: pytest.Monkey
     assert caught.value.kind is ErrorKind.TIMEOUT
     assert lines[:3] == ["downloading someone/model (1.5 GB)…", "downloading someone/model (1.5 GB)… (1 s)",
                          "downloading someone/model (1.5 GB)… (2 s)"]
+
+
+class SlowBuild:
+    """ensure_bundled_onnx's stand-in: one line, then a build that holds until released."""
+
+    def __init__(self) -> None:
+        self.release, self.calls = threading.Event(), 0
+
+    async def __call__(self) -> Any:
+        self.calls += 1
+        yield "building ONNX model (first run only): dequantizing GGUF…"
+        while not self.release.is_set():
+            await asyncio.sleep(0.05)
+        yield "building ONNX model (first run only): layer 30/30 (100%)"
+
+
+async def test_the_onnx_build_counts_seconds_gives_up_and_goes_on_for_the_next_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from playground import onnx_build
+
+    monkeypatch.setenv("PLAYGROUND_CACHE", str(tmp_path / "cache"))
+    build = SlowBuild()
+    monkeypatch.setattr(onnx_build, "ensure_bundled_onnx", build)
+    lines: list[str] = []
+    try:
+        with pytest.raises(BackendError) as caught:
+            async for line in onnx_build.bundled_onnx_ready():
+                lines.append(line)
+        assert caught.value.kind is ErrorKind.TIMEOUT
+        assert "building ONNX model: gave up after 2.5 s (PLAYGROUND_QUEUE_TIMEOUT_S)" in caught.value.message
+        assert lines[0].startswith("building ONNX model (first run only)")  # the build's own first line, or not yet
+        assert lines[1:] == ["building ONNX model (first run only): dequantizing GGUF… (1 s)",
+                             "building ONNX model (first run only): dequantizing GGUF… (2 s)"]
+        # the next run joins the same build, still going, and sees it finish
+        async def next_run() -> list[str]:
+            return [line async for line in onnx_build.bundled_onnx_ready()]
+
+        joined = asyncio.ensure_future(next_run())
+        await asyncio.sleep(0.3)
+        build.release.set()
+        again = await asyncio.wait_for(joined, 10)
+        assert build.calls == 1
+        assert again[0] == "building ONNX model (first run only): dequantizing GGUF…"
+    finally:
+        build.release.set()

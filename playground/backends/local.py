@@ -179,10 +179,11 @@ async def load_shared(key: str, loader: Callable[[], Any], size_gb: Size | None 
     return await asyncio.shield(asyncio.wrap_future(future))
 
 
-async def watched(work: Awaitable[Any], what: str, into: list[Any]) -> AsyncIterator[Progress]:
-    """Progress each second while ``work`` runs ("loading model… (12 s)"); its result is appended to
-    ``into``. After PLAYGROUND_QUEUE_TIMEOUT_S the column gives up with a TIMEOUT; a load or download
-    goes on in its thread, so the next run finds it further along."""
+async def watched(work: Awaitable[Any], what: str, into: list[Any],
+                  status: Callable[[], str] | None = None) -> AsyncIterator[Progress]:
+    """Progress each second while ``work`` runs ("loading model… (12 s)", or ``status()`` with the
+    seconds); its result is appended to ``into``. After PLAYGROUND_QUEUE_TIMEOUT_S the column gives up
+    with a TIMEOUT; a load, download or build goes on in its thread, so the next run finds it further along."""
     task = asyncio.ensure_future(work)
     started, limit = time.monotonic(), queue_timeout_s()
     try:
@@ -195,7 +196,7 @@ async def watched(work: Awaitable[Any], what: str, into: list[Any]) -> AsyncIter
             if waited >= limit:
                 raise BackendError(ErrorKind.TIMEOUT, f"{what.rstrip('…')}: gave up after {limit:g} s "
                                    "(PLAYGROUND_QUEUE_TIMEOUT_S); it goes on in the background for the next run")
-            yield Progress(f"{what} ({int(waited)} s)")
+            yield Progress(f"{status() if status else what} ({int(waited)} s)")
     finally:
         if not task.done():
             task.cancel()

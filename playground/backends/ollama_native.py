@@ -110,7 +110,10 @@ def forget_tags() -> None:
 
 
 def _detail(exc: Exception) -> str:
-    return str(getattr(exc, "error", None) or exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    """The server's first line about the error, redacted whole and then cut: a key across the cut
+    would otherwise leave its first half for ``redact`` to miss."""
+    text = secrets.redact(str(getattr(exc, "error", None) or exc))
+    return (text.splitlines() or [""])[0][:300] if str(exc) else type(exc).__name__
 
 
 def map_error(exc: Exception, target: Target, host: str) -> BackendError:
@@ -150,7 +153,7 @@ def _mapped(exc: Exception, target: Target, host: str) -> BackendError:
     if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
         return BackendError(ErrorKind.TRUNCATED, f"connection dropped mid-stream ({type(exc).__name__})")
     if isinstance(exc, ValueError):  # a line that is not JSON, or not a chat chunk
-        return BackendError(ErrorKind.SERVER, f"malformed stream from {host}: {str(exc)[:200]}")
+        return BackendError(ErrorKind.SERVER, f"malformed stream from {host}: {secrets.redact(str(exc))[:200]}")
     return BackendError(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 

@@ -72,9 +72,9 @@ class OrtGenAIBackend(local.LocalBackend):
 
     async def _model_dir(self) -> AsyncIterator[str | Path]:
         if self.target.options.source == "bundled":
-            from playground.onnx_build import ensure_bundled_onnx
+            from playground.onnx_build import bundled_onnx_ready
 
-            async for line in ensure_bundled_onnx():
+            async for line in bundled_onnx_ready():
                 yield line
             yield models.bundled_onnx_dir()
         elif self.target.options.source == "hub":
