@@ -411,6 +411,7 @@ async def test_half_built_cache_is_replaced_by_a_fresh_build(tmp_cache: Path, mo
 
     assert len(calls) == 2
     assert any("building" in m for m in messages)
+    assert not any("waiting for another" in m for m in messages), "no other process held the lock"
     assert "building ONNX model (first run only): layer 2/2 (100%)" in messages
     assert models.is_complete(tmp_cache)
     assert not (tmp_cache / "junk.onnx").exists()
