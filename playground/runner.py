@@ -37,7 +37,6 @@ DEFAULT_FRAME_S = 1 / 15
 WARMUP_WAIT_S = 60.0
 UNCERTAIN_S = 0.010  # a column whose stamps may be off by more than this says so
 _DONE = object()
-ESTIMATES: frozenset[str] = frozenset({"chunks", "estimated"})  # token sources shown with "~"
 # per target id: did its chunk count match the server's usage last time? (absent: not yet seen)
 chunks_match_usage: dict[str, bool] = {}
 
@@ -334,8 +333,7 @@ class Run:
     def _fail(self, column: Column, kind: ErrorKind, message: str, at: float) -> None:
         if kind is ErrorKind.TRUNCATED:
             tokens, source = column.token_count()
-            count = f"{'~' if source in ESTIMATES else ''}{tokens or 0}"
-            message = f"stream cut after {count} tokens: {message}"
+            message = f"stream cut after {metrics.tokens_text(tokens or 0, source)} tokens: {message}"
         # every backend's errors pass here: none may carry a key to the page, a table or an export
         column.error, column.error_kind = secrets.redact(message), kind
         self._finish(column, "error", at)
