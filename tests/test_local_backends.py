@@ -26,7 +26,7 @@ from playground.errors import Availability, BackendError
 from playground.backends.ort_genai import OrtGenAIBackend
 from playground.backends.worker_process import WorkerProcess
 from playground.catalog import Catalog, Target
-from playground.events import ErrorKind, Event, Progress, TextDelta
+from playground.events import ErrorKind, Event, Progress, TextDelta, Usage
 from playground.onnx_build import ensure_bundled_onnx
 from playground.request import ChatRequest, build_messages, make_params
 from playground.runner import Column, Job, Run
@@ -540,3 +540,28 @@ def test_a_seeded_transformers_sample_draws_from_its_own_generator_not_torchs_gl
     assert len(set(drawn)) > 1  # sampled, not greedy
     out = first(ids, scores.clone())
     assert torch.isfinite(out).sum() == 1  # generate's own draw has one choice
+
+
+TEMPLATE_PROMPT_TOKENS = 34  # "Name three colours." in SmolLM2's chat template (its default system turn included)
+
+
+@pytest.fixture(params=[("smollm2-transformers", "transformers"), ("smollm2-onnx", "onnxruntime_genai"),
+                        ("smollm2-llamacpp", "llama_cpp"), ("smollm2-openvino", "openvino_genai")],
+                ids=lambda param: param[0])
+def bundled_target(request: pytest.FixtureRequest, builtin_catalog: Catalog, bundled_gguf: Path) -> Target:
+    """Each bundled target on its runtime, skipped where the runtime's library is missing."""
+    target_id, library = request.param
+    pytest.importorskip(library)
+    if target_id == "smollm2-onnx":
+        request.getfixturevalue("onnx_model_dir")
+    return builtin_catalog.get(target_id)
+
+
+async def test_every_local_backend_sends_the_same_prompt_tokens(bundled_target: Target) -> None:
+    """Each applies the model's own chat template the same way, so with temperature 0 the four
+    bundled targets can be compared token by token. (llama.cpp loads around this VM's faulting AMX
+    itself: ``llama_cpp.plain_weight_buffers``.)"""
+    events = [e async for e in make_backend(bundled_target).stream(
+        chat("Name three colours.", temperature=0, max_tokens=1))]
+    [usage] = [e for e in events if isinstance(e, Usage)]
+    assert usage.prompt_tokens == TEMPLATE_PROMPT_TOKENS
