@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, AsyncIterator, ClassVar
 
 from playground import secrets, settings
 from playground.backends import http_backends, local, make_backend
-from playground.errors import READY, Availability, BackendError, ErrorKind
+from playground.errors import READY, Availability, BackendError
 from playground.events import ClockReport, Event, RequestSent
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ def child_streams() -> Generate:
             raise
         except BaseException as exc:  # noqa: BLE001 - cancelled by stop, or a bug: both end the column
             if not stop.is_set():
-                raise BackendError(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}") from None
+                raise BackendError.wrap(exc) from None
 
     generate.sends_in_background = True  # type: ignore[attr-defined]  # see worker_process._serve
     return generate

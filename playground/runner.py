@@ -281,12 +281,9 @@ class Run:
                             seen_text = seen_text or bool(event.text)
                         else:
                             post(index, event, getattr(event, "at", None) or at, True)
-        except BackendError as exc:
-            post(index, Failed(exc.kind, exc.message, exc.retry_after), time.perf_counter(), True)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # noqa: BLE001 - one broken target never breaks another
-            post(index, Failed(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}"), time.perf_counter(), True)
+            error = BackendError.wrap(exc)
+            post(index, Failed(error.kind, error.message, error.retry_after), time.perf_counter(), True)
         finally:
             post(index, _DONE, time.perf_counter(), True)
 
