@@ -565,3 +565,41 @@ async def test_every_local_backend_sends_the_same_prompt_tokens(bundled_target: 
         chat("Name three colours.", temperature=0, max_tokens=1))]
     [usage] = [e for e in events if isinstance(e, Usage)]
     assert usage.prompt_tokens == TEMPLATE_PROMPT_TOKENS
+
+
+@pytest.mark.parametrize(("target_id", "absent", "reason"), [
+    ("smollm2-transformers", {"torch", "transformers"}, "install torch and transformers"),
+    ("smollm2-transformers", {"transformers"}, "install transformers"),
+    ("smollm2-onnx", {"onnxruntime_genai"}, "install onnxruntime-genai"),
+])
+def test_a_missing_library_is_named(target_id: str, absent: set[str], reason: str, builtin_catalog: Catalog,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(models, "module_installed", lambda name: name not in absent)
+    assert make_backend(builtin_catalog.get(target_id)).availability() == Availability("unavailable", reason)
+
+
+def test_onnx_and_transformers_say_what_their_first_run_does(tmp_path: Path, builtin_catalog: Catalog,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLAYGROUND_CACHE", str(tmp_path / "cache"))  # no ONNX build yet
+    monkeypatch.setattr(models, "bundled_dir", lambda: tmp_path)
+    onnx = make_backend(builtin_catalog.get("smollm2-onnx")).availability()
+    assert onnx == Availability("first_run", "first run builds the int4 ONNX model (about a minute on 2 cores)")
+    assert make_backend(builtin_catalog.get("smollm2-transformers")).availability().state == "ready"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for backend in ("transformers", "onnx"):
+        hub = Target(id=f"h-{backend}", label="h", backend=backend, model="nobody/not-cached-here", source="hub",
+                     download_gb=1.5)
+        assert make_backend(hub).availability().state == "first_run", backend
+    monkeypatch.setattr(models, "bundled_dir", lambda: None)
+    for target_id in BUNDLED:
+        assert make_backend(builtin_catalog.get(target_id)).availability() == Availability(
+            "unavailable", models.INSTALL_HINT)
+
+
+@pytest.mark.parametrize("backend", ["transformers", "onnx", "llamacpp", "openvino"])
+def test_every_local_backend_says_its_availability_through_local_availability(
+        backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    said = Availability("unavailable", "said by local.availability")
+    monkeypatch.setattr(local, "availability", lambda *args, **kwargs: said)
+    target = Target(id="t", label="t", backend=backend, model="SmolLM2-135M-Instruct", source="bundled")
+    assert make_backend(target).availability() is said
