@@ -603,3 +603,25 @@ def test_every_local_backend_says_its_availability_through_local_availability(
     monkeypatch.setattr(local, "availability", lambda *args, **kwargs: said)
     target = Target(id="t", label="t", backend=backend, model="SmolLM2-135M-Instruct", source="bundled")
     assert make_backend(target).availability() is said
+
+
+@pytest.mark.parametrize("backend", ["llamacpp", "openvino"])
+async def test_the_gguf_backends_find_their_model_in_one_place(backend: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from playground.backends.gguf import GgufBackend
+
+    cls = type(make_backend(Target(id="g", label="g", backend=backend, model="m", source="bundled")))
+    assert issubclass(cls, GgufBackend)
+    assert not {"_model_path", "_local_path"} & set(vars(cls))  # written once, in GgufBackend
+
+    async def path_of(target: Target) -> list[Any]:
+        return [item async for item in make_backend(target)._model_path()]
+
+    on_disk = Target(id="p", label="p", backend=backend, model=str(tmp_path), source="path", gguf_file="m.gguf")
+    assert await path_of(on_disk) == [tmp_path / "m.gguf"]
+    monkeypatch.setattr(models, "bundled_dir", lambda: tmp_path)
+    assert await path_of(Target(id="b", label="b", backend=backend, model="m", source="bundled")) == [
+        tmp_path / models.BUNDLED_GGUF]
+    monkeypatch.setattr(models, "bundled_dir", lambda: None)
+    with pytest.raises(BackendError, match=re.escape(models.INSTALL_HINT)):
+        await path_of(Target(id="b", label="b", backend=backend, model="m", source="bundled"))
