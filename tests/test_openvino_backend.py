@@ -18,7 +18,7 @@ from playground.catalog import Catalog, Target
 from playground.events import Event, Finished, RequestSent, ServerTimings, TextDelta, Usage
 from playground.images import PreparedImage
 from playground.request import ChatRequest, build_messages, make_params
-from playground.runner import Job, Run
+from tests.stop_watch import stop_after_tokens, watch_stop
 
 pytest.importorskip("openvino_genai", reason="pip install openvino-genai")
 TARGET_ID = "smollm2-openvino"
@@ -101,20 +101,8 @@ async def test_stop_lands_within_one_token_and_the_worker_ends(target: Target, e
     at most the one in flight."""
     from playground.backends import openvino
 
-    seen: dict[str, Any] = {"pushed_after_stop": 0, "emitted_after_stop": 0}
-    real_stream, real_streamer = local.stream_from_thread, openvino._streamer
-
-    def watched_stream(work: Any, *args: Any, **kwargs: Any) -> Any:
-        def watched(emit: Any, stop: threading.Event) -> None:
-            seen["stop"], seen["thread"] = stop, threading.current_thread()
-
-            def emit_watched(event: Event) -> None:
-                if isinstance(event, TextDelta) and stop.is_set():
-                    seen["emitted_after_stop"] += 1
-                emit(event)
-
-            work(emit_watched, stop)
-        return real_stream(watched, *args, **kwargs)
+    seen = watch_stop(monkeypatch)
+    seen["pushed_after_stop"], real_streamer = 0, openvino._streamer
 
     def watched_streamer(ov: Any, tokens: local.Tokens) -> Any:
         real, seen["tokens"] = real_streamer(ov, tokens), tokens
@@ -130,22 +118,8 @@ async def test_stop_lands_within_one_token_and_the_worker_ends(target: Target, e
 
         return Watched()
 
-    monkeypatch.setattr(local, "stream_from_thread", watched_stream)
     monkeypatch.setattr(openvino, "_streamer", watched_streamer)
-    run = Run([Job(target, chat("Count from 1 to 500, separated by commas.", 400))], frame_s=0.01)
-    tokens_at_stop = None
-    columns: list[Any] = []
-    async for columns in run.frames():
-        if tokens_at_stop is None and columns[0].counted_tokens >= 5:
-            tokens_at_stop = columns[0].counted_tokens
-            run.stop()
-    [column] = columns
-    assert tokens_at_stop is not None, f"never reached 5 tokens: {column.status} {column.error}"
-    assert column.status == "stopped"
-    deadline = time.monotonic() + 10
-    while seen["thread"].is_alive() and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert not seen["thread"].is_alive(), "it went on after Stop"
+    await stop_after_tokens(target, "Count from 1 to 500, separated by commas.", 400, seen)
     assert seen["pushed_after_stop"] <= 1, seen
     assert seen["emitted_after_stop"] <= 1, seen
     [result] = engine.results
