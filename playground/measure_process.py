@@ -25,8 +25,8 @@ import time
 from typing import TYPE_CHECKING, AsyncIterator, ClassVar
 
 from playground import secrets, settings
-from playground.backends import local, make_backend
-from playground.errors import READY, Availability, BackendError, ErrorKind
+from playground.backends import http_backends, local, make_backend
+from playground.errors import READY, Availability, BackendError
 from playground.events import ClockReport, Event, RequestSent
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from playground.catalog import Target
     from playground.request import ChatRequest
 
-BACKENDS = frozenset({"openai", "ollama"})  # network streams; local models stamp where tokens are made
 START_TIMEOUT_S = 60.0
 PRIORITY = -10  # a nice value: lower runs first
 PRIORITY_ENV = "PLAYGROUND_MEASURE_PRIORITY"  # realtime (default, where allowed), nice, normal
@@ -60,7 +59,8 @@ def enabled() -> bool:
 
 
 def takes(target: Target) -> bool:
-    return enabled() and target.backend in BACKENDS
+    """Network streams only: a local model stamps its tokens where they are made."""
+    return enabled() and target.backend in http_backends()
 
 
 def worker() -> WorkerProcess:
@@ -140,7 +140,7 @@ def child_streams() -> Generate:
             raise
         except BaseException as exc:  # noqa: BLE001 - cancelled by stop, or a bug: both end the column
             if not stop.is_set():
-                raise BackendError(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}") from None
+                raise BackendError.wrap(exc) from None
 
     generate.sends_in_background = True  # type: ignore[attr-defined]  # see worker_process._serve
     return generate

@@ -94,6 +94,16 @@ def pick_tokens(
     return None, None
 
 
+ESTIMATES: frozenset[str] = frozenset({"chunks", "estimated"})
+
+
+def tokens_text(count: int | None, source: str | None) -> str:
+    """A token count as shown everywhere: an estimate (chunks, tokenizer) gets a "~"; none is "–"."""
+    if count is None:
+        return "–"
+    return f"~{count}" if source in ESTIMATES else str(count)
+
+
 def first_text_at(timeline: Timeline) -> float | None:
     return next((d.at for d in timeline.deltas if d.chars > 0), None)
 

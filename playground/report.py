@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from playground.events import ServerTimings
-from playground.ui_format import tokens_text
+from playground.metrics import tokens_text
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -37,7 +37,6 @@ DEFAULT_FRAME_S = 1 / 15
 WARMUP_WAIT_S = 60.0
 UNCERTAIN_S = 0.010  # a column whose stamps may be off by more than this says so
 _DONE = object()
-ESTIMATES: frozenset[str] = frozenset({"chunks", "estimated"})  # token sources shown with "~"
 # per target id: did its chunk count match the server's usage last time? (absent: not yet seen)
 chunks_match_usage: dict[str, bool] = {}
 
@@ -282,12 +281,9 @@ class Run:
                             seen_text = seen_text or bool(event.text)
                         else:
                             post(index, event, getattr(event, "at", None) or at, True)
-        except BackendError as exc:
-            post(index, Failed(exc.kind, exc.message, exc.retry_after), time.perf_counter(), True)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # noqa: BLE001 - one broken target never breaks another
-            post(index, Failed(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}"), time.perf_counter(), True)
+            error = BackendError.wrap(exc)
+            post(index, Failed(error.kind, error.message, error.retry_after), time.perf_counter(), True)
         finally:
             post(index, _DONE, time.perf_counter(), True)
 
@@ -334,8 +330,7 @@ class Run:
     def _fail(self, column: Column, kind: ErrorKind, message: str, at: float) -> None:
         if kind is ErrorKind.TRUNCATED:
             tokens, source = column.token_count()
-            count = f"{'~' if source in ESTIMATES else ''}{tokens or 0}"
-            message = f"stream cut after {count} tokens: {message}"
+            message = f"stream cut after {metrics.tokens_text(tokens or 0, source)} tokens: {message}"
         # every backend's errors pass here: none may carry a key to the page, a table or an export
         column.error, column.error_kind = secrets.redact(message), kind
         self._finish(column, "error", at)

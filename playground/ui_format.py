@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from playground import secrets, settings
+from playground.metrics import tokens_text
 
 if TYPE_CHECKING:
     from playground.errors import Availability
@@ -30,13 +31,6 @@ def fmt_s(value: float | None) -> str:
     if value is None:
         return "–"
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
-
-
-def tokens_text(count: int | None, source: str | None) -> str:
-    """A token count; an estimate (chunks, tokenizer) gets a "~"."""
-    if count is None:
-        return "–"
-    return f"~{count}" if source in ("chunks", "estimated") else str(count)
 
 
 def uncertainty_text(column: Column) -> str | None:

@@ -27,7 +27,9 @@ def table_rows(out: str) -> list[list[str]]:
 def test_local_backends_bench_measures_every_backend(bundled_gguf: Path) -> None:
     out = run_bench("bench/local_backends.py", "--repeats", "1", "--tokens", "8")
     rows = {row[0]: row for row in table_rows(out)}
-    expected = ["onnx", "transformers"] + (["llamacpp"] if module_installed("llama_cpp") else [])
+    expected = ["onnx", "transformers"] + [name for name, module in (("llamacpp", "llama_cpp"),
+                                                                     ("openvino", "openvino_genai"))
+                                            if module_installed(module)]
     for name in expected:
         assert name in rows and not rows[name][1].startswith("skipped"), out
         assert rows[name][1] == "8", f"{name} did not make its 8 tokens: {rows[name]}"

@@ -175,3 +175,29 @@ def test_the_registry_the_catalog_and_the_readme_agree_on_the_backends() -> None
     for name, module in rows.items():
         assert REGISTRY[name].split(":")[0] == f"playground.backends.{module.removesuffix('.py')}"
         assert backend_class(name).name == name
+
+
+def test_a_new_http_backend_is_one_registry_line_for_the_measurement_process_and_the_record(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which backends stream in the measurement process and are recorded as an endpoint follows
+    from the registry (their ``HttpOptions``), not from a list of names."""
+    from types import SimpleNamespace
+
+    from playground import environment, measure_process
+    from playground.backends import http_backends, local_backends
+
+    monkeypatch.setitem(REGISTRY, "another-server", REGISTRY["openai"])
+    http_backends.cache_clear()
+    local_backends.cache_clear()
+    measure_process.use(True)
+    try:
+        target = SimpleNamespace(id="t", backend="another-server", model="m", options=SimpleNamespace())
+        assert measure_process.takes(target)  # type: ignore[arg-type]
+        assert environment.target_facts(target)["endpoint"] is None  # type: ignore[arg-type]
+        assert "file" not in environment.target_facts(target)  # type: ignore[arg-type]
+        assert not measure_process.takes(SimpleNamespace(backend="openvino"))  # type: ignore[arg-type]
+    finally:
+        measure_process.use(False)
+        monkeypatch.undo()
+        http_backends.cache_clear()
+        local_backends.cache_clear()

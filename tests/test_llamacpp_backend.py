@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +14,9 @@ from playground import models
 from playground.backends import local
 from playground.backends.llama_cpp import INSTALL_HINT, LlamaCppBackend, fresh_context
 from playground.catalog import Target
-from playground.events import TextDelta
 from playground.request import ChatRequest, build_messages, make_params
-from playground.runner import Job, Run, run_to_end
+from playground.runner import Job, run_to_end
+from tests.stop_watch import stop_after_tokens, watch_stop
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_ID = "smollm2-llamacpp"
@@ -90,20 +88,8 @@ async def test_real_generation_with_exact_tokens_and_engine_timings(target):
 
 async def test_stop_lands_within_one_token_and_the_worker_ends(target, monkeypatch):
     engine = await engine_of(target)
-    seen: dict[str, Any] = {"generated_after_stop": 0, "emitted_after_stop": 0}
-    real_stream, real_generate = local.stream_from_thread, engine.llm.generate
-
-    def watched_stream(work, *args, **kwargs):
-        def watched(emit, stop):
-            seen["stop"], seen["thread"] = stop, threading.current_thread()
-
-            def emit_watched(event):
-                if isinstance(event, TextDelta) and stop.is_set():
-                    seen["emitted_after_stop"] += 1
-                emit(event)
-
-            work(emit_watched, stop)
-        return real_stream(watched, *args, **kwargs)
+    seen = watch_stop(monkeypatch)
+    seen["generated_after_stop"], real_generate = 0, engine.llm.generate
 
     def watched_generate(*args, **kwargs):
         for token in real_generate(*args, **kwargs):
@@ -111,24 +97,10 @@ async def test_stop_lands_within_one_token_and_the_worker_ends(target, monkeypat
                 seen["generated_after_stop"] += 1
             yield token
 
-    monkeypatch.setattr(local, "stream_from_thread", watched_stream)
     monkeypatch.setattr(engine.llm, "generate", watched_generate)
-    run = Run([Job(target, chat("Count from 1 to 500, separated by commas.", 2000))], frame_s=0.01)
-    tokens_at_stop = None
-    columns = []
-    async for columns in run.frames():
-        if tokens_at_stop is None and columns[0].counted_tokens >= 5:
-            tokens_at_stop = columns[0].counted_tokens
-            run.stop()
-    [column] = columns
-    assert tokens_at_stop is not None, f"never reached 5 tokens: {column.status} {column.error}"
-    assert column.status == "stopped"
+    await stop_after_tokens(target, "Count from 1 to 500, separated by commas.", 2000, seen)
     assert seen["generated_after_stop"] <= 1
     assert seen["emitted_after_stop"] <= 1
-    deadline = time.monotonic() + 10
-    while seen["thread"].is_alive() and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert not seen["thread"].is_alive()
 
 
 async def test_two_sessions_share_one_loaded_model(target, monkeypatch):

@@ -26,7 +26,7 @@ from playground.errors import Availability, BackendError
 from playground.backends.ort_genai import OrtGenAIBackend
 from playground.backends.worker_process import WorkerProcess
 from playground.catalog import Catalog, Target
-from playground.events import ErrorKind, Event, Progress, TextDelta
+from playground.events import ErrorKind, Event, Progress, TextDelta, Usage
 from playground.onnx_build import ensure_bundled_onnx
 from playground.request import ChatRequest, build_messages, make_params
 from playground.runner import Column, Job, Run
@@ -411,6 +411,7 @@ async def test_half_built_cache_is_replaced_by_a_fresh_build(tmp_cache: Path, mo
 
     assert len(calls) == 2
     assert any("building" in m for m in messages)
+    assert not any("waiting for another" in m for m in messages), "no other process held the lock"
     assert "building ONNX model (first run only): layer 2/2 (100%)" in messages
     assert models.is_complete(tmp_cache)
     assert not (tmp_cache / "junk.onnx").exists()
@@ -551,3 +552,88 @@ def test_the_onnx_build_subprocesses_start_without_keys(monkeypatch: pytest.Monk
         return [line async for line in onnx_build._run([sys.executable, "-c", script], lambda line: line)]
 
     assert asyncio.run(lines()) == ["[]", "seen"]  # keys gone, the rest kept
+
+
+TEMPLATE_PROMPT_TOKENS = 34  # "Name three colours." in SmolLM2's chat template (its default system turn included)
+
+
+@pytest.fixture(params=[("smollm2-transformers", "transformers"), ("smollm2-onnx", "onnxruntime_genai"),
+                        ("smollm2-llamacpp", "llama_cpp"), ("smollm2-openvino", "openvino_genai")],
+                ids=lambda param: param[0])
+def bundled_target(request: pytest.FixtureRequest, builtin_catalog: Catalog, bundled_gguf: Path) -> Target:
+    """Each bundled target on its runtime, skipped where the runtime's library is missing."""
+    target_id, library = request.param
+    pytest.importorskip(library)
+    if target_id == "smollm2-onnx":
+        request.getfixturevalue("onnx_model_dir")
+    return builtin_catalog.get(target_id)
+
+
+async def test_every_local_backend_sends_the_same_prompt_tokens(bundled_target: Target) -> None:
+    """Each applies the model's own chat template the same way, so with temperature 0 the four
+    bundled targets can be compared token by token. (llama.cpp loads around this VM's faulting AMX
+    itself: ``llama_cpp.plain_weight_buffers``.)"""
+    events = [e async for e in make_backend(bundled_target).stream(
+        chat("Name three colours.", temperature=0, max_tokens=1))]
+    [usage] = [e for e in events if isinstance(e, Usage)]
+    assert usage.prompt_tokens == TEMPLATE_PROMPT_TOKENS
+
+
+@pytest.mark.parametrize(("target_id", "absent", "reason"), [
+    ("smollm2-transformers", {"torch", "transformers"}, "install torch and transformers"),
+    ("smollm2-transformers", {"transformers"}, "install transformers"),
+    ("smollm2-onnx", {"onnxruntime_genai"}, "install onnxruntime-genai"),
+])
+def test_a_missing_library_is_named(target_id: str, absent: set[str], reason: str, builtin_catalog: Catalog,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(models, "module_installed", lambda name: name not in absent)
+    assert make_backend(builtin_catalog.get(target_id)).availability() == Availability("unavailable", reason)
+
+
+def test_onnx_and_transformers_say_what_their_first_run_does(tmp_path: Path, builtin_catalog: Catalog,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLAYGROUND_CACHE", str(tmp_path / "cache"))  # no ONNX build yet
+    monkeypatch.setattr(models, "bundled_dir", lambda: tmp_path)
+    onnx = make_backend(builtin_catalog.get("smollm2-onnx")).availability()
+    assert onnx == Availability("first_run", "first run builds the int4 ONNX model (about a minute on 2 cores)")
+    assert make_backend(builtin_catalog.get("smollm2-transformers")).availability().state == "ready"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for backend in ("transformers", "onnx"):
+        hub = Target(id=f"h-{backend}", label="h", backend=backend, model="nobody/not-cached-here", source="hub",
+                     download_gb=1.5)
+        assert make_backend(hub).availability().state == "first_run", backend
+    monkeypatch.setattr(models, "bundled_dir", lambda: None)
+    for target_id in BUNDLED:
+        assert make_backend(builtin_catalog.get(target_id)).availability() == Availability(
+            "unavailable", models.INSTALL_HINT)
+
+
+@pytest.mark.parametrize("backend", ["transformers", "onnx", "llamacpp", "openvino"])
+def test_every_local_backend_says_its_availability_through_local_availability(
+        backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    said = Availability("unavailable", "said by local.availability")
+    monkeypatch.setattr(local, "availability", lambda *args, **kwargs: said)
+    target = Target(id="t", label="t", backend=backend, model="SmolLM2-135M-Instruct", source="bundled")
+    assert make_backend(target).availability() is said
+
+
+@pytest.mark.parametrize("backend", ["llamacpp", "openvino"])
+async def test_the_gguf_backends_find_their_model_in_one_place(backend: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from playground.backends.gguf import GgufBackend
+
+    cls = type(make_backend(Target(id="g", label="g", backend=backend, model="m", source="bundled")))
+    assert issubclass(cls, GgufBackend)
+    assert not {"_model_path", "_local_path"} & set(vars(cls))  # written once, in GgufBackend
+
+    async def path_of(target: Target) -> list[Any]:
+        return [item async for item in make_backend(target)._model_path()]
+
+    on_disk = Target(id="p", label="p", backend=backend, model=str(tmp_path), source="path", gguf_file="m.gguf")
+    assert await path_of(on_disk) == [tmp_path / "m.gguf"]
+    monkeypatch.setattr(models, "bundled_dir", lambda: tmp_path)
+    assert await path_of(Target(id="b", label="b", backend=backend, model="m", source="bundled")) == [
+        tmp_path / models.BUNDLED_GGUF]
+    monkeypatch.setattr(models, "bundled_dir", lambda: None)
+    with pytest.raises(BackendError, match=re.escape(models.INSTALL_HINT)):
+        await path_of(Target(id="b", label="b", backend=backend, model="m", source="bundled"))

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import typing
+from pathlib import Path
+
 import pytest
 
 from playground import metrics
+from playground.events import TokenSource
 from playground.metrics import Delta, Timeline
 
 
@@ -114,3 +119,21 @@ def test_single_token_has_ttft_but_no_rate_or_gaps() -> None:
 def test_ended_wins_over_now() -> None:
     m = metrics.summarize(timeline(0.0, [(0.3, 5, 1)], ended=0.4), 1, "counted", now=9.0)
     assert m.e2e_s == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("source", typing.get_args(TokenSource) + (None,))
+def test_tokens_text_marks_every_estimate_and_only_estimates(source: TokenSource | None) -> None:
+    shown = metrics.tokens_text(12, source)
+    assert shown == ("~12" if source in ("chunks", "estimated") else "12")
+    assert metrics.tokens_text(None, source) == "–"
+
+
+def test_the_estimate_mark_is_written_once() -> None:
+    """The "~N" shape lives in metrics.tokens_text; the columns, the report and a cut stream's error use it."""
+    root = Path(__file__).resolve().parents[1] / "playground"
+    writers = [str(path.relative_to(root)) for path in root.rglob("*.py")
+               if re.search(r"""f["']~\{|["']~["'] if""", path.read_text(encoding="utf-8"))]
+    assert writers == ["metrics.py"]
+    from playground import report, ui_format
+
+    assert ui_format.tokens_text is report.tokens_text is metrics.tokens_text

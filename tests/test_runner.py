@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from sse_server import Script, ScriptedServer, text_of
@@ -249,3 +250,37 @@ async def test_one_column_stops_and_the_others_finish(server: ScriptedServer) ->
     assert a.text and text_of(100).startswith(a.text) and a.text != text_of(100)  # its partial answer is kept
     assert c.text == text_of(100)
     await assert_no_task_left()
+
+
+async def test_a_backend_that_raises_anything_fails_only_its_column_as_an_internal_error() -> None:
+    from playground.errors import BackendError
+
+    class Raising:
+        def __init__(self, exc: Exception) -> None:
+            self.exc = exc
+
+        def availability(self) -> Any:
+            from playground.errors import READY
+
+            return READY
+
+        async def stream(self, request: ChatRequest) -> Any:
+            raise self.exc
+            yield
+
+    t = target("http://127.0.0.1:9/v1", "m")
+    backends = [Raising(ValueError("bad shape")), Raising(BackendError(ErrorKind.RATE_LIMITED, "slow down", 7.0))]
+    frames, _ = await drain(Run(jobs(t, t), backends=backends))  # type: ignore[arg-type]
+    plain, limited = frames[-1].columns
+    assert (plain.status, plain.error_kind, plain.error) == ("error", ErrorKind.INTERNAL, "ValueError: bad shape")
+    assert (limited.error_kind, limited.error) == (ErrorKind.RATE_LIMITED, "slow down")
+
+
+def test_the_internal_error_shape_is_written_once() -> None:
+    """``BackendError.wrap`` names an unexpected exception's type; nothing else builds that message."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "playground"
+    shape = re.compile(r'ErrorKind\.INTERNAL, f"\{type\(exc\)\.__name__\}: \{exc\}"')
+    assert [p.name for p in root.rglob("*.py") if shape.search(p.read_text(encoding="utf-8"))] == ["errors.py"]

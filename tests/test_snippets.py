@@ -61,6 +61,15 @@ def test_a_typed_url_and_key_stay_in_their_variables() -> None:
     assert "os.environ.get('PLAYGROUND_USER_MODEL')" in code
 
 
+def test_a_backend_without_a_writer_gets_a_placeholder_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer is optional for a new backend: the Code panel says there is none yet."""
+    from playground import snippets
+
+    monkeypatch.delitem(snippets.WRITERS, "openvino")
+    target = Target(id="ov", label="ov", backend="openvino", model="SmolLM2-135M-Instruct", source="bundled")
+    assert snippet(target, chat()) == "# no snippet for the openvino backend yet\n"
+
+
 def test_the_ollama_snippet_answers(clean_env: Any) -> None:
     with OllamaStub() as stub:
         target = Target(id="o", label="ollama", backend="ollama", model="phi3.5")

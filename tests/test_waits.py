@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from playground import models
+from playground import models, onnx_build
 from playground.backends import local
 from playground.errors import BackendError
 from playground.catalog import Target
@@ -115,6 +115,16 @@ async def test_waiting_for_another_processs_onnx_build_counts_seconds_and_gives_
     assert lines[0] == "building ONNX model: waiting for another process's build to finish (0 s)"
     assert "building ONNX model: waiting for another process's build to finish (2 s)" in lines
     assert not (final.parent / (final.name + ".tmp-0")).exists()
+
+
+async def test_no_waiting_line_when_no_other_process_builds(tmp_path: Path) -> None:
+    """An unheld lock is taken at once and says nothing (no "waiting for another build" at 0 s)."""
+    with open(tmp_path / "build.lock", "w") as lock_file:
+        lines = [line async for line in onnx_build._take_build_lock(lock_file)]
+        assert lines == []
+        with open(tmp_path / "build.lock", "w") as other:  # and this process now holds it
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 async def test_a_download_counts_seconds_and_gives_up(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar
 
 from playground import models
 from playground.backends import local
-from playground.errors import READY, Availability, BackendError, ErrorKind, first_run
+from playground.errors import Availability, BackendError, ErrorKind
 from playground.events import Event, Progress
 from playground.images import PreparedImage
 from playground.vision import tagged_dicts
@@ -45,14 +45,8 @@ class TransformersBackend(local.LocalBackend):
     supports_vision: ClassVar[bool] = True  # for targets with vision: true
 
     def availability(self) -> Availability:
-        missing = [m for m in REQUIRED if not models.module_installed(m)]
-        if missing:
-            return Availability("unavailable", f"install {' and '.join(missing)}")
-        if self.target.options.source == "bundled":
-            return READY if models.bundled_dir() else Availability("unavailable", models.INSTALL_HINT)
-        if self.target.options.source == "hub" and not hub_cached(self.target.model):
-            return first_run(self.target.options.download_gb)
-        return READY
+        return local.availability(self.target, REQUIRED, lambda missing: f"install {' and '.join(missing)}",
+                                  lambda: hub_cached(self.target.model))
 
     def _check_remote_code(self) -> None:
         """Refuse, before any download, remote code known to break on this transformers."""

@@ -19,10 +19,11 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
-from playground import models, settings
+from playground import settings
 from playground.backends import local
+from playground.backends.gguf import GgufBackend
 from playground.errors import READY, Availability, BackendError
 from playground.events import (
     ErrorKind, Event, Notice, ServerTimings,
@@ -122,9 +123,8 @@ class Engine:
     abort: Abort
 
 
-class LlamaCppBackend(local.LocalBackend):
+class LlamaCppBackend(GgufBackend):
     name: ClassVar[str] = "llamacpp"
-    Options = local.GgufOptions
 
     @property
     def key(self) -> str:
@@ -135,17 +135,13 @@ class LlamaCppBackend(local.LocalBackend):
             return Availability("unavailable", "gguf_file: name the .gguf file in the hub repository")
 
         def on_disk() -> Availability:
-            path = self._local_file()
+            path = self._local_path()
             return READY if path.is_file() else Availability("unavailable", f"no GGUF file at {path}")
 
         return local.availability(self.target, "llama_cpp", INSTALL_HINT,
-                                  lambda: self._hub_file(local_only=True) is not None, on_disk)
+                                  lambda: self._hub_model(local_only=True) is not None, on_disk)
 
-    def _local_file(self) -> Path:
-        path = Path(self.target.model).expanduser()
-        return path / self.target.options.gguf_file if self.target.options.gguf_file else path
-
-    def _hub_file(self, local_only: bool) -> Path | None:
+    def _hub_model(self, local_only: bool) -> Path | None:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -155,33 +151,8 @@ class LlamaCppBackend(local.LocalBackend):
         except LocalEntryNotFoundError:
             return None
 
-    async def _gguf(self) -> AsyncIterator[str | Path]:
-        """Progress lines, then the GGUF path."""
-        source = self.target.options.source
-        if source == "bundled":
-            folder = models.bundled_dir()
-            if folder is None:
-                raise BackendError(ErrorKind.UNAVAILABLE, models.INSTALL_HINT)
-            yield folder / (self.target.options.gguf_file or models.BUNDLED_GGUF)
-        elif source == "hub":
-            async for item in local.fetch_from_hub(self._hub_file, self.target,
-                                                   f"{self.target.options.gguf_file} not found in {self.target.model}"):
-                yield item
-        else:
-            yield self._local_file()
-
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
-        waited_for_load = not local.is_loaded(self.key)
-        engines: list[Engine] = []
-        async for progress in local.find_and_load(self.key, self.target, self._gguf(), self._load, engines):
-            yield progress
-        engine = engines[0]
-
-        def work(emit: local.Emit, stop: threading.Event) -> None:
-            self._generate(engine, request, emit, stop, engine.load_s if waited_for_load else 0.0)
-
-        async for event in local.stream_from_thread(work):
-            yield event
+    def _hub_missing(self) -> str:
+        return f"{self.target.options.gguf_file} not found in {self.target.model}"
 
     def _load(self, path: Path | None) -> Engine:
         import llama_cpp

@@ -112,16 +112,20 @@ def running_columns() -> int:
     return _running
 
 
-def availability(target: Any, module: str, install_hint: str, in_cache: Callable[[], bool],
-                 on_disk: Callable[[], Availability]) -> Availability:
-    """What a local target says, offline: its library is missing; the bundled model is (not)
-    installed; a hub model is in the cache, else the first run downloads it; or ``on_disk()``."""
+def availability(target: Any, modules: str | tuple[str, ...], install_hint: str | Callable[[list[str]], str],
+                 in_cache: Callable[[], bool], on_disk: Callable[[], Availability] = lambda: READY,
+                 bundled: Callable[[], Availability] = lambda: READY) -> Availability:
+    """What a local target says, offline: its libraries are missing (``install_hint``, or what it
+    says for the missing ones); the bundled model is not installed, else ``bundled()``; a hub model is
+    in the cache, else the first run downloads it; or ``on_disk()``."""
     from playground import models
 
-    if not models.module_installed(module):  # find_spec: never imported here
-        return Availability("unavailable", install_hint)
+    missing = [m for m in ((modules,) if isinstance(modules, str) else modules)
+               if not models.module_installed(m)]  # find_spec: never imported here
+    if missing:
+        return Availability("unavailable", install_hint if isinstance(install_hint, str) else install_hint(missing))
     if target.options.source == "bundled":
-        return READY if models.bundled_dir() else Availability("unavailable", models.INSTALL_HINT)
+        return bundled() if models.bundled_dir() else Availability("unavailable", models.INSTALL_HINT)
     if target.options.source == "hub":
         return READY if in_cache() else first_run(target.options.download_gb)
     return on_disk()

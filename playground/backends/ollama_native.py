@@ -154,7 +154,7 @@ def _mapped(exc: Exception, target: Target, host: str) -> BackendError:
         return BackendError(ErrorKind.TRUNCATED, f"connection dropped mid-stream ({type(exc).__name__})")
     if isinstance(exc, ValueError):  # a line that is not JSON, or not a chat chunk
         return BackendError(ErrorKind.SERVER, f"malformed stream from {host}: {secrets.redact(str(exc))[:200]}")
-    return BackendError(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}")
+    return BackendError.wrap(exc)
 
 
 def timings(final: Any) -> ServerTimings:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 
-from playground import models
 from playground.backends import local
+from playground.backends.gguf import GgufBackend
 from playground.errors import READY, Availability, BackendError, ErrorKind
 from playground.events import Event, ServerTimings
 
@@ -38,9 +38,8 @@ class Pipeline:
     lock: threading.Lock
 
 
-class OpenVinoBackend(local.LocalBackend):
+class OpenVinoBackend(GgufBackend):
     name: ClassVar[str] = "openvino"
-    Options = local.GgufOptions
 
     def availability(self) -> Availability:
         def on_disk() -> Availability:
@@ -49,9 +48,9 @@ class OpenVinoBackend(local.LocalBackend):
                 "unavailable", f"no GGUF file or OpenVINO model ({IR_FILE}) at {path}")
 
         return local.availability(self.target, "openvino_genai", INSTALL_HINT,
-                                  lambda: self._hub_folder(local_only=True) is not None, on_disk)
+                                  lambda: self._hub_model(local_only=True) is not None, on_disk)
 
-    def _hub_folder(self, local_only: bool) -> Path | None:
+    def _hub_model(self, local_only: bool) -> Path | None:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -64,36 +63,13 @@ class OpenVinoBackend(local.LocalBackend):
         path = folder / gguf if gguf else folder
         return path if _usable(path) else None
 
-    async def _model_path(self) -> AsyncIterator[str | Path]:
-        if self.target.options.source == "bundled":
-            folder = models.bundled_dir()
-            if folder is None:
-                raise BackendError(ErrorKind.UNAVAILABLE, models.INSTALL_HINT)
-            yield folder / (self.target.options.gguf_file or models.BUNDLED_GGUF)
-        elif self.target.options.source == "hub":
-            async for item in local.fetch_from_hub(self._hub_folder, self.target,
-                                                   f"{self.target.model} has no {IR_FILE} or GGUF file"):
-                yield item
-        else:
-            yield self._local_path()
-
-    def _local_path(self) -> Path:
-        path = Path(self.target.model).expanduser()
-        return path / self.target.options.gguf_file if self.target.options.gguf_file else path
+    def _hub_missing(self) -> str:
+        return f"{self.target.model} has no {IR_FILE} or GGUF file"
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         if request.images:
             raise BackendError(ErrorKind.BAD_REQUEST, f"{self.target.label} is a text-only target: it cannot take images")
-        waited_for_load = not local.is_loaded(self.key)
-        loaded: list[Pipeline] = []
-        async for progress in local.find_and_load(self.key, self.target, self._model_path(), self._load, loaded):
-            yield progress
-        pipeline = loaded[0]
-
-        def work(emit: local.Emit, stop: threading.Event) -> None:
-            self._generate(pipeline, request, emit, stop, pipeline.load_s if waited_for_load else 0.0)
-
-        async for event in local.stream_from_thread(work):
+        async for event in super().stream(request):
             yield event
 
     def _load(self, path: Path | None) -> Pipeline:

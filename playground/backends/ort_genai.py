@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar
 
 from playground import models
 from playground.backends import local
-from playground.errors import READY, Availability, BackendError, ErrorKind, first_run
+from playground.errors import READY, Availability, BackendError, ErrorKind
 from playground.backends.worker_process import Generate, WorkerProcess
 from playground.events import Event
 from playground.vision import tagged_dicts
@@ -44,17 +44,12 @@ class OrtGenAIBackend(local.LocalBackend):
         return f"onnx:{self.target.options.source}:{self.target.model}:{self.target.options.hub_subfolder}"
 
     def availability(self) -> Availability:
-        if not models.module_installed("onnxruntime_genai"):
-            return Availability("unavailable", "install onnxruntime-genai")
-        if self.target.options.source == "bundled":
-            if not models.bundled_dir():
-                return Availability("unavailable", models.INSTALL_HINT)
-            if not models.is_complete(models.bundled_onnx_dir()):
-                return Availability("first_run", "first run builds the int4 ONNX model (about a minute on 2 cores)")
-            return READY
-        if self.target.options.source == "hub" and self._hub_folder(local_only=True) is None:
-            return first_run(self.target.options.download_gb)
-        return READY
+        def bundled() -> Availability:
+            return READY if models.is_complete(models.bundled_onnx_dir()) else Availability(
+                "first_run", "first run builds the int4 ONNX model (about a minute on 2 cores)")
+
+        return local.availability(self.target, "onnxruntime_genai", "install onnxruntime-genai",
+                                  lambda: self._hub_folder(local_only=True) is not None, bundled=bundled)
 
     def _hub_folder(self, local_only: bool) -> Path | None:
         from huggingface_hub import snapshot_download
