@@ -48,6 +48,7 @@ class Replay:
         self.phase = [f"replay of {when(document)}, {pace}"] * len(self.columns)
         self._stopped: set[int] = set()
         self._stop_all = threading.Event()
+        self._start: float | None = None
 
     def stop(self) -> None:
         self._stop_all.set()
@@ -55,11 +56,19 @@ class Replay:
     def stop_column(self, index: int) -> None:
         self._stopped.add(index)
 
+    def now(self) -> float:
+        """The replay's clock: the recorded run's time, which runs ``speed`` times faster than the
+        wall's (its live figures tick as they did when it was recorded)."""
+        real = time.perf_counter()
+        if self.speed is None or self._start is None:
+            return real
+        return self._start + (real - self._start) * self.speed
+
     def _due(self, start: float, offset: float) -> float:
         return start if self.speed is None else start + offset / self.speed
 
     async def frames(self) -> AsyncIterator[list[Column]]:
-        start = time.perf_counter()
+        start = self._start = time.perf_counter()
         steps: list[tuple[float, int, int]] = []  # (when due, column, event index; the count: the end)
         for i, (column, timeline) in enumerate(zip(self.columns, self.document["timelines"])):
             column.timeline.sent = start  # the recorded offsets count from the request
@@ -81,7 +90,7 @@ class Replay:
             self._apply(i, n, start, shown)
             if step + 1 == len(steps) or steps[step + 1][0] > time.perf_counter():
                 yield self.columns  # everything due by now, at once (the page paces its frames)
-        now = time.perf_counter()
+        now = self.now()
         for i, column in enumerate(self.columns):
             if not column.final:
                 self._finish(column, i, "stopped", now)
@@ -91,7 +100,7 @@ class Replay:
         """Columns stopped on their own end now, not at their next recorded event; True if any did."""
         stopped = [i for i in list(self._stopped) if not self.columns[i].final]
         for i in stopped:
-            self._finish(self.columns[i], i, "stopped", time.perf_counter())
+            self._finish(self.columns[i], i, "stopped", self.now())
         return bool(stopped)
 
     def _apply(self, i: int, n: int, start: float, shown: list[int]) -> None:
@@ -99,7 +108,7 @@ class Replay:
         if column.final:
             return
         if i in self._stopped:
-            self._finish(column, i, "stopped", time.perf_counter())
+            self._finish(column, i, "stopped", self.now())
             return
         timeline = self.document["timelines"][i]
         if n == len(timeline["events"]):

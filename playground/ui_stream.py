@@ -152,6 +152,7 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
     statuses = [""] * MAX_COLUMNS
     shown: list[tuple[Any, ...] | None] = [None] * plan.count
     due = [0.0] * plan.count
+    clock = run.now if isinstance(run, Replay) else time.perf_counter  # a replay at 2× keeps its own time
     try:
         async for columns in _paced(run.frames(), MIN_GAP_S):
             now = time.perf_counter()
@@ -159,7 +160,7 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
                 phase = phases[i]
                 state = (*_status_state(column), phase)
                 if state != shown[i] or (column.status == "streaming" and now >= due[i]):
-                    statuses[i] = (f"**{phase}** · " if phase else "") + status_markdown(column, now)
+                    statuses[i] = (f"**{phase}** · " if phase else "") + status_markdown(column, clock())
                     shown[i], due[i] = state, now + STATUS_REFRESH_S
             yield Frame(columns, statuses)
     finally:

@@ -402,3 +402,26 @@ async def test_in_public_mode_a_visitor_opens_and_shares_only_their_own_runs_and
     assert recorded_run(local, run_id, None, "visitor-b")["prompt"] == "Tell me a story."  # the owner's machine
     with pytest.raises(gr.Error, match="pick a run"):
         recorded_run(space, "  ", None, "visitor-a")
+
+
+async def test_a_replay_at_twice_the_pace_ticks_its_live_figures_in_recorded_time() -> None:
+    """At 2× the text arrives twice as fast, and the live E2E reads the recorded run's time, not the
+    wall's (which would read half)."""
+    events = [[0.2 * (n + 1), 1, 1] for n in range(8)]  # a token every 0.2 s of the recording
+    document = {"format": 1, "prompt": "p", "recorded_at": 0,
+                "results": [{"id": "a", "text": "abcdefgh", "output_tokens": 8, "tokens_source": "counted"}],
+                "timelines": [{"events": events, "ended": 1.6, "status": "done"}]}
+    replay = Replay(records.parse_export(json.dumps(document)), 2.0)
+    seen: list[tuple[float, float]] = []
+    started = time.perf_counter()
+    async for frame in replay.frames():
+        column = frame[0]
+        if not column.final and len(column.timeline.deltas) >= 4:
+            live = column.metrics(replay.now())
+            seen.append((live.e2e_s or 0.0, time.perf_counter() - started))
+    assert seen, "no frame mid-way"
+    e2e, wall = seen[0]
+    assert e2e >= 0.8 - 0.02 and wall < 0.8 * 0.75, (e2e, wall)  # recorded time, at half the wall's
+    assert e2e == pytest.approx(2 * wall, abs=0.05)
+    final = frame[0].metrics()
+    assert final.e2e_s == pytest.approx(1.6, abs=1e-6) and final.ttft_s == pytest.approx(0.2, abs=1e-6)
