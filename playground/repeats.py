@@ -28,7 +28,6 @@ METRICS = {  # name in the report -> what it measures
     "e2e_s": "end-to-end latency (s)",
     "output_tokens": "output tokens",
 }
-_asked: set[str] = set()  # targets that have had a request in this process
 
 
 @dataclass(frozen=True)
@@ -49,9 +48,9 @@ class Sample:
     tokens_source: str | None
 
 
-def _sample(column: Column, run: int, warmup: bool, cold: bool) -> Sample:
+def _sample(column: Column, run: int, warmup: bool) -> Sample:
     m = column.metrics()
-    return Sample(column.target.id, run, warmup, cold, column.status, column.error, column.text, m.ttft_s,
+    return Sample(column.target.id, run, warmup, column.cold, column.status, column.error, column.text, m.ttft_s,
                   m.decode_tokens_per_s, m.itl_p50_s, m.itl_p95_s, m.e2e_s, m.output_tokens, m.tokens_source)
 
 
@@ -190,8 +189,6 @@ class RepeatedRun:
         return granted
 
     async def _one_run(self, index: int, job: Job, number: int, warm: bool) -> Column:
-        cold = job.target.id not in _asked
-        _asked.add(job.target.id)
         run = self._runs[index] = Run([job])
         if index in self._halted:
             run.stop()
@@ -200,7 +197,7 @@ class RepeatedRun:
             column = columns[0]
             self._show(index, column)
         self._runs[index] = None
-        self.samples[index].append(_sample(column, number, warm, cold))
+        self.samples[index].append(_sample(column, number, warm))
         return column
 
 

@@ -53,6 +53,7 @@ def result_entry(column: Column) -> dict[str, Any]:
         "timing_uncertain": column.timing_uncertain,
         "notices": list(column.notices),
         "images_sent": column.images_sent,
+        "cold": column.cold,  # the target's first request in this process (a load, a connection)
         "server": server_entry(column),
     }
 

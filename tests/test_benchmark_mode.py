@@ -93,6 +93,25 @@ async def test_without_warm_up_the_first_sample_is_cold_and_counted() -> None:
     assert repeats.summary(target, samples, None, greedy=True)["cold_samples"] == 1
 
 
+async def test_an_ordinary_run_before_a_benchmark_makes_its_first_sample_warm() -> None:
+    from playground import repeats, runner
+    from playground.catalog import Target
+    from playground.report import result_entry
+    from playground.runner import Job
+    from tests.sse_server import ScriptedServer
+
+    with ScriptedServer({"steady": Script(tokens=5, ttft_s=0.01, interval_s=0.005)}) as server:
+        target = Target(id="asked-by-a-run", label="warm", backend="openai", model="steady",
+                        base_url=server.base_url)
+        [column] = await runner.run_to_end([Job(target, _chat(5))])
+        [again] = await runner.run_to_end([Job(target, _chat(5))])
+        [samples] = await repeats.bench([target], _chat(5), repeat=2, warmup=0)
+    assert column.status == "done" and column.cold and not again.cold
+    assert (result_entry(column)["cold"], result_entry(again)["cold"]) == (True, False)  # the run's exports say so
+    assert [s.cold for s in samples] == [False, False]
+    assert repeats.summary(target, samples, None, greedy=True)["cold_samples"] == 0
+
+
 def test_bench_csv_prints_one_row_per_run_with_the_environment(tmp_path: Path, clean_env: Any) -> None:
     import csv
     import io
