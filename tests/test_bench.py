@@ -33,6 +33,11 @@ def test_local_backends_bench_measures_every_backend(bundled_gguf: Path) -> None
         assert rows[name][1] == "8", f"{name} did not make its 8 tokens: {rows[name]}"
         assert float(rows[name][4]) > 0 and float(rows[name][5]) > 0, rows[name]
     assert rows["onnx"][-1] not in ("", "in process"), "the onnx model process's memory is missing"
+    for name in expected:  # the roofline columns: both decode rates as shares of the same ceiling
+        ours, bare = (re.fullmatch(r"(\d+) %", cell) for cell in rows[name][8:10])
+        assert ours and bare, rows[name]
+        scale = float(rows[name][5]) / float(rows[name][4])  # bare decode ÷ playground decode
+        assert abs(int(ours[1]) * scale - int(bare[1])) <= 0.5 + 0.5 * scale, rows[name]  # rounding only
 
 
 def test_fanout_bench_prints_ratios() -> None:
