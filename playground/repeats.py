@@ -443,20 +443,23 @@ def across_text(entry: dict[str, Any]) -> str:
 
 
 def csv_text(document: dict[str, Any]) -> str:
-    """One row per run (warm-up runs included, marked), with the environment in every row."""
+    """One row per run (warm-up runs included, marked). Every row carries what produced it: the
+    benchmark's settings (prompt, parameters, repeat, warm-up, fair mode), the machine, the library
+    versions and the target's model files or endpoint, so rows of two exports compare on their own."""
     import csv
     import io
 
     from playground.report import csv_safe
 
-    env = document["environment"]
-    machine = {"playground": env["playground"], "git_revision": env["git_revision"], "python": env["python"],
-               "cpu": env["cpu"], "cores": env["cores"], "memory_gb": env["memory_gb"], "os": env["os"]}
+    settings = {"prompt": document["prompt"], **document["parameters"], "repeat": document["repeat"],
+                "warmup_runs": document["warmup"], "fair_mode": document.get("fair_mode", False)}
+    columns = [*settings, *environment.export_columns({}, None)]
     out = io.StringIO()
-    fields = ["target", "run", "warmup", "cold", "status", "error", *METRICS, "tokens_source", "text", *machine]
-    writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
+    writer = csv.DictWriter(out, fieldnames=["target", "run", "warmup", "cold", "status", "error", *METRICS,
+                                             "tokens_source", "text", *columns], extrasaction="ignore")
     writer.writeheader()
     for entry in document["targets"]:
+        context = {**settings, **environment.export_columns(document["environment"], entry["model"])}
         for run in entry["runs"]:
-            writer.writerow({k: csv_safe(v) for k, v in {**run, **machine}.items()})
+            writer.writerow({k: csv_safe(v) for k, v in {**run, **context}.items()})
     return out.getvalue()

@@ -87,10 +87,6 @@ def with_environment(document: dict[str, Any], targets: list[Any]) -> dict[str, 
                                         "targets": [environment.target_facts(t) for t in targets]}}
 
 
-ENVIRONMENT_COLUMNS = ("playground", "git_revision", "python", "cpu", "cores", "memory_gb", "os")
-MODEL_COLUMNS = ("file", "size_mb", "quantisation", "fingerprint", "endpoint")
-
-
 THUMBNAIL_SIDE = 96
 
 
@@ -156,6 +152,8 @@ def write_exports(document: dict[str, Any], folder: Path) -> tuple[Path, Path]:
     """The run as JSON (everything) and CSV (one row per target, text included)."""
     import pandas as pd
 
+    from playground import environment
+
     folder.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = folder / "phi-playground-run.json", folder / "phi-playground-run.csv"
     json_path.write_text(json.dumps(document, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -170,9 +168,8 @@ def write_exports(document: dict[str, Any], folder: Path) -> tuple[Path, Path]:
                    **document["parameters"])
         env = document.get("environment")
         if env:  # in every row, so that rows of two exports can be compared on their own
-            row.update({f"env_{k}": env.get(k) for k in ENVIRONMENT_COLUMNS})
             facts = next((t for t in env.get("targets", []) if t.get("id") == result.get("id")), {})
-            row.update({f"model_{k}": facts.get(k) for k in MODEL_COLUMNS})
+            row.update(environment.export_columns(env, facts))
         rows.append(row)
     pd.DataFrame([{k: csv_safe(v) for k, v in row.items()} for row in rows]).to_csv(csv_path, index=False)
     return csv_path, json_path

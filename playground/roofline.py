@@ -62,15 +62,9 @@ def ceiling(backend: str, model_file_bytes: int) -> Ceiling:
 
 
 def model_bytes(target: Target) -> int | None:
-    """The size of the weights a local target loads: its GGUF, or for the bundled ONNX model the
-    int4 files the playground built from it."""
-    from pathlib import Path
+    """The size of the weights a local target loads: the files it actually loads (for the bundled
+    ONNX model, the int4 files the playground built from the GGUF)."""
+    from playground import environment
 
-    from playground import environment, models
-
-    if target.backend == "onnx" and getattr(target.options, "source", None) == "bundled":
-        folder = models.bundled_onnx_dir()
-        files = [p for p in folder.glob("*.onnx*") if p.is_file()] if folder.is_dir() else []
-        return sum(p.stat().st_size for p in files) or None
-    path = environment.model_file(target)
-    return Path(path).stat().st_size if path is not None and Path(path).is_file() else None
+    files = environment.model_files(target)
+    return sum(p.stat().st_size for p in files) or None

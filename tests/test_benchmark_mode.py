@@ -131,7 +131,9 @@ def test_bench_csv_prints_one_row_per_run_with_the_environment(tmp_path: Path, c
         ("steady", "3", "False", "False", "done")]
     for row in rows:
         assert float(row["ttft_s"]) > 0.015 and float(row["decode_tokens_per_s"]) > 0 and row["output_tokens"] == "6"
-        assert row["python"] == sys.version.split()[0] and row["cores"] and row["os"]
+        assert row["env_python"] == sys.version.split()[0] and row["env_cores"] and row["env_os"]
+        assert row["lib_openai"] and row["model_endpoint"].startswith("http://127.0.0.1")
+        assert (row["repeat"], row["warmup_runs"], row["fair_mode"], row["temperature"]) == ("2", "1", "False", "0.0")
 
 
 def test_bench_refuses_bad_options_by_name(tmp_path: Path, clean_env: Any) -> None:
