@@ -218,8 +218,8 @@ async def measure_one(name: str, repeats: int, tokens: int) -> dict[str, Any]:
 
 def roofline_ceiling(target: Any) -> float | None:
     """This machine's decode ceiling for the target: measured bandwidth ÷ the weights read a token."""
-    size = roofline.model_bytes(target)
-    return roofline.ceiling(target.backend, size).tokens_per_s if size else None
+    ceiling = roofline.for_target(target)
+    return ceiling.tokens_per_s if ceiling else None
 
 
 def peak_rss_mb(pid: int) -> float | None:

@@ -86,15 +86,31 @@ def _weights_in(folder: Path) -> list[Path]:
 
 
 def model_file(target: Target) -> Path | None:
+    """The file (or folder) a local target loads: bundled, a path, or its copy in the HF cache."""
     options = target.options
     gguf = getattr(options, "gguf_file", None)
-    if getattr(options, "source", None) == "bundled":
+    source = getattr(options, "source", None)
+    if source == "bundled":
         folder = models.bundled_dir()
         return folder / (gguf or models.BUNDLED_GGUF) if folder else None
-    if getattr(options, "source", None) == "path":
-        path = Path(target.model).expanduser()
-        return path / gguf if gguf else path
-    return None
+    if source == "hub":
+        return hub_path(target.model, gguf, getattr(options, "hub_subfolder", None))
+    path = Path(target.model).expanduser()  # a path, the default
+    return path / gguf if gguf else path
+
+
+def hub_path(repo: str, filename: str | None, subfolder: str | None) -> Path | None:
+    """Where the backends' ``hf_hub_download`` / ``snapshot_download`` left the file or folder: the
+    cached snapshot, found offline (None when it is not downloaded yet)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = [filename] if filename else [f"{subfolder}/*"] if subfolder else None
+        root = Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache, no huggingface_hub, a bad name: no facts
+        return None
+    folder = root / subfolder if subfolder else root
+    return folder / filename if filename else folder
 
 
 QUANTISATION = re.compile(r"(?<![A-Za-z0-9])(IQ\d\w*|Q\d\w*|BF16|F16|F32)(?=[.-]|$)", re.IGNORECASE)

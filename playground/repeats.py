@@ -17,6 +17,7 @@ from playground import environment, metrics, roofline, stats
 from playground.backends import local_backends
 from playground.catalog import Target
 from playground.errors import ErrorKind
+from playground.report import roofline_entry
 from playground.request import ChatRequest
 from playground.runner import Column, Job, Run
 
@@ -229,13 +230,9 @@ def summary(target: Target, samples: list[Sample], objectives: stats.Objectives 
         "runs": [asdict(s) for s in samples],
     }
     decode = entry["statistics"]["decode_tokens_per_s"]
-    size = roofline.model_bytes(target) if target.backend in local_backends() else None
-    if size and decode:
-        ceiling = roofline.ceiling(target.backend, size)
-        entry["roofline"] = {"bandwidth_gb_s": ceiling.bandwidth_gb_s, "bytes_per_token": ceiling.bytes_per_token,
-                             "ceiling_tokens_per_s": ceiling.tokens_per_s,
-                             "share_of_ceiling": ceiling.share(decode["p50"]),
-                             "text": ceiling.describe(decode["p50"])}
+    ceiling = roofline.for_target(target) if decode else None
+    if ceiling is not None and decode:
+        entry["roofline"] = roofline_entry(ceiling, decode["p50"])
     if objectives is not None:
         entry["goodput"] = stats.goodput([(s.ttft_s, s.decode_tokens_per_s) for s in measured], objectives)
     if greedy:

@@ -15,10 +15,11 @@ if TYPE_CHECKING:
 
     from playground.images import PreparedImage
     from playground.request import GenerationParams
+    from playground.roofline import Ceiling
     from playground.runner import Column
 
 TABLE_COLUMNS = ["target", "backend", "TTFT (s)", "decode tok/s", "tokens", "tokens source", "E2E (s)",
-                 "clock ±ms", "server tok/s", "prompt eval (s)", "load (s)", "status"]
+                 "clock ±ms", "server tok/s", "prompt eval (s)", "load (s)", "% of ceiling", "status"]
 SERVER_FIELDS = [f.name for f in dataclasses.fields(ServerTimings)]
 SERVER_DIGITS = {"decode_tokens_per_s": 2, "prompt_eval_s": 4, "load_s": 4, "total_s": 4}
 
@@ -122,7 +123,14 @@ def status_word(column: Column) -> str:
     return f"error: {column.error}" if column.status == "error" else column.status
 
 
-def table_row(column: Column) -> dict[str, Any]:
+def roofline_entry(ceiling: Ceiling, decode_tokens_per_s: float) -> dict[str, Any]:
+    """A measured decode rate against this machine's ceiling (``roofline.for_target``)."""
+    return {"bandwidth_gb_s": ceiling.bandwidth_gb_s, "bytes_per_token": ceiling.bytes_per_token,
+            "ceiling_tokens_per_s": ceiling.tokens_per_s, "share_of_ceiling": ceiling.share(decode_tokens_per_s),
+            "text": ceiling.describe(decode_tokens_per_s)}
+
+
+def table_row(column: Column, ceiling: Ceiling | None = None) -> dict[str, Any]:
     m = column.metrics()
     server = column.server
     tokens = None if m.output_tokens is None else tokens_text(m.output_tokens, m.tokens_source)
@@ -138,14 +146,18 @@ def table_row(column: Column) -> dict[str, Any]:
         "server tok/s": _round(server.decode_tokens_per_s, 1) if server else None,
         "prompt eval (s)": _round(server.prompt_eval_s) if server else None,
         "load (s)": _round(server.load_s) if server else None,
+        "% of ceiling": (round(ceiling.share(m.decode_tokens_per_s) * 100)
+                         if ceiling is not None and m.decode_tokens_per_s else None),
         "status": status_word(column),
     }
 
 
-def results_frame(columns: list[Column]) -> pd.DataFrame:
+def results_frame(columns: list[Column], ceilings: list[Ceiling | None] | None = None) -> pd.DataFrame:
+    """A row per column; ``ceilings``: each local target's roofline ("% of ceiling"), where known."""
     import pandas as pd
 
-    return pd.DataFrame([table_row(c) for c in columns], columns=TABLE_COLUMNS)
+    ceilings = ceilings or [None] * len(columns)
+    return pd.DataFrame([table_row(c, r) for c, r in zip(columns, ceilings)], columns=TABLE_COLUMNS)
 
 
 def write_exports(document: dict[str, Any], folder: Path) -> tuple[Path, Path]:
