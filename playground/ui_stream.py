@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import gradio as gr
 
-from playground import charts, exports, records, repeats, roofline, stats
+from playground import charts, difference, exports, records, repeats, roofline, stats
 from playground.records import RecordError
 from playground.repeats import RepeatedRun
 from playground.replay import Replay
@@ -269,7 +269,7 @@ def _results(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton,
         bench = BenchOutcome(repeats.summary_markdown(bench_doc) + f"\n\n*Charts: {charts.CAPTION}.*",
                              table.postprocess(repeats.statistics_frame(bench_doc)).model_dump(),
                              charts.plot_value(bench_doc, "ttft_s"), charts.plot_value(bench_doc, "decode_tokens_per_s"),
-                             repeats.difference_notes(bench_doc, [t.id for t in targets]))
+                             difference.difference_notes(bench_doc, [t.id for t in targets]))
     else:
         csv_path, json_path = write_exports(document, folder)
     return (table.postprocess(results_frame(columns, ceilings)).model_dump(),
