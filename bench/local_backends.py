@@ -10,7 +10,10 @@ own subprocess (so peak memory does not mix), the script prints one Markdown tab
   ``model.generate`` with a minimal ``BaseStreamer``; ``Llama.generate`` with ``detokenize``;
   ``LLMPipeline.generate`` with a minimal ``StreamerBase`` that decodes each token id.
   Each decodes every token to text, as any streaming client must;
-- overhead: how much slower the playground decodes than the bare loop (aim < 5 %);
+- llama.cpp's bare loop runs at 1 and at 2 threads (``THREAD_SWEEP``), the playground at its
+  default (``PLAYGROUND_LLAMACPP_THREADS``, else the CPUs but one): the table shows both
+  counts and each bare count's best decode, and the best bare loop is the bar;
+- overhead: how much slower the playground decodes than the best bare loop (aim < 5 %);
 - peak RSS of the subprocess (``ru_maxrss``): the model loaded once, both loops on it. The
   playground runs onnx models in a process of their own (onnxruntime-genai holds the GIL per
   token), so for onnx the bare loop loads its own copy here and the model process's peak RSS
@@ -24,7 +27,9 @@ over pairs (a pair runs back to back, under about the same load). On a busy 2-co
 single runs swing by 30 % or more; a negative overhead is that noise, not a faster playground.
 llama.cpp's KV cache is cleared before every run so that no run reuses a cached prompt.
 
-    .venv/bin/python bench/local_backends.py [--repeats 5] [--tokens 128] [--backends onnx,llamacpp]
+    .venv/bin/python bench/local_backends.py [--repeats 5] [--tokens 128] [--backends onnx,llamacpp] [--quick]
+
+``--quick`` (1 pair, 16 tokens) checks that it runs; its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
@@ -52,6 +57,7 @@ from playground.runner import Job, Run  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 BACKENDS = ("onnx", "transformers", "llamacpp", "openvino")
+THREAD_SWEEP = (1, 2)  # llama.cpp's bare loop runs at each; the playground at its own default
 Stamps = tuple[float, list[float]]  # (when the request was handed over, one time per token)
 
 
@@ -113,12 +119,14 @@ def bare_transformers(loaded: tuple[Any, Any, Any], request: ChatRequest) -> Sta
     return started, times
 
 
-def bare_llamacpp(engine: Any, request: ChatRequest, backend: Any) -> Stamps:
+def bare_llamacpp(engine: Any, request: ChatRequest, backend: Any, threads: int | None = None) -> Stamps:
     import llama_cpp
 
     llm = engine.llm
     ids = backend.prompt_ids(engine, request, lambda event: None)
     vocab, times = llm._model.vocab, []
+    if threads is not None:  # the playground's next run sets its own count again
+        llama_cpp.llama_set_n_threads(llm.ctx, threads, threads)
     llm.reset()
     started = time.perf_counter()
     for token in llm.generate(ids, temp=0.0, top_p=1.0):
@@ -172,7 +180,11 @@ async def measure_one(name: str, repeats: int, tokens: int) -> dict[str, Any]:
         if column.status != "done":
             raise SystemExit(f"{name}: {column.status}: {column.error}")
         m = column.metrics()
+        if column.server is not None and column.server.threads is not None:
+            playground_threads.append(column.server.threads)
         return m.ttft_s, m.decode_tokens_per_s, m.output_tokens
+
+    playground_threads: list[int] = []  # as the engine reports them (llama.cpp: PLAYGROUND_LLAMACPP_THREADS or its default)
 
     await playground()  # warm-up: loads (and for onnx, may build) the model
     loaded = await local.load_shared(backend.key, lambda: None)
@@ -180,36 +192,56 @@ async def measure_one(name: str, repeats: int, tokens: int) -> dict[str, Any]:
     if name == "onnx":  # the playground's model lives in its own process; the bare loop loads one here
         worker_pid = loaded.pid
         loaded = backend.load_model(models.bundled_onnx_dir())
-    bare: Callable[[], Stamps] = {
-        "onnx": lambda: bare_onnx(loaded, request),
-        "transformers": lambda: bare_transformers(loaded, request),
-        "llamacpp": lambda: bare_llamacpp(loaded, request, backend),
-        "openvino": lambda: bare_openvino(loaded, request),
-    }[name]
-    bare()  # warm-up of the bare path too
-    async def bare_run() -> tuple[float | None, float | None, int]:
-        started, times = await asyncio.to_thread(bare)  # off the loop, as the playground's worker
+    # llama.cpp's bare loop runs at each thread count of the sweep and the best one is the bar; the
+    # other libraries' bare loops run once a pair, as the library sets itself up
+    sweep: tuple[int | None, ...] = THREAD_SWEEP if name == "llamacpp" else (None,)
+
+    def bare_at(threads: int | None) -> Stamps:
+        return {
+            "onnx": lambda: bare_onnx(loaded, request),
+            "transformers": lambda: bare_transformers(loaded, request),
+            "llamacpp": lambda: bare_llamacpp(loaded, request, backend, threads),
+            "openvino": lambda: bare_openvino(loaded, request),
+        }[name]()
+
+    for threads in sweep:
+        bare_at(threads)  # warm-up of the bare path too, at each thread count
+
+    async def bare_run(threads: int | None) -> tuple[float | None, float | None, int]:
+        started, times = await asyncio.to_thread(bare_at, threads)  # off the loop, as the playground's worker
         return times[0] - started if times else None, decode_rate(times), len(times)
 
-    ours, theirs = [], []
+    ours: list[tuple[float | None, float | None, int | None]] = []
+    theirs: dict[int | None, list[tuple[float | None, float | None, int]]] = {t: [] for t in sweep}
     for i in range(repeats):  # pairs, in alternating order, so that drift hits both sides
         if i % 2:
-            theirs.append(await bare_run())
+            for threads in sweep:
+                theirs[threads].append(await bare_run(threads))
             ours.append(await playground())
         else:
             ours.append(await playground())
-            theirs.append(await bare_run())
+            for threads in reversed(sweep):
+                theirs[threads].append(await bare_run(threads))
     best = lambda runs, i, pick: pick(r[i] for r in runs if r[i] is not None)  # noqa: E731
-    pairs = [(t[1] - o[1]) / t[1] * 100 for o, t in zip(ours, theirs) if o[1] and t[1]]
+    by_threads = {t: best(runs, 1, max) for t, runs in theirs.items()}
+    top = max(sweep, key=lambda t: by_threads[t] or 0.0)  # the best bare loop is the bar
+    pairs = []  # each pair against its best bare run
+    for k, o in enumerate(ours):
+        bare_best = max((theirs[t][k][1] for t in sweep if theirs[t][k][1]), default=None)
+        if o[1] and bare_best:
+            pairs.append((bare_best - o[1]) / bare_best * 100)
     return {
         "pair_overhead_pct": statistics.median(pairs) if pairs else None,
         "backend": name,
         "tokens": ours[0][2],
-        "bare_tokens": theirs[0][2],
+        "bare_tokens": theirs[top][0][2],
         "ttft_s": best(ours, 0, min),
-        "bare_ttft_s": best(theirs, 0, min),
+        "bare_ttft_s": best(theirs[top], 0, min),
         "decode": best(ours, 1, max),
-        "bare_decode": best(theirs, 1, max),
+        "bare_decode": by_threads[top],
+        "threads": playground_threads[-1] if playground_threads else None,
+        "bare_threads": top,
+        "bare_by_threads": {str(t): rate for t, rate in by_threads.items()} if top is not None else None,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "ceiling_tok_s": roofline_ceiling(target),
         "model_process_rss_mb": peak_rss_mb(worker_pid) if worker_pid else None,
@@ -218,8 +250,8 @@ async def measure_one(name: str, repeats: int, tokens: int) -> dict[str, Any]:
 
 def roofline_ceiling(target: Any) -> float | None:
     """This machine's decode ceiling for the target: measured bandwidth ÷ the weights read a token."""
-    size = roofline.model_bytes(target)
-    return roofline.ceiling(target.backend, size).tokens_per_s if size else None
+    ceiling = roofline.for_target(target)
+    return ceiling.tokens_per_s if ceiling else None
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -241,14 +273,23 @@ def available(name: str) -> str | None:
     return None if state.runnable else state.reason
 
 
+def threads_cell(r: dict[str, Any]) -> str:
+    """"1 / 2 (1: 75.3, 2: 90.1 tok/s)": the playground's threads, the best bare loop's, and each
+    bare count's best decode; "–" where a library sets its own threads."""
+    if r.get("bare_threads") is None:
+        return "–"
+    sweep = ", ".join(f"{t}: {rate:.1f}" for t, rate in (r.get("bare_by_threads") or {}).items() if rate)
+    return f"{r.get('threads') or '?'} / {r['bare_threads']} ({sweep} tok/s)"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| backend | tokens | TTFT playground (s) | TTFT bare (s) | decode tok/s playground "
-             "| decode tok/s bare | overhead (best) | overhead (median pair) | roofline playground | roofline bare "
-             "| peak RSS (MB) | model process peak RSS (MB) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| decode tok/s bare (best) | threads playground / bare | overhead (best) | overhead (median pair) "
+             "| roofline playground | roofline bare | peak RSS (MB) | model process peak RSS (MB) |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['backend']} | skipped: {r['skipped']} ||||||||||| ")
+            lines.append(f"| {r['backend']} | skipped: {r['skipped']} |||||||||||| ")
             continue
         overhead = (r["bare_decode"] - r["decode"]) / r["bare_decode"] * 100
         worker = f"{r['model_process_rss_mb']:.0f}" if r.get("model_process_rss_mb") else "in process"
@@ -257,7 +298,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         roof = (f"{r['decode'] / ceiling * 100:.0f} % | {r['bare_decode'] / ceiling * 100:.0f} %" if ceiling
                 else "– | –")
         lines.append(f"| {r['backend']} | {tokens} | {r['ttft_s']:.3f} | {r['bare_ttft_s']:.3f} | "
-                     f"{r['decode']:.1f} | {r['bare_decode']:.1f} | {overhead:+.1f} % | "
+                     f"{r['decode']:.1f} | {r['bare_decode']:.1f} | {threads_cell(r)} | {overhead:+.1f} % | "
                      f"{r['pair_overhead_pct']:+.1f} % | {roof} | {r['peak_rss_mb']:.0f} | {worker} |")
     return "\n".join(lines)
 
@@ -267,8 +308,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--quick", action="store_true", help="1 pair of 16 tokens: checks it runs")
     parser.add_argument("--one", choices=BACKENDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.tokens = 1, 16
     if args.one:
         print(json.dumps(asyncio.run(measure_one(args.one, args.repeats, args.tokens))))
         return 0

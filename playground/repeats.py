@@ -14,9 +14,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, AsyncIterator, Callable
 
 from playground import environment, metrics, roofline, stats
+from playground.difference import across_targets, across_text, first_difference, repeats_text
 from playground.backends import local_backends
 from playground.catalog import Target
 from playground.errors import ErrorKind
+from playground.report import roofline_entry
 from playground.request import ChatRequest
 from playground.runner import Column, Job, Run
 
@@ -28,7 +30,6 @@ METRICS = {  # name in the report -> what it measures
     "e2e_s": "end-to-end latency (s)",
     "output_tokens": "output tokens",
 }
-_asked: set[str] = set()  # targets that have had a request in this process
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,9 @@ class Sample:
     tokens_source: str | None
 
 
-def _sample(column: Column, run: int, warmup: bool, cold: bool) -> Sample:
+def _sample(column: Column, run: int, warmup: bool) -> Sample:
     m = column.metrics()
-    return Sample(column.target.id, run, warmup, cold, column.status, column.error, column.text, m.ttft_s,
+    return Sample(column.target.id, run, warmup, column.cold, column.status, column.error, column.text, m.ttft_s,
                   m.decode_tokens_per_s, m.itl_p50_s, m.itl_p95_s, m.e2e_s, m.output_tokens, m.tokens_source)
 
 
@@ -190,8 +191,6 @@ class RepeatedRun:
         return granted
 
     async def _one_run(self, index: int, job: Job, number: int, warm: bool) -> Column:
-        cold = job.target.id not in _asked
-        _asked.add(job.target.id)
         run = self._runs[index] = Run([job])
         if index in self._halted:
             run.stop()
@@ -200,7 +199,7 @@ class RepeatedRun:
             column = columns[0]
             self._show(index, column)
         self._runs[index] = None
-        self.samples[index].append(_sample(column, number, warm, cold))
+        self.samples[index].append(_sample(column, number, warm))
         return column
 
 
@@ -232,20 +231,17 @@ def summary(target: Target, samples: list[Sample], objectives: stats.Objectives 
         "runs": [asdict(s) for s in samples],
     }
     decode = entry["statistics"]["decode_tokens_per_s"]
-    size = roofline.model_bytes(target) if target.backend in local_backends() else None
-    if size and decode:
-        ceiling = roofline.ceiling(target.backend, size)
-        entry["roofline"] = {"bandwidth_gb_s": ceiling.bandwidth_gb_s, "bytes_per_token": ceiling.bytes_per_token,
-                             "ceiling_tokens_per_s": ceiling.tokens_per_s,
-                             "share_of_ceiling": ceiling.share(decode["p50"]),
-                             "text": ceiling.describe(decode["p50"])}
+    ceiling = roofline.for_target(target) if decode else None
+    if ceiling is not None and decode:
+        entry["roofline"] = roofline_entry(ceiling, decode["p50"])
     if objectives is not None:
         entry["goodput"] = stats.goodput([(s.ttft_s, s.decode_tokens_per_s) for s in measured], objectives)
     if greedy:
-        difference = stats.first_difference([s.text for s in ok])
+        difference = first_difference([s.text for s in ok], [target] * len(ok))
         entry["identical_across_repeats"] = difference is None
         if difference is not None:
-            entry["first_difference"] = {"run": ok[difference[0]].run, "character": difference[1]}
+            entry["first_difference"] = {"run": ok[difference.index].run, "against_run": ok[0].run,
+                                         **difference.as_dict()}
     return entry
 
 
@@ -268,31 +264,6 @@ def document(targets: list[Target], results: list[list[Sample]], request: ChatRe
     }
 
 
-def across_targets(targets: list[Target], results: list[list[Sample]]) -> list[dict[str, Any]]:
-    """Greedy answers of targets of the same model (each target's first measured answer): the same,
-    or where one first leaves the first target's: what a quantisation or a backend changes."""
-    groups: dict[str, list[tuple[Target, str]]] = {}
-    for target, samples in zip(targets, results):
-        ok = [s for s in samples if not s.warmup and s.status == "done"]
-        if ok:
-            groups.setdefault(target.model or target.id, []).append((target, ok[0].text))
-    compared = []
-    for model, members in groups.items():
-        if len({t.id for t, _ in members}) < 2:
-            continue
-        entry: dict[str, Any] = {"model": model, "targets": [t.id for t, _ in members]}
-        difference = stats.first_difference([text for _, text in members])
-        entry["identical"] = difference is None
-        if difference is not None:
-            index, at = difference
-            (first, theirs), (other, ours) = members[0], members[index]
-            entry["first_difference"] = {"target": other.id, "against": first.id, "character": at,
-                                         "common": theirs[max(0, at - 30):at], "theirs": theirs[at:at + 20],
-                                         "ours": ours[at:at + 20]}
-        compared.append(entry)
-    return compared
-
-
 STATISTICS = {
     "p50/p90/p95": "percentiles, linear interpolation between the nearest ranks",
     "std": "sample standard deviation (n - 1)",
@@ -301,6 +272,8 @@ STATISTICS = {
     "cold_samples": "measured runs that were their target's first request in this process",
     "stopped_runs": "measured runs stopped by the user: not in the statistics, the goodput or the failures",
     "fair_mode": "local targets took turns, one local generation at a time (remote ones ran at once)",
+    "first_difference": "where a greedy answer first leaves the first one's: token (from 1) by the model's "
+                        "tokenizer where the playground has it, else by words split at whitespace (unit says which)",
     "roofline": "decode p50 as a share of bandwidth ÷ bytes of weights read a token (local targets; see roofline.py)",
 }
 
@@ -339,10 +312,7 @@ def text_report(document: dict[str, Any]) -> str:
             objectives = stats.Objectives(**document["objectives"]).describe()
             lines.append(f"goodput: {entry['goodput'] * 100:.0f} % of runs met {objectives}")
         if "identical_across_repeats" in entry:
-            same = entry["identical_across_repeats"]
-            lines.append("greedy answers: identical across repeats" if same else
-                         f"greedy answers: run {entry['first_difference']['run']} differs from the first at "
-                         f"character {entry['first_difference']['character']}")
+            lines.append("greedy answers " + repeats_text(entry))
         for run in entry["runs"]:
             if run["error"]:
                 lines.append(f"run {run['run']}: {run['status']}: {run['error']}")
@@ -404,62 +374,31 @@ def summary_markdown(document: dict[str, Any]) -> str:
         if "roofline" in entry:
             bits.append(f"decode p50 is {entry['roofline']['text']}")
         if "identical_across_repeats" in entry:
-            if entry["identical_across_repeats"]:
-                bits.append("greedy answers identical across repeats")
-            else:
-                d = entry["first_difference"]
-                bits.append(f"greedy answer of run {d['run']} differs from the first at character {d['character']}")
+            bits.append("greedy answers " + repeats_text(entry))
         lines.append(f"- **{entry['label']}**: " + " · ".join(bits))
     for entry in document.get("across_targets", []):
         lines.append(f"- {across_text(entry)}")
     return "\n".join(lines)
 
 
-def difference_notes(document: dict[str, Any], column_targets: list[str]) -> dict[int, str]:
-    """Per column, under its answer: where its greedy answer first leaves the first target's of the
-    same model (the first differing characters marked), for the transcript."""
-    notes = {}
-    for entry in document.get("across_targets", []):
-        d = entry.get("first_difference")
-        if d is None or d["target"] not in column_targets:
-            continue
-        notes[column_targets.index(d["target"])] = (
-            f"≠ leaves {d['against']}'s greedy answer at character {d['character']}: "
-            f"…{_shown(d['common'][-20:])}**[{_shown(d['ours'])}]** where {d['against']} has **[{_shown(d['theirs'])}]**")
-    return notes
-
-
-def _shown(text: str) -> str:
-    """A piece of an answer inside a Markdown note: one line, its markup shown as written."""
-    import re
-
-    return re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", " ".join(text.split()))
-
-
-def across_text(entry: dict[str, Any]) -> str:
-    """One line on the greedy answers of one model's targets."""
-    if entry["identical"]:
-        return f"greedy answers of {entry['model']}: identical on {', '.join(entry['targets'])}"
-    d = entry["first_difference"]
-    return (f"greedy answers of {entry['model']}: {d['target']} leaves {d['against']} at character {d['character']}, "
-            f"after {d['common'][-20:]!r}: {d['ours']!r} where {d['against']} has {d['theirs']!r}")
-
-
 def csv_text(document: dict[str, Any]) -> str:
-    """One row per run (warm-up runs included, marked), with the environment in every row."""
+    """One row per run (warm-up runs included, marked). Every row carries what produced it: the
+    benchmark's settings (prompt, parameters, repeat, warm-up, fair mode), the machine, the library
+    versions and the target's model files or endpoint, so rows of two exports compare on their own."""
     import csv
     import io
 
     from playground.report import csv_safe
 
-    env = document["environment"]
-    machine = {"playground": env["playground"], "git_revision": env["git_revision"], "python": env["python"],
-               "cpu": env["cpu"], "cores": env["cores"], "memory_gb": env["memory_gb"], "os": env["os"]}
+    settings = {"prompt": document["prompt"], **document["parameters"], "repeat": document["repeat"],
+                "warmup_runs": document["warmup"], "fair_mode": document.get("fair_mode", False)}
+    columns = [*settings, *environment.export_columns({}, None)]
     out = io.StringIO()
-    fields = ["target", "run", "warmup", "cold", "status", "error", *METRICS, "tokens_source", "text", *machine]
-    writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
+    writer = csv.DictWriter(out, fieldnames=["target", "run", "warmup", "cold", "status", "error", *METRICS,
+                                             "tokens_source", "text", *columns], extrasaction="ignore")
     writer.writeheader()
     for entry in document["targets"]:
+        context = {**settings, **environment.export_columns(document["environment"], entry["model"])}
         for run in entry["runs"]:
-            writer.writerow({k: csv_safe(v) for k, v in {**run, **machine}.items()})
+            writer.writerow({k: csv_safe(v) for k, v in {**run, **context}.items()})
     return out.getvalue()

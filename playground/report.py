@@ -15,10 +15,11 @@ if TYPE_CHECKING:
 
     from playground.images import PreparedImage
     from playground.request import GenerationParams
+    from playground.roofline import Ceiling
     from playground.runner import Column
 
 TABLE_COLUMNS = ["target", "backend", "TTFT (s)", "decode tok/s", "tokens", "tokens source", "E2E (s)",
-                 "clock ±ms", "server tok/s", "prompt eval (s)", "load (s)", "status"]
+                 "clock ±ms", "server tok/s", "prompt eval (s)", "load (s)", "% of ceiling", "status"]
 SERVER_FIELDS = [f.name for f in dataclasses.fields(ServerTimings)]
 SERVER_DIGITS = {"decode_tokens_per_s": 2, "prompt_eval_s": 4, "load_s": 4, "total_s": 4}
 
@@ -53,6 +54,7 @@ def result_entry(column: Column) -> dict[str, Any]:
         "timing_uncertain": column.timing_uncertain,
         "notices": list(column.notices),
         "images_sent": column.images_sent,
+        "cold": column.cold,  # the target's first request in this process (a load, a connection)
         "server": server_entry(column),
     }
 
@@ -84,10 +86,6 @@ def with_environment(document: dict[str, Any], targets: list[Any]) -> dict[str, 
 
     return {**document, "environment": {**environment.machine(),
                                         "targets": [environment.target_facts(t) for t in targets]}}
-
-
-ENVIRONMENT_COLUMNS = ("playground", "git_revision", "python", "cpu", "cores", "memory_gb", "os")
-MODEL_COLUMNS = ("file", "size_mb", "quantisation", "fingerprint", "endpoint")
 
 
 THUMBNAIL_SIDE = 96
@@ -125,7 +123,14 @@ def status_word(column: Column) -> str:
     return f"error: {column.error}" if column.status == "error" else column.status
 
 
-def table_row(column: Column) -> dict[str, Any]:
+def roofline_entry(ceiling: Ceiling, decode_tokens_per_s: float) -> dict[str, Any]:
+    """A measured decode rate against this machine's ceiling (``roofline.for_target``)."""
+    return {"bandwidth_gb_s": ceiling.bandwidth_gb_s, "bytes_per_token": ceiling.bytes_per_token,
+            "ceiling_tokens_per_s": ceiling.tokens_per_s, "share_of_ceiling": ceiling.share(decode_tokens_per_s),
+            "text": ceiling.describe(decode_tokens_per_s)}
+
+
+def table_row(column: Column, ceiling: Ceiling | None = None) -> dict[str, Any]:
     m = column.metrics()
     server = column.server
     tokens = None if m.output_tokens is None else tokens_text(m.output_tokens, m.tokens_source)
@@ -141,19 +146,25 @@ def table_row(column: Column) -> dict[str, Any]:
         "server tok/s": _round(server.decode_tokens_per_s, 1) if server else None,
         "prompt eval (s)": _round(server.prompt_eval_s) if server else None,
         "load (s)": _round(server.load_s) if server else None,
+        "% of ceiling": (round(ceiling.share(m.decode_tokens_per_s) * 100)
+                         if ceiling is not None and m.decode_tokens_per_s else None),
         "status": status_word(column),
     }
 
 
-def results_frame(columns: list[Column]) -> pd.DataFrame:
+def results_frame(columns: list[Column], ceilings: list[Ceiling | None] | None = None) -> pd.DataFrame:
+    """A row per column; ``ceilings``: each local target's roofline ("% of ceiling"), where known."""
     import pandas as pd
 
-    return pd.DataFrame([table_row(c) for c in columns], columns=TABLE_COLUMNS)
+    ceilings = ceilings or [None] * len(columns)
+    return pd.DataFrame([table_row(c, r) for c, r in zip(columns, ceilings)], columns=TABLE_COLUMNS)
 
 
 def write_exports(document: dict[str, Any], folder: Path) -> tuple[Path, Path]:
     """The run as JSON (everything) and CSV (one row per target, text included)."""
     import pandas as pd
+
+    from playground import environment
 
     folder.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = folder / "phi-playground-run.json", folder / "phi-playground-run.csv"
@@ -169,9 +180,8 @@ def write_exports(document: dict[str, Any], folder: Path) -> tuple[Path, Path]:
                    **document["parameters"])
         env = document.get("environment")
         if env:  # in every row, so that rows of two exports can be compared on their own
-            row.update({f"env_{k}": env.get(k) for k in ENVIRONMENT_COLUMNS})
             facts = next((t for t in env.get("targets", []) if t.get("id") == result.get("id")), {})
-            row.update({f"model_{k}": facts.get(k) for k in MODEL_COLUMNS})
+            row.update(environment.export_columns(env, facts))
         rows.append(row)
     pd.DataFrame([{k: csv_safe(v) for k, v in row.items()} for row in rows]).to_csv(csv_path, index=False)
     return csv_path, json_path

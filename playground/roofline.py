@@ -11,7 +11,7 @@ that). Both are estimates of a ceiling, not of a speed: the ratio says how much 
 
 from __future__ import annotations
 
-import functools
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,9 +24,26 @@ PASSES = 4
 DEQUANTIZED = {"transformers": 8.0}  # how much bigger than the file the weights are once loaded
 
 
-@functools.cache
+_bandwidth: float | None = None
+_measuring = threading.Lock()
+
+
 def bandwidth_gb_s() -> float:
-    """Memory bandwidth in GB/s (bytes read plus written by a large copy), measured once: ~0.3 s."""
+    """Memory bandwidth in GB/s (bytes read plus written by a large copy), measured once per process:
+    ~0.3 s of numpy, so never call it on an event loop (``known_bandwidth`` never measures)."""
+    global _bandwidth
+    with _measuring:
+        if _bandwidth is None:
+            _bandwidth = _measure()
+        return _bandwidth
+
+
+def known_bandwidth() -> float | None:
+    """The bandwidth if it was measured already; never measures."""
+    return _bandwidth
+
+
+def _measure() -> float:
     import numpy as np
 
     source = np.ones(BUFFER_BYTES // 8)
@@ -57,20 +74,31 @@ class Ceiling:
                 f"{self.bytes_per_token / 1e6:.0f} MB of weights a token)")
 
 
-def ceiling(backend: str, model_file_bytes: int) -> Ceiling:
-    return Ceiling(bandwidth_gb_s(), model_file_bytes * DEQUANTIZED.get(backend, 1.0))
+def ceiling(backend: str, model_file_bytes: int, dequantized: bool = True) -> Ceiling:
+    factor = DEQUANTIZED.get(backend, 1.0) if dequantized else 1.0
+    return Ceiling(bandwidth_gb_s(), model_file_bytes * factor)
 
 
 def model_bytes(target: Target) -> int | None:
-    """The size of the weights a local target loads: its GGUF, or for the bundled ONNX model the
-    int4 files the playground built from it."""
-    from pathlib import Path
+    """The size of the weights a local target loads: the files it actually loads (for the bundled
+    ONNX model, the int4 files the playground built from the GGUF)."""
+    from playground import environment
 
-    from playground import environment, models
+    files = environment.model_files(target)
+    return sum(p.stat().st_size for p in files) or None
 
-    if target.backend == "onnx" and getattr(target.options, "source", None) == "bundled":
-        folder = models.bundled_onnx_dir()
-        files = [p for p in folder.glob("*.onnx*") if p.is_file()] if folder.is_dir() else []
-        return sum(p.stat().st_size for p in files) or None
-    path = environment.model_file(target)
-    return Path(path).stat().st_size if path is not None and Path(path).is_file() else None
+
+def for_target(target: Target) -> Ceiling | None:
+    """This machine's ceiling for a local target (None for a remote one, or weights not found).
+    Measures the bandwidth the first time: call it in a thread."""
+    from playground import environment
+    from playground.backends import local_backends
+
+    if target.backend not in local_backends():
+        return None
+    files = environment.model_files(target)
+    size = sum(p.stat().st_size for p in files)
+    if not size:
+        return None
+    # transformers dequantizes a GGUF to float32; safetensors load as stored
+    return ceiling(target.backend, size, dequantized=any(p.suffix == ".gguf" for p in files))

@@ -39,6 +39,15 @@ UNCERTAIN_S = 0.010  # a column whose stamps may be off by more than this says s
 _DONE = object()
 # per target id: did its chunk count match the server's usage last time? (absent: not yet seen)
 chunks_match_usage: dict[str, bool] = {}
+asked: set[str] = set()  # targets any run has sent a request to in this process
+
+
+def first_request(target_id: str) -> bool:
+    """Mark the target asked; True when this is its first request in this process (a model load,
+    a new connection, a server-side cache: the run is "cold")."""
+    cold = target_id not in asked
+    asked.add(target_id)
+    return cold
 
 
 @dataclass
@@ -66,6 +75,7 @@ class Column:
     lag_from: float | None = None
     # stamps taken in this process wait on its loop and its GIL; a model process stamps on its own
     shares_clock: bool = True
+    cold: bool = False  # its request was the target's first in this process
 
     @property
     def final(self) -> bool:
@@ -269,6 +279,7 @@ class Run:
             if not self._backends and measure_process.takes(job.target):
                 backend = measure_process.RemoteStream(job.target)  # read and stamped in its own process
                 self.columns[index].shares_clock = False
+            self.columns[index].cold = first_request(job.target.id)
             seen_text = False
             # local engines pick their threads from how many local columns run at once
             running = local.running_column() if job.target.backend in local_backends() else nullcontext()

@@ -60,3 +60,19 @@ def estimate_tokens(text: str) -> int:
         preload()
         return max(1, math.ceil(len(text) / 4))
     return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+TOKENIZER_NAME = "SmolLM2 tokenizer"
+
+
+def is_smollm2(target: Any) -> bool:
+    """The targets whose model uses the tokenizer held here: SmolLM2, bundled or from the hub (every
+    SmolLM2 size shares one tokenizer)."""
+    return "smollm2" in str(target.model).lower()
+
+
+def tokenizer(wait: bool = False) -> Any | None:
+    """The loaded tokenizer, or None; ``wait`` (off any event loop) lets a first load finish."""
+    if _tokenizer is None:
+        preload(wait=wait)
+    return _tokenizer

@@ -11,6 +11,7 @@ from playground.metrics import tokens_text
 if TYPE_CHECKING:
     from playground.errors import Availability
     from playground.catalog import Target
+    from playground.roofline import Ceiling
     from playground.runner import Column
 
 STATUS_ICON = {"queued": "⏳", "loading": "⏳", "streaming": "▶", "done": "✓", "stopped": "■", "error": "✗"}
@@ -40,8 +41,9 @@ def uncertainty_text(column: Column) -> str | None:
     return f"timing uncertain, ±{column.timing_bound_s * 1000:.0f} ms: the machine was busy"
 
 
-def status_markdown(column: Column, now: float | None = None) -> str:
-    """The live status line: state, then TTFT, decode tok/s, tokens and E2E."""
+def status_markdown(column: Column, now: float | None = None, ceiling: Ceiling | None = None) -> str:
+    """The live status line: state, then TTFT, decode tok/s, tokens and E2E; at the end, a local
+    target's decode rate against this machine's ceiling (``ceiling``, computed off the loop)."""
     m = column.metrics(now)
     state = column.status
     if column.status == "error":
@@ -55,6 +57,8 @@ def status_markdown(column: Column, now: float | None = None) -> str:
         f"TTFT {fmt_s(m.ttft_s)} · decode {speed} tok/s · tokens {tokens_text(m.output_tokens, m.tokens_source)}"
         f"{source} · E2E {fmt_s(m.e2e_s)}",
     ]
+    if ceiling is not None and m.decode_tokens_per_s and column.status == "done":
+        parts.append(f"roofline: decode is {ceiling.describe(m.decode_tokens_per_s)}")
     chart = token_chart(column, now)
     if chart:
         parts.append(chart)

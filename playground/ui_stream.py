@@ -24,13 +24,15 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import gradio as gr
 
-from playground import charts, exports, records, repeats, stats
+from playground import charts, difference, exports, records, repeats, roofline, stats
 from playground.records import RecordError
 from playground.repeats import RepeatedRun
 from playground.replay import Replay
 from playground.replay import when as replay_when
 from playground.snippets import snippet
-from playground.report import results_frame, run_document, with_environment, write_bench_exports, write_exports
+from playground.report import (
+    results_frame, roofline_entry, run_document, with_environment, write_bench_exports, write_exports,
+)
 from playground.runner import Job, Run
 from playground.settings import MAX_COLUMNS
 from playground.ui_format import Turn, finished_turn, live_answer, status_markdown, transcript
@@ -172,11 +174,11 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
         histories[i][-1].sent_user = plan.prompt_text
     samples = run.samples if isinstance(run, RepeatedRun) else None
     # the document hashes and thumbnails the images: in the thread, off this loop
-    results, _ = await asyncio.gather(asyncio.to_thread(_results, plan, table, download, run.columns,
-                                                        samples),
-                                      asyncio.sleep(OUTCOME_AFTER_S))
-    final = [(f"**{phase}** · " if phase else "") + status_markdown(c)
-             for c, phase in zip(run.columns, phases)] + statuses[plan.count:]
+    (*results, ceilings), _ = await asyncio.gather(asyncio.to_thread(_results, plan, table, download, run.columns,
+                                                                     samples),
+                                                   asyncio.sleep(OUTCOME_AFTER_S))
+    final = [(f"**{phase}** · " if phase else "") + status_markdown(c, ceiling=ceiling)
+             for c, phase, ceiling in zip(run.columns, phases, ceilings)] + statuses[plan.count:]
     bench = results[4]
     for i, note in (bench.notes if bench else {}).items():
         turn = histories[i][-1]
@@ -233,11 +235,17 @@ async def _paced(source: AsyncIterator[list[Column]], min_gap_s: float) -> Async
 
 def _results(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton,
              columns: list[Column], samples: list[list[repeats.Sample]] | None
-             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str], BenchOutcome | None, Recorded]:
+             ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[str], BenchOutcome | None, Recorded,
+                        list[roofline.Ceiling | None]]:
     """The results table, the two downloads (file writes: in a thread), each column's code, in
-    benchmark mode the statistics, the charts and the benchmark's own exports, and the run's record."""
+    benchmark mode the statistics, the charts and the benchmark's own exports, the run's record, and
+    each local column's roofline (the bandwidth is measured here the first time, off every loop)."""
     requests = [job.request for job in plan.jobs]
     document = run_document(plan.prompt_text, plan.system_text, plan.params, columns, plan.images)
+    ceilings = [None if plan.replay is not None else _ceiling(c) for c in columns]  # a replay: another machine's
+    for result, column, ceiling in zip(document["results"], columns, ceilings):
+        if ceiling is not None:
+            result["roofline"] = roofline_entry(ceiling, column.metrics().decode_tokens_per_s or 0.0)
     if plan.replay is not None:  # what was recorded, not this machine's
         document = {**document, "environment": plan.replay.get("environment"),
                     "replay_of": plan.replay.get("recorded_at")}
@@ -262,12 +270,23 @@ def _results(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton,
         bench = BenchOutcome(repeats.summary_markdown(bench_doc) + f"\n\n*Charts: {charts.CAPTION}.*",
                              table.postprocess(repeats.statistics_frame(bench_doc)).model_dump(),
                              charts.plot_value(bench_doc, "ttft_s"), charts.plot_value(bench_doc, "decode_tokens_per_s"),
-                             repeats.difference_notes(bench_doc, [t.id for t in targets]))
+                             difference.difference_notes(bench_doc, [t.id for t in targets]))
     else:
         csv_path, json_path = write_exports(document, folder)
-    return (table.postprocess(results_frame(columns)).model_dump(),
+    return (table.postprocess(results_frame(columns, ceilings)).model_dump(),
             download.postprocess(str(csv_path)).model_dump(), download.postprocess(str(json_path)).model_dump(),
-            codes, bench, recorded)
+            codes, bench, recorded, ceilings)
+
+
+def _ceiling(column: Column) -> roofline.Ceiling | None:
+    """A finished local column's roofline; None for a remote one, a failed run or unknown weights."""
+    if column.status != "done" or not column.metrics().decode_tokens_per_s:
+        return None
+    try:
+        return roofline.for_target(column.target)
+    except OSError as exc:  # a model file removed since the run: no roofline, the results still come
+        log.warning("no roofline for %s: %s", column.target.id, exc)
+        return None
 
 
 @dataclass(frozen=True)

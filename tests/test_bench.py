@@ -35,6 +35,17 @@ def test_local_backends_bench_measures_every_backend(bundled_gguf: Path) -> None
         assert rows[name][1] == "8", f"{name} did not make its 8 tokens: {rows[name]}"
         assert float(rows[name][4]) > 0 and float(rows[name][5]) > 0, rows[name]
     assert rows["onnx"][-1] not in ("", "in process"), "the onnx model process's memory is missing"
+    for name in expected:  # the roofline columns: both decode rates as shares of the same ceiling
+        ours, bare = (re.fullmatch(r"(\d+) %", cell) for cell in rows[name][9:11])
+        assert ours and bare, rows[name]
+        scale = float(rows[name][5]) / float(rows[name][4])  # bare decode ÷ playground decode
+        assert abs(int(ours[1]) * scale - int(bare[1])) <= 0.5 + 0.5 * scale, rows[name]  # rounding only
+    if "llamacpp" in expected:  # the bare loop at 1 and 2 threads; the best of them is the bare figure
+        sweep = re.fullmatch(r"(\d+) / ([12]) \(1: ([\d.]+), 2: ([\d.]+) tok/s\)", rows["llamacpp"][6])
+        assert sweep, rows["llamacpp"]
+        rates = {1: float(sweep[3]), 2: float(sweep[4])}
+        assert float(rows["llamacpp"][5]) == max(rates.values()) == rates[int(sweep[2])], rows["llamacpp"]
+    assert rows["onnx"][6] == "–", rows["onnx"]  # no sweep where the library sets its own threads
 
 
 def test_fanout_bench_prints_ratios() -> None:

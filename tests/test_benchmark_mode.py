@@ -72,11 +72,68 @@ def test_bench_reports_medians_within_10_ms_and_2_percent_of_the_servers_own_tim
     assert abs(ttft["p50"] - true_ttft) < 0.010, (ttft, true_ttft)
     assert abs(decode["p50"] - true_decode) / true_decode < 0.02, (decode, true_decode)
     assert ttft["ci_low"] - 0.002 <= true_ttft <= ttft["ci_high"] + 0.002  # a loopback hop of slack
+    assert decode["ci_low"] * 0.99 <= true_decode <= decode["ci_high"] * 1.01  # the same slack, as a rate
     assert ttft["max"] - ttft["min"] > 0.02  # the jitter was there to measure
     assert entry["cold_samples"] == 0 and entry["identical_across_repeats"] is True
     truly_met = sum(r.first_token_at - r.at <= 0.2 for r in requests) / 10
     assert abs(entry["goodput"] - truly_met) <= 0.1  # a run within a ms of the line may fall either way
     assert "libraries" in json.loads(done.stdout)["environment"]
+
+
+async def test_without_warm_up_the_first_sample_is_cold_and_counted() -> None:
+    from playground import repeats
+    from playground.catalog import Target
+    from tests.sse_server import ScriptedServer
+
+    with ScriptedServer({"steady": Script(tokens=5, ttft_s=0.01, interval_s=0.005)}) as server:
+        target = Target(id="never-asked-cold", label="cold", backend="openai", model="steady",
+                        base_url=server.base_url)
+        [samples] = await repeats.bench([target], _chat(5), repeat=3, warmup=0)
+    assert [s.cold for s in samples] == [True, False, False] and not any(s.warmup for s in samples)
+    assert repeats.summary(target, samples, None, greedy=True)["cold_samples"] == 1
+
+
+async def test_an_ordinary_run_before_a_benchmark_makes_its_first_sample_warm() -> None:
+    from playground import repeats, runner
+    from playground.catalog import Target
+    from playground.report import result_entry
+    from playground.runner import Job
+    from tests.sse_server import ScriptedServer
+
+    with ScriptedServer({"steady": Script(tokens=5, ttft_s=0.01, interval_s=0.005)}) as server:
+        target = Target(id="asked-by-a-run", label="warm", backend="openai", model="steady",
+                        base_url=server.base_url)
+        [column] = await runner.run_to_end([Job(target, _chat(5))])
+        [again] = await runner.run_to_end([Job(target, _chat(5))])
+        [samples] = await repeats.bench([target], _chat(5), repeat=2, warmup=0)
+    assert column.status == "done" and column.cold and not again.cold
+    assert (result_entry(column)["cold"], result_entry(again)["cold"]) == (True, False)  # the run's exports say so
+    assert [s.cold for s in samples] == [False, False]
+    assert repeats.summary(target, samples, None, greedy=True)["cold_samples"] == 0
+
+
+def test_bench_csv_prints_one_row_per_run_with_the_environment(tmp_path: Path, clean_env: Any) -> None:
+    import csv
+    import io
+
+    with ServerProcess({"steady": Script(tokens=6, ttft_s=0.02, interval_s=0.005)}) as server:
+        catalog = tmp_path / "catalog.yaml"
+        catalog.write_text(json.dumps({"targets": [{"id": "steady", "label": "steady", "backend": "openai",
+                                                    "model": "steady", "base_url": server.base_url}]}))
+        done = subprocess.run([sys.executable, "-m", "playground", "bench", "--catalog", str(catalog),
+                               "--targets", "steady", "--prompt", "hi", "--repeat", "2", "--warmup", "1",
+                               "--temperature", "0", "--csv"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300, env=clean_env())
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert [(r["target"], r["run"], r["warmup"], r["cold"], r["status"]) for r in rows] == [
+        ("steady", "1", "True", "True", "done"), ("steady", "2", "False", "False", "done"),
+        ("steady", "3", "False", "False", "done")]
+    for row in rows:
+        assert float(row["ttft_s"]) > 0.015 and float(row["decode_tokens_per_s"]) > 0 and row["output_tokens"] == "6"
+        assert row["env_python"] == sys.version.split()[0] and row["env_cores"] and row["env_os"]
+        assert row["lib_openai"] and row["model_endpoint"].startswith("http://127.0.0.1")
+        assert (row["repeat"], row["warmup_runs"], row["fair_mode"], row["temperature"]) == ("2", "1", "False", "0.0")
 
 
 def test_bench_refuses_bad_options_by_name(tmp_path: Path, clean_env: Any) -> None:

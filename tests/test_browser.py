@@ -76,6 +76,7 @@ def test_compare_two_targets_stream_download_and_stop(app_url: str, page_at: Any
         assert "done" in status, status
         assert re.search(r"TTFT \d+(\.\d+)? (ms|s)", status), status
         assert re.search(r"decode \d+\.\d tok/s", status), status
+        assert re.search(r"decode is \d+ % of this machine's ceiling", status), status  # both local
 
     # the results table filled with one row per column, in column order
     labels = flow.target_labels()
@@ -85,6 +86,7 @@ def test_compare_two_targets_stream_download_and_stop(app_url: str, page_at: Any
         assert row[-1] == "done", row
         assert number(row[2]) > 0, f"TTFT missing: {row}"
         assert 0 < number(row[4]) <= flow.COMPARE_MAX_TOKENS, f"tokens: {row}"
+        assert number(row[-2]) > 0, f"% of ceiling missing: {row}"
 
     # the CSV download holds the run: header, one row per target, the prompt and the slider's max tokens
     with open(run.csv_path, newline="", encoding="utf-8") as handle:
@@ -92,7 +94,7 @@ def test_compare_two_targets_stream_download_and_stop(app_url: str, page_at: Any
         header = reader.fieldnames or []
         rows = list(reader)
     for name in ("id", "backend", "status", "text", "ttft_s", "decode_tokens_per_s", "output_tokens",
-                 "tokens_source", "e2e_s", "prompt", "max_tokens"):
+                 "tokens_source", "e2e_s", "prompt", "max_tokens", "lib_gradio", "model_file", "model_fingerprint"):
         assert name in header, f"CSV header lacks {name}: {header}"
     assert not any("key" in name.lower() for name in header), header
     assert [r["id"] for r in rows] == [ONNX, TRANSFORMERS]

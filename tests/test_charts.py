@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from playground import charts, repeats, stats
+from playground.difference import difference_notes
 from playground.catalog import Target
 from playground.repeats import Sample
 from playground.request import ChatRequest, build_messages, make_params
@@ -81,11 +82,13 @@ def test_greedy_answers_of_one_model_are_compared_and_the_difference_noted_in_it
     doc = repeats.document(targets, results, request, "hi", 1, 0, None)
     [entry] = doc["across_targets"]
     assert entry["identical"] is False and entry["targets"] == ["a", "b", "c"]
-    assert entry["first_difference"] == {"target": "c", "against": "a", "character": 8, "common": "The sky ",
-                                         "theirs": "is *blue*", "ours": "appears blue"}
-    notes = repeats.difference_notes(doc, ["a", "b", "c"])
+    assert entry["first_difference"] == {  # model "m": no tokenizer here, so by words, and it says so
+        "target": "c", "against": "a", "token": 3, "unit": "words split at whitespace", "character": 7,
+        "common": "The sky", "theirs": " is", "ours": " appears", "theirs_after": " *blue*", "ours_after": " blue"}
+    notes = difference_notes(doc, ["a", "b", "c"])
     assert list(notes) == [2]  # only the column that left the first one's answer
-    assert "character 8" in notes[2] and "**[appears blue]**" in notes[2] and r"**[is \*blue\*]**" in notes[2]
+    assert "word 3 (words split at whitespace)" in notes[2]
+    assert "**[appears]** blue" in notes[2] and r"**[is]** \*blue\*" in notes[2]
     sampled = repeats.document(targets, results, ChatRequest(build_messages("hi"), make_params(temperature=0.7)),
                                "hi", 1, 0, None)
     assert sampled["across_targets"] == []  # sampled answers differ by design: nothing to compare

@@ -121,7 +121,10 @@ def test_downloads_hold_the_run_without_keys(client: Client, monkeypatch: pytest
     env = document["environment"]
     assert env["python"] and env["cores"] and env["libraries"]["gradio"]
     [facts] = env["targets"]
-    assert facts["id"] == "smollm2-onnx" and facts["file"].endswith(".gguf") and len(facts["fingerprint"]) == 16
+    assert facts["id"] == "smollm2-onnx" and len(facts["fingerprint"]) == 16
+    assert "model.onnx.data" in facts["file"] and facts["quantisation"] == "int4"  # the int4 files it loaded
+    for name in ("lib_gradio", "lib_onnxruntime-genai", "model_built_from", "temperature"):
+        assert name in header
 
 
 @pytest.mark.parametrize(
