@@ -102,9 +102,9 @@ def room_pool(room: str) -> list[str]:
     try:
         with _engine().connect() as connection:
             found = connection.execute(sa.select(room_pools.c.pool).where(room_pools.c.room == room)).scalar()
-    except (sa.exc.SQLAlchemyError, records.RecordError, OSError):
-        return []
-    return [str(t) for t in json.loads(found)] if found else []
+        return [str(t) for t in json.loads(found)] if found else []
+    except (sa.exc.SQLAlchemyError, records.RecordError, OSError, ValueError, TypeError):
+        return []  # unreadable: the default pool
 
 
 def _battle_counts(room: str) -> dict[frozenset[str], int]:

@@ -129,7 +129,7 @@ _SECONDS = re.compile(r" \(\d+ s\)$")
 
 def _build_in_thread(future: Future[None]) -> None:
     """The build on a loop of its own: a column that gives up on it (or is stopped) leaves it going."""
-    global _build, _latest
+    global _build
 
     async def follow() -> None:
         global _latest

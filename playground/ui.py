@@ -417,7 +417,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                     csv_btn = gr.DownloadButton("Download CSV", visible="hidden", elem_id="download-csv")
                     json_btn = gr.DownloadButton("Download JSON", visible="hidden", elem_id="download-json")
                 replay_doc = gr.State(None)
-            with gr.Tab("History", id="history", elem_id="tab-history"):
+            with gr.Tab("History", id="history", elem_id="tab-history") as history_tab:
                 recorded_line = gr.Markdown("Every finished run is recorded here: replay one at its recorded pace, "
                                             "with no model, key or network, or export it to replay elsewhere.",
                                             elem_id="recorded")
@@ -755,11 +755,12 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         page_stream = dict(outputs=[*chats, *statuses, histories, results, *lives], api_name=False,
                            show_progress_on=[run_btn], **streaming)
         instant = gr.State("instant")  # Open: the run in the columns as it ended
-        for trigger, load, source, pace in ((replay_btn.click, load_recorded, [run_id, owner_box], speed),
-                                            (open_btn.click, load_recorded, [run_id, owner_box], instant),
-                                            (import_btn.upload, load_import, import_btn, speed)):
+        for button, trigger, load, source, pace in (
+                (replay_btn, replay_btn.click, load_recorded, [run_id, owner_box], speed),
+                (open_btn, open_btn.click, load_recorded, [run_id, owner_box], instant),
+                (import_btn, import_btn.upload, load_import, import_btn, speed)):
             trigger(load, source, [replay_doc, n_cols, *pickers, tabs], api_name=False, show_progress="hidden",
-                    show_progress_on=[replay_btn]
+                    show_progress_on=[button]
                     ).success(replay_from_page, [replay_doc, pace, histories], **page_stream
                               ).success(ui_stream.results_values, results, results_out, api_name=False,
                                         show_progress="hidden", show_progress_on=[run_btn], postprocess=False)
@@ -803,7 +804,8 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         demo.unload(_forget_typed_keys)
         demo.load(ui_arena.room_from_link, None, [arena_room, board_room], api_name=False, queue=False,
                   show_progress="hidden")
-        compare_tab.select(lambda: gr.Timer(active=False), None, board_timer, api_name=False, queue=False)
+        for tab in (compare_tab, history_tab):  # the leaderboard refreshes only while it is shown
+            tab.select(lambda: gr.Timer(active=False), None, board_timer, api_name=False, queue=False)
         remember_inputs = [remember, *key_boxes]
         for trigger in [remember.change, *(box.blur for box in key_boxes)]:
             trigger(_to_remember, remember_inputs, remembered, api_name=False, show_progress="hidden",

@@ -72,8 +72,9 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
         room = gr.Textbox(arena.DEFAULT_ROOM, label="Room (a workshop's votes stay together: ?room=NAME)",
                           elem_id="arena-room", max_length=40)
         picked = gr.CheckboxGroup([(t.label, t.id) for t in catalog.targets], value=[], elem_id="arena-pool",
-                                  label="This room's pool, the host's pick: every battle in the room draws from it "
-                                        "(none: PLAYGROUND_ARENA_TARGETS, else every target that can run now)",
+                                  label="This room's pool, the host's pick: every battle in the room draws from it, "
+                                        "once it has two (else PLAYGROUND_ARENA_TARGETS, else every target that "
+                                        "can run now)",
                                   visible=not policy.public)
         prompt = gr.Textbox(label="Prompt", lines=2, max_lines=8, elem_id="arena-prompt", max_length=8000)
         battle_btn = gr.Button("Get two answers", variant="primary", elem_id="arena-battle")
@@ -106,8 +107,10 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
     hidden_votes = [gr.update(visible=False)] * len(vote_btns)
     vote_labels = list(arena.VOTES.values())  # the buttons' values: nothing changes, nothing is built
 
-    async def run_battle(text: str, room_value: str, chosen: list[str] | None, request: gr.Request
-                         ) -> AsyncIterator[list[Any]]:
+    def usable(ids: list[str]) -> list[str]:
+        return [t for t in ids if t in catalog.ids and policy.refusal(catalog.get(t)) is None]
+
+    async def run_battle(text: str, room_value: str, request: gr.Request) -> AsyncIterator[list[Any]]:
         try:
             room_id = arena.room_name(room_value)
             messages = build_messages(text or "", "")
@@ -118,11 +121,9 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
             if wait is not None:
                 raise gr.Error(quota.refusal(wait))
         try:
-            picked_ids = [t for t in (chosen or []) if t in catalog.ids] if not policy.public else []
-            if not picked_ids:
-                picked_ids = [t for t in await asyncio.to_thread(arena.room_pool, room_id) if t in catalog.ids
-                              and policy.refusal(catalog.get(t)) is None]
-            names = picked_ids or await asyncio.to_thread(pool, catalog, policy)
+            # the room's pool as saved, whatever a page still shows; one still being picked (under two) is not one yet
+            picked_ids = usable(await asyncio.to_thread(arena.room_pool, room_id)) if not policy.public else []
+            names = picked_ids if len(picked_ids) >= 2 else await asyncio.to_thread(pool, catalog, policy)
             pair = await asyncio.to_thread(arena.pick_pair, names, room_id)
         except arena.ArenaError as exc:
             raise gr.Error(str(exc)) from None
@@ -205,22 +206,23 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
         if policy.public:
             raise gr.Error("On a public Space the arena's pool is the host's setting: PLAYGROUND_ARENA_TARGETS.")
         try:
-            arena.set_pool(arena.room_name(room_value), [t for t in (chosen or []) if t in catalog.ids])
+            arena.set_pool(arena.room_name(room_value), usable(chosen or []))
         except arena.ArenaError as exc:
             raise gr.Error(str(exc)) from None
 
     def show_pool(room_value: str) -> Any:
         try:
-            return [t for t in arena.room_pool(arena.room_name(room_value)) if t in catalog.ids]
+            return usable(arena.room_pool(arena.room_name(room_value)))
         except arena.ArenaError:
             return gr.skip()  # a bad room name is said when a battle asks for it
 
     picked.input(save_pool, [room, picked], None, api_name="arena_pool", show_progress="hidden")
-    if not policy.public:  # the box shows the room's pool: when the tab opens, and when the room changes
-        gr.on([arena_tab.select, room.change], show_pool, room, picked, api_name=False, show_progress="hidden")
-    battle_btn.click(run_battle, [prompt, room, picked], [answer_a, answer_b, state_a, state_b, battle, reveal, *vote_btns],
+    if not policy.public:  # the box shows the room's pool: when the tab opens, and when a room is entered
+        gr.on([arena_tab.select, room.submit, room.blur], show_pool, room, picked, api_name=False,
+              show_progress="hidden")
+    battle_btn.click(run_battle, [prompt, room], [answer_a, answer_b, state_a, state_b, battle, reveal, *vote_btns],
                      api_name="arena_battle", trigger_mode="once")
-    prompt.submit(run_battle, [prompt, room, picked], [answer_a, answer_b, state_a, state_b, battle, reveal, *vote_btns],
+    prompt.submit(run_battle, [prompt, room], [answer_a, answer_b, state_a, state_b, battle, reveal, *vote_btns],
                   api_name=False, trigger_mode="once")
     for key, button in zip(arena.VOTES, vote_btns):
         button.click(voter(key), battle, [battle, reveal, *vote_btns], api_name=f"arena_vote_{key}")

@@ -18,7 +18,7 @@ import logging
 import threading
 from typing import Any
 
-from playground import environment, measure_process, tokens
+from playground import environment, measure_process, roofline, tokens
 from playground.backends import REGISTRY
 from playground.clock import measure_loop
 
@@ -105,6 +105,8 @@ def _warm() -> None:
     warm_sdks(stream=not measure_process.enabled())  # with the process on, HTTP streams run there
     tokens.preload(wait=True)
     environment.machine()  # library versions and the git revision, for the downloads
+    # the roofline's bandwidth, measured while nothing decodes (a decode beside it would read both low)
+    roofline.bandwidth_gb_s()
     if measure_process.enabled():
         try:
             measure_process.worker()

@@ -39,7 +39,7 @@ def main() -> int:
             flow.chromium() as browser:
         client = Client(url, verbose=False)
         for n in range(args.votes):
-            client.predict(rng.choice(PROMPTS), "demo", [], api_name="/arena_battle")
+            client.predict(rng.choice(PROMPTS), "demo", api_name="/arena_battle")
             client.predict(api_name=f"/arena_vote_{rng.choice(['a', 'a', 'b', 'tie', 'bad'])}")
             print(f"vote {n + 1}", flush=True)
         page = flow.new_page(browser, {"width": 1280, "height": 820})

@@ -139,8 +139,11 @@ def test_an_answer_that_names_a_model_is_flagged() -> None:
 
 # --- through the UI ---------------------------------------------------------------------------
 @contextmanager
-def arena_app(monkeypatch: pytest.MonkeyPatch, beta: Script = Script(tokens=8), speed: bool = False
+def arena_app(monkeypatch: pytest.MonkeyPatch, beta: Script | None = None, speed: bool = False
               ) -> Iterator[tuple[Any, ScriptedServer]]:
+    """An app whose arena pool is alpha and beta by default (PLAYGROUND_ARENA_TARGETS); gamma is in
+    the catalog for a room's own pool."""
+    beta = beta or Script(tokens=8)
     from gradio_client import Client
 
     from playground.catalog import Catalog, Target
@@ -148,10 +151,12 @@ def arena_app(monkeypatch: pytest.MonkeyPatch, beta: Script = Script(tokens=8), 
     from playground.ui import build_ui
     from tests.test_ui import free_port
 
-    with ScriptedServer({"m1": Script(tokens=6), "m2": beta}) as server:
+    with ScriptedServer({"m1": Script(tokens=6), "m2": beta, "m3": Script(tokens=4)}) as server:
         targets = [Target(id="secret-alpha", label="Codename Alpha", backend="openai", model="m1",
                           base_url=server.base_url),
                    Target(id="secret-beta", label="Codename Beta", backend="openai", model="m2",
+                          base_url=server.base_url),
+                   Target(id="secret-gamma", label="Codename Gamma", backend="openai", model="m3",
                           base_url=server.base_url)]
         monkeypatch.setenv("PLAYGROUND_ARENA_TARGETS", "secret-alpha,secret-beta")
         monkeypatch.setenv("PLAYGROUND_ARENA_SPEED", "1" if speed else "0")
@@ -172,7 +177,7 @@ def client(db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Scr
 
 def test_names_stay_hidden_until_the_vote_and_the_leaderboard_counts_it(client) -> None:
     api, _ = client
-    job = api.submit("Say something.", "lan-party", [], api_name="/arena_battle")
+    job = api.submit("Say something.", "lan-party", api_name="/arena_battle")
     job.result(timeout=60)
     frames = json.dumps(job.outputs())
     for secret in ("secret-alpha", "secret-beta", "Codename", "m1", "m2"):
@@ -188,11 +193,6 @@ def test_names_stay_hidden_until_the_vote_and_the_leaderboard_counts_it(client) 
     assert len(arena_parts) >= 9 and states
     for secret in ("secret-alpha", "secret-beta", "Codename"):
         assert secret not in json.dumps(arena_parts + states), secret
-    api.predict("lan-party", ["secret-alpha"], api_name="/arena_pool")  # the host leaves one target in the room
-    with pytest.raises(Exception, match="needs at least two targets"):
-        api.predict("Another?", "lan-party", [], api_name="/arena_battle")  # everyone in the room gets that pool
-    assert arena.room_pool("other-room") == [] and arena.room_pool("lan-party") == ["secret-alpha"]
-    api.predict("lan-party", [], api_name="/arena_pool")  # back to the default
     revealed = api.predict(api_name="/arena_vote_a")
     reveal = json.dumps(revealed)
     assert "Codename Alpha" in reveal and "Codename Beta" in reveal and "You voted: A is better" in reveal
@@ -201,11 +201,26 @@ def test_names_stay_hidden_until_the_vote_and_the_leaderboard_counts_it(client) 
     with pytest.raises(Exception, match="No battle to vote on"):
         api.predict(api_name="/arena_vote_b")  # the battle had its one vote
 
+    def revealed_pair() -> str:
+        api.predict("Another?", "lan-party", api_name="/arena_battle")
+        return json.dumps(api.predict(api_name="/arena_vote_tie"))
+
+    from gradio_client import Client
+
+    host = Client(api.src, verbose=False)  # another session: the room's pool is the room's, not a page's
+    host.predict("lan-party", ["secret-alpha", "secret-gamma"], api_name="/arena_pool")
+    reveal = revealed_pair()
+    assert "Codename Gamma" in reveal and "Codename Alpha" in reveal and "Codename Beta" not in reveal
+    assert arena.room_pool("other-room") == []
+    host.predict("lan-party", ["secret-gamma"], api_name="/arena_pool")  # one is not a pool yet: the default
+    reveal = revealed_pair()
+    assert "Codename Alpha" in reveal and "Codename Beta" in reveal and "Codename Gamma" not in reveal
+
 
 def test_speed_shows_only_when_the_host_asks_and_a_failure_says_why_only_after_the_vote(
         db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with arena_app(monkeypatch, beta=Script(tokens=8, status=500), speed=True) as (api, _):
-        job = api.submit("Say something.", "speed-room", [], api_name="/arena_battle")
+        job = api.submit("Say something.", "speed-room", api_name="/arena_battle")
         job.result(timeout=60)
         frames = json.dumps(job.outputs())
         assert "TTFT" in frames and "tok/s" in frames  # PLAYGROUND_ARENA_SPEED=1

@@ -179,8 +179,8 @@ async def test_the_onnx_build_counts_seconds_gives_up_and_goes_on_for_the_next_r
         assert caught.value.kind is ErrorKind.TIMEOUT
         assert "building ONNX model: gave up after 2.5 s (PLAYGROUND_QUEUE_TIMEOUT_S)" in caught.value.message
         assert lines[0].startswith("building ONNX model (first run only)")  # the build's own first line, or not yet
-        assert lines[1:] == ["building ONNX model (first run only): dequantizing GGUF… (1 s)",
-                             "building ONNX model (first run only): dequantizing GGUF… (2 s)"]
+        waited = [line.removeprefix("building ONNX model (first run only): dequantizing GGUF… ") for line in lines[1:]]
+        assert waited[:1] == ["(1 s)"] and waited[1:] in ([], ["(2 s)"]), lines  # a late tick may miss the second
         # the next run joins the same build, still going, and sees it finish
         async def next_run() -> list[str]:
             return [line async for line in onnx_build.bundled_onnx_ready()]
