@@ -402,6 +402,13 @@ async def test_in_public_mode_a_visitor_opens_and_shares_only_their_own_runs_and
     assert recorded_run(local, run_id, None, "visitor-b")["prompt"] == "Tell me a story."  # the owner's machine
     with pytest.raises(gr.Error, match="pick a run"):
         recorded_run(space, "  ", None, "visitor-a")
+    from playground import secrets
+
+    later = time.monotonic() + 1000  # past the minute of the miss above
+    for n in range(secrets.OWNER_TRIES_PER_MINUTE):  # someone guessing
+        assert not secrets.is_owner(f"guess-{n}", now=later + n)
+    assert not secrets.is_owner("owner-secret-1234", now=later + 10)  # not even the right key, for the minute
+    assert secrets.is_owner("owner-secret-1234", now=later + 70)
 
 
 async def test_a_replay_at_twice_the_pace_ticks_its_live_figures_in_recorded_time() -> None:
