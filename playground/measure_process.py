@@ -73,7 +73,7 @@ def worker() -> WorkerProcess:
             if _worker is not None:
                 _worker.close()
             _worker = WorkerProcess("measurement process", "playground.measure_process:child_streams", (),
-                                    keeps_keys=True)
+                                    keeps_keys=True, ends_stuck_stops=False)
             try:
                 _worker.start(timeout_s=START_TIMEOUT_S)
             except BaseException:

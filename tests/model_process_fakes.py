@@ -84,3 +84,21 @@ def hangs_holding_the_gil() -> Any:
         ctypes.PyDLL(None).sleep(30)
 
     return generate
+
+
+def deaf_while_reading_the_prompt() -> Any:
+    """A prompt "stop" cannot reach: one long call that looks at nothing (an image prompt's evaluation in
+    onnxruntime-genai), then tokens that do honour it. "short" prompts skip the long call."""
+    def generate(target: Any, request: Any, emit: Any, stop: threading.Event) -> None:
+        emit(RequestSent(at=time.perf_counter()))
+        if "short" not in request.messages[-1].content:
+            time.sleep(60)
+        for n in range(request.params.max_tokens):
+            if stop.is_set():
+                emit(Finished("stopped"))
+                return
+            emit(TextDelta(f"{n} ", tokens=1, at=time.perf_counter()))
+            time.sleep(0.01)
+        emit(Finished("length"))
+
+    return generate

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -261,3 +261,55 @@ def test_close_from_two_threads_at_once_closes_the_channel_once(child_path: None
         for thread in threads:
             thread.join(timeout=30)
         assert not failures and not worker.alive
+
+
+def test_a_stop_the_model_cannot_hear_ends_its_process_and_the_next_run_gets_a_fresh_one(
+        child_path: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from playground.backends import worker_process
+
+    monkeypatch.setattr(worker_process, "STOP_GRACE_S", 0.5)
+    deaf = WorkerProcess("deaf", f"{FAKES}:deaf_while_reading_the_prompt", ()).start(timeout_s=60)
+    try:
+        stop = threading.Event()
+        threading.Timer(0.3, stop.set).start()
+        started = time.monotonic()
+        events, error = generate(deaf, request("a long image prompt", tokens=5), stop)
+        took = time.monotonic() - started
+        assert error is None and took < 5, (error, took)  # stopped, not after the 60 s call
+        assert not deaf.alive and "could not interrupt" in (deaf._dead or "")
+        deadline = time.monotonic() + 10
+        while deaf.exit_code is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert deaf.exit_code is not None  # the process is gone, and its call with it
+    finally:
+        deaf.close()
+    fresh = WorkerProcess("deaf", f"{FAKES}:deaf_while_reading_the_prompt", ()).start(timeout_s=60)
+    try:
+        events, error = generate(fresh, request("short", tokens=3))
+        assert error is None and [e.text for e in events if isinstance(e, TextDelta)] == ["0 ", "1 ", "2 "]
+    finally:
+        fresh.close()
+
+
+def test_a_stop_waits_for_the_call_while_another_request_shares_the_process(
+        child_path: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from playground.backends import worker_process
+
+    monkeypatch.setattr(worker_process, "STOP_GRACE_S", 0.3)
+    deaf = WorkerProcess("deaf", f"{FAKES}:deaf_while_reading_the_prompt", ()).start(timeout_s=60)
+    try:
+        other: list[Any] = []
+        neighbour = threading.Thread(target=lambda: other.append(generate(deaf, request("short", tokens=150))))
+        neighbour.start()  # 150 tokens at 10 ms: still going when the stuck one is stopped
+        stop = threading.Event()
+        stuck = threading.Thread(target=generate, args=(deaf, request("long", tokens=5), stop), daemon=True)
+        stuck.start()
+        time.sleep(0.2)
+        stop.set()
+        neighbour.join(timeout=30)
+        # not ended while someone else's answer was on it: that one streams to its end
+        assert other and other[0][1] is None and len([e for e in other[0][0] if isinstance(e, TextDelta)]) == 150
+        stuck.join(timeout=10)
+        assert not stuck.is_alive() and not deaf.alive  # alone then, the stuck one ends the process
+    finally:
+        deaf.close()

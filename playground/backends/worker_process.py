@@ -57,6 +57,9 @@ BEAT_S = 1.0  # the child says it is alive this often, from a thread of its own
 LINGER_S = 0.01  # the measurement process's sender writes at most this often while streams flow
 STOP_POLL_S = 0.005  # how often a waiting request looks at a plain stop flag: under one token
 DEAD_POLL_S = 0.25  # with a StopFlag that wakes it, a request only looks now and then for a dead child
+#: a stopped request the child has not ended by then is inside one library call that cannot be
+#: interrupted (onnxruntime-genai evaluating an image prompt, in one piece): the process is ended
+STOP_GRACE_S = 3.0
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -75,10 +78,13 @@ class _Pending:
 class WorkerProcess:
     """The parent's handle on one child process that holds one loaded model."""
 
-    def __init__(self, name: str, factory: str, args: tuple[Any, ...], keeps_keys: bool = False):
+    def __init__(self, name: str, factory: str, args: tuple[Any, ...], keeps_keys: bool = False,
+                 ends_stuck_stops: bool = True):
         """``keeps_keys``: the child needs the API keys (the measurement process); a model process
-        starts with an environment that holds none."""
-        self.name, self.keeps_keys = name, keeps_keys
+        starts with an environment that holds none. ``ends_stuck_stops``: a request still running
+        ``STOP_GRACE_S`` after its Stop, alone in the process, ends the process (a model process;
+        the measurement process's streams always end at a stop)."""
+        self.name, self.keeps_keys, self.ends_stuck_stops = name, keeps_keys, ends_stuck_stops
         self._factory, self._args = factory, args
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
@@ -159,7 +165,7 @@ class WorkerProcess:
             stop.wake_on_set(pending.wake)  # so this thread sleeps until something happens
         try:
             self._send(("gen", request_id, target, request))
-            stop_sent = False
+            stop_sent: float | None = None
             while not pending.done.is_set():
                 pending.wake.wait(DEAD_POLL_S if wakes else STOP_POLL_S)
                 pending.wake.clear()
@@ -169,15 +175,30 @@ class WorkerProcess:
                 if self._dead is not None:  # it died before this request was registered with the reader
                     pending.error = pending.error or BackendError(ErrorKind.INTERNAL, f"{self.name}: {self._dead}")
                     break
-                if stop.is_set() and not stop_sent:
+                if stop.is_set() and stop_sent is None:
                     self._send(("stop", request_id))
-                    stop_sent = True
+                    stop_sent = time.monotonic()
+                if stop_sent is not None and self._stuck(stop_sent):
+                    return  # stopped, as asked: the process that could not stop is gone
         except OSError:
             pending.error = BackendError(ErrorKind.INTERNAL, f"{self.name}: the model process is gone")
         finally:
             self._pending.pop(request_id, None)
         if pending.error is not None:
             raise pending.error
+
+    def _stuck(self, stop_sent: float) -> bool:
+        """A stopped request still running after the grace, and no other request in the process:
+        end the process (the next run starts a fresh one and loads the model again)."""
+        if not self.ends_stuck_stops or time.monotonic() - stop_sent < STOP_GRACE_S or len(self._pending) > 1:
+            return False
+        log.warning("%s: a stopped request was still running after %g s (a call the library cannot "
+                    "interrupt); ending the process", self.name, STOP_GRACE_S)
+        self._dead = (f"it was ended to stop a request it could not interrupt for {STOP_GRACE_S:g} s; "
+                      "the next run starts it again")
+        if self._proc is not None:
+            self._proc.kill()
+        return True
 
     def _check_heartbeat(self) -> None:
         """A child whose beats stopped is hung (a library holding the GIL for good): kill it, so its
