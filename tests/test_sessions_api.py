@@ -10,11 +10,9 @@ from typing import Any
 import pytest
 from gradio_client import Client
 
-from playground.catalog import Catalog, Target
-from playground.settings import MAX_COLUMNS, Settings
-from playground.ui import build_ui, launch_options
+from playground.settings import MAX_COLUMNS
 from tests.sse_server import Script, ScriptedServer
-from tests.test_ui import free_port, run_args, text_of
+from tests.test_ui import run_args, scripted_app, text_of
 
 TOKENS = 150  # 3 s at 20 ms a token: long enough to stop one mid-answer on a slow machine
 
@@ -27,15 +25,8 @@ def server() -> Iterator[ScriptedServer]:
 
 @pytest.fixture(scope="module")
 def url(server: ScriptedServer) -> Iterator[str]:
-    targets = [Target(id=name, label=f"scripted {name}", backend="openai", model=name, base_url=server.base_url)
-               for name in ("slow", "quick")]
-    settings = Settings(host="127.0.0.1", port=None, columns=1, default_targets=[], concurrency=8, catalog=None)
-    demo = build_ui(Catalog(targets=targets, defaults=["slow"]), settings)
-    demo.launch(**launch_options(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True))
-    try:
+    with scripted_app(server.base_url, ("slow", "quick"), columns=1) as demo:
         yield demo.local_url
-    finally:
-        demo.close()
 
 
 def wait_streaming(job: Any, timeout_s: float = 30) -> None:

@@ -15,9 +15,9 @@ import pytest
 import browser_flow as flow
 from playground.catalog import Catalog, Target
 from playground.settings import Settings
-from playground.ui import build_ui, launch_options
+from playground.ui import build_ui
 from tests.sse_server import Script, ScriptedServer
-from tests.test_ui import free_port
+from tests.test_ui import launched
 
 pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-dev.txt (playwright)")
 if not os.access(flow.CHROMIUM, os.X_OK):
@@ -45,13 +45,8 @@ def app(server: ScriptedServer) -> Iterator[Any]:
                api_key_env="PLAYGROUND_USER_API_KEY"),
     ]
     settings = Settings(host="127.0.0.1", port=None, columns=2, default_targets=[], concurrency=8, catalog=None)
-    demo = build_ui(Catalog(targets=targets, defaults=["slow", "yours/openai"]), settings)
-    demo.launch(**launch_options(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
-                                 quiet=True))
-    try:
+    with launched(build_ui(Catalog(targets=targets, defaults=["slow", "yours/openai"]), settings)) as demo:
         yield demo
-    finally:
-        demo.close()
 
 
 @pytest.fixture(scope="module")

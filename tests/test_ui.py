@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import gradio as gr
 import pytest
@@ -19,16 +20,35 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def demo() -> Iterator[gr.Blocks]:
-    settings = Settings(host="127.0.0.1", port=None, columns=2, default_targets=[], concurrency=8, catalog=None)
-    demo = build_ui(settings=settings)
+@contextmanager
+def scripted_app(base_url: str, names: tuple[str, ...], columns: int) -> Iterator[gr.Blocks]:
+    """The app launched on loopback over scripted OpenAI-compatible targets (one per script name,
+    the first ``columns`` of them picked); always closed."""
+    from playground.catalog import Catalog, Target
+
+    targets = [Target(id=name, label=f"scripted {name}", backend="openai", model=name, base_url=base_url)
+               for name in names]
+    settings = Settings(host="127.0.0.1", port=None, columns=columns, default_targets=[], concurrency=8, catalog=None)
+    with launched(build_ui(Catalog(targets=targets, defaults=list(names[:columns])), settings)) as demo:
+        yield demo
+
+
+@contextmanager
+def launched(demo: gr.Blocks) -> Iterator[gr.Blocks]:
+    """``demo`` launched as the app launches it, on a free loopback port; always closed."""
     demo.launch(**launch_options(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
                                  quiet=True))
     try:
         yield demo
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[gr.Blocks]:
+    settings = Settings(host="127.0.0.1", port=None, columns=2, default_targets=[], concurrency=8, catalog=None)
+    with launched(build_ui(settings=settings)) as demo:
+        yield demo
 
 
 @pytest.fixture(scope="module")

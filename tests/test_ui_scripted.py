@@ -12,7 +12,7 @@ from playground.catalog import Catalog, Target
 from playground.settings import MAX_COLUMNS, Settings
 from playground.ui import build_ui
 from tests.sse_server import Script, ScriptedServer
-from tests.test_ui import free_port, run_args, text_of
+from tests.test_ui import free_port, run_args, scripted_app, text_of
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +24,8 @@ def server() -> Iterator[ScriptedServer]:
 
 @pytest.fixture(scope="module")
 def client(server: ScriptedServer) -> Iterator[Client]:
-    targets = [Target(id=name, label=f"scripted {name}", backend="openai", model=name, base_url=server.base_url)
-               for name in ("quick", "slow")]
-    settings = Settings(host="127.0.0.1", port=None, columns=2, default_targets=[], concurrency=8, catalog=None)
-    demo = build_ui(Catalog(targets=targets, defaults=["quick", "slow"]), settings)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
-    try:
+    with scripted_app(server.base_url, ("quick", "slow"), columns=2) as demo:
         yield Client(demo.local_url, verbose=False)
-    finally:
-        demo.close()
 
 
 def test_each_column_keeps_its_own_conversation(client: Client, server: ScriptedServer) -> None:
