@@ -281,8 +281,9 @@ def label_of(model: str) -> str:
 
 
 @contextmanager
-def playground_app(base_url: str, models: list[str], columns: int, folder: Path) -> Iterator[str]:
-    """``python -m playground serve`` on a free loopback port, a catalog of ``models``; always stopped."""
+def playground_app(base_url: str, models: list[str], columns: int, folder: Path, **settings: str) -> Iterator[str]:
+    """``python -m playground serve`` on a free loopback port, a catalog of ``models`` (and any
+    further ``PLAYGROUND_*`` settings); always stopped."""
     import subprocess
 
     import yaml
@@ -293,7 +294,7 @@ def playground_app(base_url: str, models: list[str], columns: int, folder: Path)
                 "base_url": base_url, "timeout_s": 120} for m in models]
     catalog.write_text(yaml.safe_dump({"defaults": [t["id"] for t in targets[:columns]], "targets": targets}))
     port = free_port()
-    env = app_env(PLAYGROUND_CATALOG=str(catalog), PLAYGROUND_COLUMNS=str(columns))
+    env = app_env(PLAYGROUND_CATALOG=str(catalog), PLAYGROUND_COLUMNS=str(columns), **settings)
     log = folder / "app.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "playground", "serve", "--port", str(port),

@@ -204,11 +204,12 @@ def settled(pid: int, than: dict[str, float]) -> dict[str, float]:
     return now
 
 
-def run_load(sessions: int, runs: int, rounds: int = 2, seed: int = 7) -> dict[str, Any]:
+def run_load(sessions: int, runs: int, rounds: int = 2, seed: int = 7, cap: int | None = None) -> dict[str, Any]:
     """One session alone, then ``rounds`` of the load; resources before and after each round: the
     first round may grow pools to their working size, a leak grows again in the next."""
     with ServerProcess(scripts()) as server, tempfile.TemporaryDirectory(prefix="pp-load-") as tmp, \
-            playground_app(server.base_url, MODELS, 4, Path(tmp)) as url:
+            playground_app(server.base_url, MODELS, 4, Path(tmp),
+                           **({"PLAYGROUND_SESSIONS": str(cap)} if cap else {})) as url:
         pid = app_pid(url)
         alone = session(url, -1, runs, stops=False, seed=seed, barrier=None)  # also warms the app
         snapshots = [resources(pid)]
@@ -256,8 +257,10 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=30)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--session-cap", type=int, default=None,
+                        help="the app's PLAYGROUND_SESSIONS (default: the app's own, 500)")
     args = parser.parse_args()
-    print(report(run_load(args.sessions, args.runs, args.rounds)))
+    print(report(run_load(args.sessions, args.runs, args.rounds, cap=args.session_cap)))
 
 
 if __name__ == "__main__":
