@@ -324,7 +324,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
 
     with gr.Blocks(title="Phi Playground", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# Phi Playground\nOne prompt, several models and backends, streamed side by side "
-                    "with honest numbers. Offline by default: the bundled SmolLM2-135M runs on two backends.")
+                    "with honest numbers. Offline by default: the bundled SmolLM2-135M runs on every local backend installed.")
         gr.Markdown(policy.describe(), elem_id="mode")
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("Compare", id="compare", elem_id="tab-compare") as compare_tab:
