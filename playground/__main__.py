@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
         run.add_argument("--top-p", type=float)
         run.add_argument("--seed", type=int)
         run.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.choices["run"].add_argument("--no-record", action="store_true",
+                                    help="leave the run out of the run database (History, replay by id)")
     bench = sub.choices["bench"]
     bench.add_argument("--repeat", type=int, default=5, help="measured runs per target (1-100; default 5)")
     bench.add_argument("--warmup", type=int, default=1, help="warm-up runs per target, not counted (0-10; default 1)")
@@ -104,8 +106,10 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     params = request.params
     jobs = [Job(t, request) for t in targets]
     columns = asyncio.run(_run(jobs, quiet=args.json or not sys.stderr.isatty()))
+    document = with_environment(run_document(args.prompt, args.system, params, columns, images), targets)
+    if not args.no_record:
+        _record(document, columns)
     if args.json:
-        document = with_environment(run_document(args.prompt, args.system, params, columns, images), targets)
         print(json.dumps(document, ensure_ascii=False, indent=2))
     else:
         for column in columns:
@@ -118,6 +122,21 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
                 print(f"error: {entry['error']}")
             print(figures_line(entry) + "\n")
     return EXIT_OK if all(c.status == "done" for c in columns) else EXIT_FAILED
+
+
+def _record(document: dict[str, Any], columns: list) -> None:
+    """Into the run database, as the page records its runs; a database that cannot take it is said
+    on stderr and never fails the run."""
+    from playground import records
+
+    if records.url() is None:
+        return  # PLAYGROUND_DB=off
+    try:
+        run_id = records.record(document, columns, "command line")
+    except records.RecordError as exc:
+        print(f"note: the run was not recorded: {exc}", file=sys.stderr)
+        return
+    print(f"recorded as {run_id} (python -m playground replay {run_id})", file=sys.stderr)
 
 
 def figures_line(entry: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ Exit codes: 0 every target answered, 1 any target failed, 2 bad usage.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -236,3 +237,20 @@ def test_a_missing_catalog_file_exits_2(clean_env: Env, tmp_path: Path) -> None:
     done = cli("targets", "--catalog", str(tmp_path / "nope.yaml"), env=clean_env(), cwd=tmp_path, timeout=30)
     assert done.returncode == 2
     assert "cannot read it" in done.stderr
+
+
+def test_a_run_is_recorded_and_replays_by_its_id_unless_told_not_to(clean_env: Env, tmp_path: Path, free_port: int,
+                                                                    echo_auth_server: str) -> None:
+    catalog = failing_catalog(tmp_path, free_port, echo_auth_server)
+    env = clean_env(PLAYGROUND_DB=str(tmp_path / "runs.sqlite"))
+    done = cli("run", "--catalog", str(catalog), "--targets", "closed", "--prompt", "hi there", "--max-tokens", "4",
+               "--json", env=env, cwd=tmp_path)
+    assert done.returncode == 1 and json.loads(done.stdout)["results"][0]["status"] == "error"  # stdout: the JSON alone
+    recorded = re.search(r"recorded as (\S+) \(python -m playground replay \1\)", done.stderr)
+    assert recorded, done.stderr[-1000:]  # a failed column is a finished run too
+    again = cli("replay", recorded.group(1), "--speed", "instant", env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-1000:]
+    assert "== nothing listens here" in again.stdout and "-- error" in again.stdout and "'hi there'" in again.stderr
+    skipped = cli("run", "--catalog", str(catalog), "--targets", "closed", "--prompt", "hi", "--max-tokens", "4",
+                  "--no-record", env=env, cwd=tmp_path)
+    assert skipped.returncode == 1 and "recorded as" not in skipped.stderr
