@@ -226,7 +226,9 @@ def test_a_recorded_run_replays_at_its_recorded_pace(app_url: str, page_at: Any,
     ttft = document["results"][0]["ttft_s"]
     assert f"TTFT {round(ttft * 1000)} ms" in status or f"TTFT {ttft:.2f} s" in status, (status, ttft)
 
-    # Open: the run in the columns as it ended, at once, back on the Compare tab
+    # Open: the run in the columns as it ended, at once, back on the Compare tab. First the replay's
+    # other column ends (its last frame would bring back what Clear took away)
+    flow.wait_statuses(page, 2, ("done", "stopped", "error"), 120)
     page.locator("#clear").click()
     page.wait_for_function("() => document.querySelectorAll('#col-0-chat [data-testid=\"bot\"]').length === 0",
                            timeout=30_000, polling=100)
