@@ -106,7 +106,8 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     params = request.params
     jobs = [Job(t, request) for t in targets]
     columns = asyncio.run(_run(jobs, quiet=args.json or not sys.stderr.isatty()))
-    document = with_environment(run_document(args.prompt, args.system, params, columns, images), targets)
+    if args.json or not args.no_record:
+        document = with_environment(run_document(args.prompt, args.system, params, columns, images), targets)
     if not args.no_record:
         _record(document, columns)
     if args.json:

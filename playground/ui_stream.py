@@ -300,11 +300,11 @@ class Recorded:
 
 def _record(document: dict[str, Any], columns: list[Column], session: str, private: tuple[str, ...] = ()
             ) -> Recorded:
+    if records.url() is None:  # before the document is serialised and redacted for nothing
+        return Recorded(None, "Recording is off (PLAYGROUND_DB=off).")
     try:
         run_id = records.record(document, columns, session, private=private)
     except RecordError as exc:  # a full or read-only database fails the recording, never the run
-        if records.url() is None:
-            return Recorded(None, "Recording is off (PLAYGROUND_DB=off).")
         log.warning("%s", exc)
         return Recorded(None, f"⚠ {exc}", failed=True)
     return Recorded(run_id, f"Recorded as `{run_id}`: replay or export it under *History*.")
