@@ -23,6 +23,9 @@ SECRET_ENV_PREFIXES = (
 
 # every run a test makes is recorded: into a database of the test session's own, never the user's
 os.environ.setdefault("PLAYGROUND_DB", os.path.join(tempfile.mkdtemp(prefix="playground-test-runs-"), "runs.sqlite"))
+# nothing a test starts reaches beyond loopback: no Gradio version check, no hub telemetry (subprocesses inherit these)
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 @pytest.fixture(scope="session")

@@ -149,7 +149,7 @@ def arena_app(monkeypatch: pytest.MonkeyPatch, beta: Script | None = None, speed
     from playground.catalog import Catalog, Target
     from playground.settings import Settings
     from playground.ui import build_ui
-    from tests.test_ui import free_port
+    from tests.test_ui import launched
 
     with ScriptedServer({"m1": Script(tokens=6), "m2": beta, "m3": Script(tokens=4)}) as server:
         targets = [Target(id="secret-alpha", label="Codename Alpha", backend="openai", model="m1",
@@ -161,12 +161,8 @@ def arena_app(monkeypatch: pytest.MonkeyPatch, beta: Script | None = None, speed
         monkeypatch.setenv("PLAYGROUND_ARENA_TARGETS", "secret-alpha,secret-beta")
         monkeypatch.setenv("PLAYGROUND_ARENA_SPEED", "1" if speed else "0")
         settings = Settings(host="127.0.0.1", port=None, columns=2, default_targets=[], concurrency=8, catalog=None)
-        demo = build_ui(Catalog(targets=targets, defaults=["secret-alpha"]), settings)
-        demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
-        try:
+        with launched(build_ui(Catalog(targets=targets, defaults=["secret-alpha"]), settings)) as demo:
             yield Client(demo.local_url, verbose=False), server
-        finally:
-            demo.close()
 
 
 @pytest.fixture

@@ -294,10 +294,15 @@ def test_the_presenter_steps_through_the_deck_and_replays_a_recorded_step(app_ur
     page.keyboard.press("ArrowLeft")
     page.wait_for_function("() => document.querySelector('#deck-step').innerText.includes('Step 1 of 2')",
                            timeout=30_000)
-    page.locator("#prompt textarea").press("ArrowLeft")  # in a text field the arrows are the text's
-    page.wait_for_timeout(300)
-    assert "Step 1 of 2" in page.locator("#deck-step").inner_text()
+    # in a text field the arrows are the text's: the page's key handler clicks a step button at once,
+    # within the key press, so a count of their clicks taken right after it tells
+    page.evaluate("() => { window.__ppDeckClicks = 0; for (const id of ['deck-prev', 'deck-next']) "
+                  "document.getElementById(id).addEventListener('click', () => window.__ppDeckClicks++); }")
+    page.locator("#prompt textarea").press("ArrowRight")
+    page.locator("#prompt textarea").press("PageDown")
+    assert page.evaluate("window.__ppDeckClicks") == 0
     page.locator("#deck-next").click()
+    assert page.evaluate("window.__ppDeckClicks") == 1  # the count sees a click
     page.wait_for_function("() => document.querySelector('#deck-step').innerText.includes('Step 2 of 2')",
                            timeout=30_000)
     plain = page_at(flow.DESKTOP)  # without ?presenter=1: no deck, ordinary type

@@ -15,7 +15,7 @@ from playground.public import Policy, Quota, Rate, parse_rate
 from playground.settings import Settings
 from playground.ui import build_ui, launch_options
 from tests.sse_server import Script, ScriptedServer
-from tests.test_ui import free_port, run_args
+from tests.test_ui import free_port, launched, run_args
 
 QUICK = "quick"
 HUB = Target(id="hub/phi", label="Phi on the hub", backend="transformers", model="microsoft/Phi-3.5-mini-instruct",
@@ -103,12 +103,8 @@ def server() -> Iterator[ScriptedServer]:
 def client(server: ScriptedServer) -> Iterator[Client]:
     catalog = Catalog(targets=[http(server.base_url), HUB, REMOTE_CODE], defaults=[QUICK])
     settings = Settings(host="127.0.0.1", port=None, columns=1, default_targets=[], concurrency=8, catalog=None)
-    demo = build_ui(catalog, settings, Policy(public=True, rate=Rate(3, 60)))
-    demo.launch(**launch_options(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True))
-    try:
+    with launched(build_ui(catalog, settings, Policy(public=True, rate=Rate(3, 60)))) as demo:
         yield Client(demo.local_url, verbose=False)
-    finally:
-        demo.close()
 
 
 def test_the_page_says_public_mode_and_offers_no_download(client: Client) -> None:

@@ -182,13 +182,19 @@ async def test_the_onnx_build_counts_seconds_gives_up_and_goes_on_for_the_next_r
         waited = [line.removeprefix("building ONNX model (first run only): dequantizing GGUF… ") for line in lines[1:]]
         assert waited[:1] == ["(1 s)"] and waited[1:] in ([], ["(2 s)"]), lines  # a late tick may miss the second
         # the next run joins the same build, still going, and sees it finish
-        async def next_run() -> list[str]:
-            return [line async for line in onnx_build.bundled_onnx_ready()]
+        again: list[str] = []
+
+        async def next_run() -> None:
+            async for line in onnx_build.bundled_onnx_ready():
+                again.append(line)
 
         joined = asyncio.ensure_future(next_run())
-        await asyncio.sleep(0.3)
+        for _ in range(500):  # until it has joined the build (its first line), at most 5 s
+            if again:
+                break
+            await asyncio.sleep(0.01)
         build.release.set()
-        again = await asyncio.wait_for(joined, 10)
+        await asyncio.wait_for(joined, 10)
         assert build.calls == 1
         assert again[0] == "building ONNX model (first run only): dequantizing GGUF…"
     finally:

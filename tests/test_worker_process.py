@@ -304,7 +304,10 @@ def test_a_stop_waits_for_the_call_while_another_request_shares_the_process(
         stop = threading.Event()
         stuck = threading.Thread(target=generate, args=(deaf, request("long", tokens=5), stop), daemon=True)
         stuck.start()
-        time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while len(deaf._pending) < 2 and time.monotonic() < deadline:  # both requests in the process
+            time.sleep(0.01)
+        assert len(deaf._pending) == 2
         stop.set()
         neighbour.join(timeout=30)
         # not ended while someone else's answer was on it: that one streams to its end
