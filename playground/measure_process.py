@@ -22,11 +22,11 @@ import gc
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, AsyncIterator, ClassVar
+from typing import TYPE_CHECKING, Callable
 
 from playground import secrets, settings
 from playground.backends import http_backends, local, make_backend
-from playground.errors import READY, Availability, BackendError
+from playground.errors import BackendError
 from playground.events import ClockReport, Event, RequestSent
 
 if TYPE_CHECKING:
@@ -82,27 +82,18 @@ def worker() -> WorkerProcess:
         return _worker
 
 
-class RemoteStream:
-    """A network target whose stream runs in the measurement process; its events keep the child's stamps."""
+async def deliver(target: Target, request: ChatRequest, sink: Callable[[Event], None]) -> None:
+    """Stream ``target`` in the child: each event, with the child's stamp, is handed to ``sink`` by the
+    thread that reads the child's messages, as it comes; returns when the stream ends. Forwarding
+    the events through this process's measurement loop instead cost that loop a wake-up and two
+    generators per event (0.06 s of CPU per run of six columns at 50 tok/s) for nothing: the
+    stamps are already taken."""
+    child = await asyncio.to_thread(worker)
 
-    name: ClassVar[str] = "measured"
-    supports_vision: ClassVar[bool] = True  # the real backend in the child decides
-    stamps_in_own_process: ClassVar[bool] = True
+    def work(emit: Emit, stop: threading.Event) -> None:
+        child.generate(target, request, emit, stop)
 
-    def __init__(self, target: Target):
-        self.target = target
-
-    def availability(self) -> Availability:
-        return READY
-
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
-        child = await asyncio.to_thread(worker)
-
-        def work(emit: Emit, stop: threading.Event) -> None:
-            child.generate(self.target, request, emit, stop)
-
-        async for event in local.stream_from_thread(work):
-            yield event
+    await local.deliver_from_thread(work, sink)
 
 
 # --- the child -----------------------------------------------------------------------------
@@ -142,7 +133,7 @@ def child_streams() -> Generate:
             if not stop.is_set():
                 raise BackendError.wrap(exc) from None
 
-    generate.sends_in_background = True  # type: ignore[attr-defined]  # see worker_process._serve
+    generate.send_loop = loop.loop  # type: ignore[attr-defined]  # its messages are written there: see worker_process._serve
     return generate
 
 

@@ -159,11 +159,16 @@ class Run:
         self._wake = asyncio.Event()
         self._clock = clock = measure_loop()
         self._lag_cursor = clock.monitor.late_cursor()
-        clock.monitor.enter()
+        # its ticker matters only to columns stamped on this loop: the measurement process's columns
+        # bring their own error bar, and a 5 ms tick would cost this process CPU for nothing
+        watch = bool(self._backends) or not all(measure_process.takes(job.target) for job in self.jobs)
+        if watch:
+            clock.monitor.enter()
         try:
             tasks = await clock.call(self._start())
         except BaseException:
-            clock.monitor.leave()
+            if watch:
+                clock.monitor.leave()
             raise
         pending = set(range(len(tasks)))
         next_frame = time.perf_counter() + self.frame_s
@@ -191,7 +196,8 @@ class Run:
                         self._finish(column, "stopped", now)
             yield self.columns
         finally:
-            clock.monitor.leave()
+            if watch:
+                clock.monitor.leave()
             await self._cancel(tasks)
 
     async def _start(self) -> list[asyncio.Task[None]]:
@@ -276,22 +282,30 @@ class Run:
                 self.columns[index].images_sent = len(request.images)
                 for note in notes:
                     post(index, Notice(note), time.perf_counter(), True)
-            if not self._backends and measure_process.takes(job.target):
-                backend = measure_process.RemoteStream(job.target)  # read and stamped in its own process
+            remote = not self._backends and measure_process.takes(job.target)
+            if remote:
                 self.columns[index].shares_clock = False
             self.columns[index].cold = first_request(job.target.id)
             seen_text = False
+
+            def deliver(event: Event) -> None:
+                nonlocal seen_text
+                at = getattr(event, "at", None) or time.perf_counter()
+                if isinstance(event, TextDelta):
+                    post(index, event, at, not seen_text)
+                    seen_text = seen_text or bool(event.text)
+                else:
+                    post(index, event, at, True)
+
+            if remote:  # read and stamped in its own process; its events come straight to the inbox
+                await measure_process.deliver(job.target, request, deliver)
+                return
             # local engines pick their threads from how many local columns run at once
             running = local.running_column() if job.target.backend in local_backends() else nullcontext()
             with running:
                 async with aclosing(backend.stream(request)) as events:
                     async for event in events:
-                        at = time.perf_counter()
-                        if isinstance(event, TextDelta):
-                            post(index, event, event.at or at, not seen_text)
-                            seen_text = seen_text or bool(event.text)
-                        else:
-                            post(index, event, getattr(event, "at", None) or at, True)
+                        deliver(event)
         except Exception as exc:  # noqa: BLE001 - one broken target never breaks another
             error = BackendError.wrap(exc)
             post(index, Failed(error.kind, error.message, error.retry_after), time.perf_counter(), True)

@@ -16,6 +16,7 @@ from playground import measure_process
 from playground.catalog import Target
 from playground.request import ChatRequest, Message, make_params
 from playground.runner import Job, Run
+from playground.events import TextDelta
 
 pytestmark = pytest.mark.usefixtures("close_clients")  # the HTTP clients a test's loop made
 
@@ -136,18 +137,53 @@ async def test_only_the_stamping_thread_of_the_child_runs_at_realtime_priority(s
     assert child.pid is not None
     policies = {int(tid): os.sched_getscheduler(int(tid)) & ~os.SCHED_RESET_ON_FORK
                 for tid in os.listdir(f"/proc/{child.pid}/task")}
-    assert len(policies) > 3  # the loop, its sender, the reader, the resolver's
+    assert len(policies) > 3  # the loop, the reader, the heartbeat, the waiters, the resolver's
     realtime = [tid for tid, policy in policies.items() if policy == os.SCHED_RR]
-    assert len(realtime) == 1, policies  # the measurement loop's thread; its sender and waiters stay normal
+    assert len(realtime) == 1, policies  # the measurement loop's thread; the waiters and the heartbeat stay normal
     assert os.sched_getparam(realtime[0]).sched_priority == os.sched_get_priority_min(os.SCHED_RR)
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the app itself is untouched
 
 
 async def test_streams_longer_than_a_heartbeat_arrive_whole(server: ScriptedServer) -> None:
-    """The child's heartbeats go through its batching sender, mixed with events: a stream longer
+    """The child's heartbeats go through its loop's batching writes, mixed with events: a stream longer
     than one beat (1 s) must still arrive whole, and the process stay up."""
-    # six streams of 300 tokens at 50/s: events every few ms, so the sender batches, beats included
+    # six streams of 300 tokens at 50/s: events every few ms, so the writes batch, beats included
     columns = await run(*(job(server, "long", f"beats-{i}") for i in range(6)))
     assert [c.status for c in columns] == ["done"] * 6, [c.error for c in columns]
     assert all(c.text == text_of(300) for c in columns)
     assert measure_process.worker().alive
+
+
+async def test_the_apps_own_measurement_loop_neither_ticks_nor_forwards_for_columns_stamped_in_the_child(
+        server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child stamps and brings its own error bar: in the app, its events go from the thread that
+    reads them straight to the run, and the app's measurement loop keeps no 5 ms ticker for them."""
+    import threading
+
+    from playground.clock import measure_loop
+
+    posted: dict[str, int] = {}
+    real_post = Run._post
+
+    def post(self: Run, index: int, item: object, at: float, urgent: bool) -> None:
+        if isinstance(item, TextDelta):
+            name = threading.current_thread().name
+            posted[name] = posted.get(name, 0) + 1
+        real_post(self, index, item, at, urgent)
+
+    monkeypatch.setattr(Run, "_post", post)
+    monitor = measure_loop().monitor
+    watched: list[bool] = []
+    async for columns in Run([job(server, "steady", "direct-a"), job(server, "steady", "direct-b")]).frames():
+        watched.append(monitor.watching)
+    assert [c.status for c in columns] == ["done", "done"] and all(c.text == text_of(30) for c in columns)
+    assert not any(watched), "the app's measurement loop ticked for columns the child stamps"
+    assert set(posted) == {"worker-reader:measurement process"} and sum(posted.values()) == 60, posted
+
+    # a column stamped in the app (an in-process stream) still gets the ticker, and its error bar
+    measure_process.use(False)
+    watched.clear()
+    async for columns in Run([job(server, "steady", "in-app")]).frames():
+        watched.append(monitor.watching)
+    assert columns[0].status == "done" and columns[0].shares_clock
+    assert any(watched)
