@@ -316,3 +316,52 @@ def test_a_stop_waits_for_the_call_while_another_request_shares_the_process(
         assert not stuck.is_alive() and not deaf.alive  # alone then, the stuck one ends the process
     finally:
         deaf.close()
+
+
+def test_the_loop_sender_never_blocks_its_loop_and_keeps_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The measurement loop writes its own messages: with a parent that reads nothing for a while the
+    socket fills, and the loop must keep running (its stamps would be late otherwise); once the
+    parent reads, every message arrives, whole and in order, in ``Connection.recv``'s framing."""
+    import asyncio
+    import socket
+    from multiprocessing.connection import Connection
+
+    from playground.backends import worker_process
+    from playground.backends.worker_process import _LoopSender
+
+    monkeypatch.setattr(worker_process, "LINGER_S", 0.0)  # every message is written on the next turn of the loop
+    ours, theirs = socket.socketpair()
+    parent, child = Connection(os.dup(ours.fileno())), Connection(os.dup(theirs.fileno()))
+    ours.close()
+    theirs.close()
+    loop = asyncio.new_event_loop()
+    sender = _LoopSender(child, loop)
+    big = "x" * 100_000
+    count = 200  # 20 MB: far more than a socket pair's buffer
+
+    async def flood() -> int:
+        for i in range(count):
+            sender.send(("event", 1, (i, big)))
+            await asyncio.sleep(0)  # its write is tried (the socket takes what it can), and the loop runs on
+        return len(sender._out)
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        waiting = asyncio.run_coroutine_threadsafe(flood(), loop).result(timeout=30)  # never blocked on it
+        assert waiting > 0  # the socket was full: the rest waits for the parent to read
+        sender.send(("done", 1, None))  # from another thread: handed to the loop, after the events
+        got: list[tuple[object, ...]] = []
+        while not got or got[-1][0] != "done":
+            assert parent.poll(30)
+            message = parent.recv()
+            got.extend(message[1] if message[0] == "batch" else [message])
+        events = [m for m in got if m[0] == "event"]
+        assert [m[2][0] for m in events] == list(range(count)) and all(m[2][1] == big for m in events)
+        assert got[-1] == ("done", 1, None)
+    finally:
+        parent.close()  # a write still blocked (a bug) fails now
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+        child.close()

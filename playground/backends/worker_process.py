@@ -12,26 +12,28 @@ processes. The child leaves when its socket closes, so it never outlives the app
 Parent -> child: ``("load", "module:function", args)``, then ``("gen", id, target, request)``
 and ``("stop", id)``. Child -> parent: ``("ready",)`` or ``("failed", error)``, then
 ``("event", id, event)`` and ``("done", id, error | None)``, where an error is a
-``BackendError`` (it pickles as itself). A ``generate`` marked ``sends_in_background`` (the measurement
-process's) never blocks on a send: a sender thread writes what it queues, several messages at
+``BackendError`` (it pickles as itself). A ``generate`` that names a ``send_loop`` (the measurement
+process's) has every message written by that event loop, never blocking it: several messages at
 once as one ``("batch", [...])``.
 """
 
 from __future__ import annotations
 
 import importlib
+import asyncio
 import itertools
 import logging
 import os
-import queue
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -52,9 +54,8 @@ hang_limit_s = settings.model_hang_s  # how long a model process may send nothin
 
 Generate = Callable[["Target", "ChatRequest", Emit, threading.Event], None]
 LOAD_TIMEOUT_S = 15 * 60  # a multi-GB model from a slow disk; the child's death ends the wait sooner
-MAX_BATCH = 256  # messages sent as one
 BEAT_S = 1.0  # the child says it is alive this often, from a thread of its own
-LINGER_S = 0.01  # the measurement process's sender writes at most this often while streams flow
+LINGER_S = 0.01  # the measurement process's loop writes at most this often while streams flow
 STOP_POLL_S = 0.005  # how often a waiting request looks at a plain stop flag: under one token
 DEAD_POLL_S = 0.25  # with a StopFlag that wakes it, a request only looks now and then for a dead child
 #: a stopped request the child has not ended by then is inside one library call that cannot be
@@ -322,15 +323,11 @@ class WorkerProcess:
 
 # --- the child ---------------------------------------------------------------------------
 def _serve(conn: Connection) -> None:
-    outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
     send_lock = threading.Lock()
 
     def send_now(message: tuple[Any, ...]) -> None:
         with send_lock:
             conn.send(message)
-
-    def queue_it(message: tuple[Any, ...]) -> None:
-        outbox.put(message)
 
     _, factory, args = conn.recv()
     try:
@@ -341,12 +338,13 @@ def _serve(conn: Connection) -> None:
         return
     conn.send(("ready",))
     send = send_now
-    if getattr(generate, "sends_in_background", False):
-        # a stamping event loop must never wait on a parent too busy to read: a thread sends for it.
-        # A model's token loop sends itself: a sender thread would compete with the thread that
-        # takes a stop message for the gap between two tokens (one token more after Stop)
-        send = queue_it
-        threading.Thread(target=_send_batches, args=(conn, outbox), name="worker-sender", daemon=True).start()
+    send_loop: asyncio.AbstractEventLoop | None = getattr(generate, "send_loop", None)
+    if send_loop is not None:
+        # a stamping event loop must never wait on a parent too busy to read, nor hand each event to
+        # a sender thread (a wake-up and a GIL hand-over per batch): it writes itself, without blocking.
+        # A model's token loop sends itself: a sender would compete with the thread that takes a
+        # stop message for the gap between two tokens (one token more after Stop)
+        send = _LoopSender(conn, send_loop).send
     stops: dict[int, threading.Event] = {}
     threads: list[threading.Thread] = []
 
@@ -355,8 +353,8 @@ def _serve(conn: Connection) -> None:
             while True:
                 time.sleep(BEAT_S)
                 send(("beat",))
-        except (OSError, ValueError):
-            pass  # the parent is gone
+        except (OSError, ValueError, RuntimeError):
+            pass  # the parent is gone (RuntimeError: the send loop has closed)
 
     threading.Thread(target=beat, name="worker-heartbeat", daemon=True).start()
 
@@ -370,7 +368,7 @@ def _serve(conn: Connection) -> None:
             stops.pop(request_id, None)
         try:
             send(("done", request_id, error))
-        except OSError:
+        except (OSError, RuntimeError):
             pass  # the parent is gone
 
     try:
@@ -391,27 +389,75 @@ def _serve(conn: Connection) -> None:
             thread.join(timeout=5)
 
 
-def _send_batches(conn: Connection, outbox: queue.SimpleQueue[tuple[Any, ...] | None]) -> None:
-    """Send what is queued, everything waiting at once in one message (one write, one wake-up).
+class _LoopSender:
+    """Messages written to the parent by one event loop (the measurement loop), which never blocks on it.
 
-    A message after a quiet spell (a first token) goes at once; while streams flow, sends are
-    spaced ``LINGER_S`` apart and carry everything that came meanwhile: one wake-up of this thread
-    per event (6,000 a second under a workshop's load) would compete with the stamping loop for
-    the GIL and the CPU. The stamps are already taken; only the frame waits, by at most that long.
+    A message after a quiet spell (a first token) is written once the loop has run what is ready
+    (every chunk that arrived with it is stamped first); while streams flow, writes are spaced
+    ``LINGER_S`` apart and carry everything that came meanwhile, as one ``("batch", [...])``: one
+    write and one wake-up of the parent per batch, not per event. The stamps are already taken;
+    only the frame waits, by at most that long. A write the socket cannot take now (a parent too
+    busy to read) is kept and finished when the socket is writable; the loop never waits on it.
+    Other threads (the heartbeat, the end of a request) hand their messages to the loop. The
+    bytes are ``Connection.send``'s (a length, then a pickle): the parent reads with ``recv``.
     """
-    last_send = -1.0
-    try:
-        while True:
-            batch = [outbox.get()]
-            wait = last_send + LINGER_S - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-            while not outbox.empty() and len(batch) < MAX_BATCH:
-                batch.append(outbox.get_nowait())
-            conn.send(batch[0] if len(batch) == 1 else ("batch", batch))
-            last_send = time.perf_counter()
-    except (OSError, ValueError):
-        pass  # the parent is gone
+
+    def __init__(self, conn: Connection, loop: asyncio.AbstractEventLoop):
+        # the same socket as ``conn``; MSG_DONTWAIT makes each write non-blocking without making the
+        # socket so (the main thread's blocking recv shares its flags)
+        self._sock = socket.socket(fileno=os.dup(conn.fileno()))
+        self._loop = loop
+        self._batch: list[tuple[Any, ...]] = []
+        self._out = bytearray()  # written to the socket only in part so far
+        self._flush: asyncio.Handle | None = None
+        self._watching = False  # a writer callback waits for the socket to take more
+        self._last = -float("inf")
+        self._gone = False
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        """From any thread."""
+        if asyncio._get_running_loop() is self._loop:
+            self._add(message)
+        else:
+            self._loop.call_soon_threadsafe(self._add, message)
+
+    def _add(self, message: tuple[Any, ...]) -> None:
+        if self._gone:
+            return
+        self._batch.append(message)
+        if self._flush is None:
+            wait = self._last + LINGER_S - time.perf_counter()
+            self._flush = (self._loop.call_later(wait, self._write_batch) if wait > 0
+                           else self._loop.call_soon(self._write_batch))
+
+    def _write_batch(self) -> None:
+        self._flush = None
+        batch, self._batch = self._batch, []
+        if not batch or self._gone:
+            return
+        payload = ForkingPickler.dumps(batch[0] if len(batch) == 1 else ("batch", batch))
+        size = len(payload)
+        self._out += struct.pack("!i", size) if size <= 0x7FFFFFFF else struct.pack("!iQ", -1, size)
+        self._out += payload
+        self._last = time.perf_counter()
+        self._write()
+
+    def _write(self) -> None:
+        try:
+            while self._out:
+                sent = self._sock.send(self._out, socket.MSG_DONTWAIT)
+                del self._out[:sent]
+        except BlockingIOError:
+            if not self._watching:
+                self._loop.add_writer(self._sock, self._write)
+                self._watching = True
+            return
+        except OSError:  # the parent is gone: the main thread sees its end of the socket close
+            self._gone = True
+            self._out.clear()
+        if self._watching:
+            self._loop.remove_writer(self._sock)
+            self._watching = False
 
 
 if __name__ == "__main__":
