@@ -148,11 +148,23 @@ class LagMonitor:
         return [late[-i] for i in range(new, 0, -1)], count
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (it has no Windows build), else asyncio's own loop. The stamping
+    loop wakes for every chunk and every 5 ms tick; uvloop's loop machinery is C, and the
+    measurement process's CPU per run of 6 x 50 tok/s fell from 0.13-0.14 to 0.11 s with it.
+    Stamps are ``perf_counter`` either way (uvloop's own clock is cached per turn, in ms)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class MeasureLoop:
     """An event loop in a daemon thread, with a lag monitor. Started once; lives with the process."""
 
     def __init__(self, tick_s: float = TICK_S):
-        self.loop = asyncio.new_event_loop()
+        self.loop = _new_loop()
         self.monitor = LagMonitor("measurement", tick_s)
         self.monitor.always = False  # its stalls matter only while a run streams (the runner counts them)
         self._thread = threading.Thread(target=self._run, name="playground-measure", daemon=True)

@@ -20,7 +20,7 @@ from playground.backends import http_backends
 if TYPE_CHECKING:
     from playground.catalog import Target
 
-LIBRARIES = ("gradio", "openai", "ollama", "aiohttp", "transformers", "torch", "onnxruntime-genai",
+LIBRARIES = ("gradio", "openai", "ollama", "aiohttp", "uvloop", "transformers", "torch", "onnxruntime-genai",
              "openvino-genai", "llama-cpp-python")
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -503,7 +503,8 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                 raise gr.Error(f"column: must be a number from 0 to {MAX_COLUMNS - 1} (got {column!r})")
             ui_stream.stop_column(_session(request), index)
 
-        def clear() -> list[Any]:
+        def clear(request: gr.Request) -> list[Any]:
+            ui_stream.clear(_session(request))  # a run still streaming stops, and shows nothing more
             empty = [[] for _ in range(MAX_COLUMNS)]
             return [[] for _ in range(MAX_COLUMNS)] + [""] * MAX_COLUMNS + [
                 None, gr.DownloadButton(visible="hidden"), gr.DownloadButton(visible="hidden"), empty]
@@ -796,6 +797,9 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                                        concurrency_limit=None, queue=False)
         clear_btn.click(clear, None, [*chats, *statuses, table, csv_btn, json_btn, histories], api_name="clear",
                         show_progress_on=[clear_btn])
+        # the page's own parts: the live boxes of a run cleared mid-stream, and its results (none)
+        clear_btn.click(lambda: [gr.update(visible="hidden", value="")] * MAX_COLUMNS + [None], None,
+                        [*lives, results], api_name=False, queue=False, show_progress="hidden")
         n_cols.change(show_columns, n_cols, slots, api_name=False, show_progress="hidden", show_progress_on=[n_cols])
         demo.load(refresh_choices, None, pickers, api_name=False, show_progress="hidden", show_progress_on=[picked])
         for box in key_boxes:  # the pickers say whose key each target will use

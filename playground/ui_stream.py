@@ -48,6 +48,7 @@ STATUS_REFRESH_S = 0.25
 OUTCOME_AFTER_S = 0.05
 MIN_GAP_S = 0.03  # between two frames sent to the page (see _paced)
 _active_runs: dict[str, Run | RepeatedRun | Replay] = {}
+_cleared: set[int] = set()  # ids of active runs whose page was cleared
 
 
 def wire_message(role: str, text: str) -> dict[str, Any]:
@@ -125,6 +126,16 @@ def stop(session: str) -> None:
         active.stop()
 
 
+def clear(session: str) -> None:
+    """Clear, pressed while the session's run streams: the run stops and shows nothing more, neither
+    a frame nor its outcome (a late frame would bring back the text just cleared, and its history
+    would go with the next prompt)."""
+    active = _active_runs.get(session)
+    if active is not None:
+        _cleared.add(id(active))
+        active.stop()
+
+
 def stop_column(session: str, index: int) -> None:
     active = _active_runs.get(session)
     if active is not None and 0 <= index < len(active.columns):
@@ -157,6 +168,8 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
     clock = run.now if isinstance(run, Replay) else time.perf_counter  # a replay at 2× keeps its own time
     try:
         async for columns in _paced(run.frames(), MIN_GAP_S):
+            if id(run) in _cleared:
+                continue  # stopped: let it end, and show nothing of it
             now = time.perf_counter()
             for i, column in enumerate(columns):
                 phase = phases[i]
@@ -168,6 +181,10 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
     finally:
         if _active_runs.get(plan.session) is run:
             del _active_runs[plan.session]
+        cleared = id(run) in _cleared
+        _cleared.discard(id(run))
+    if cleared:
+        return
     histories = [list(h) for h in plan.histories]
     for i, column in enumerate(run.columns):
         histories[i].append(finished_turn(plan.shown_prompt, column))

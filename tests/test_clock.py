@@ -202,3 +202,11 @@ async def test_a_clock_report_after_the_end_sets_the_error_bar(server: ScriptedS
     assert column.status == "done" and not column.shares_clock
     assert column.clock_lag_s == pytest.approx(0.042) and column.timing_uncertain
     assert "±47 ms" in status_markdown(column)  # the lag and one 5 ms tick
+
+
+def test_the_measurement_loop_is_uvloops_where_it_is_installed() -> None:
+    """The stamping loop wakes for every chunk and every tick: its machinery is uvloop's C where
+    the platform has it (requirements.txt installs it everywhere but Windows)."""
+    pytest.importorskip("uvloop")
+    loop = measure_loop().loop
+    assert type(loop).__module__.startswith("uvloop"), type(loop)
