@@ -65,6 +65,27 @@ def test_stop_stops_every_column_and_keeps_partial_text(client: Client) -> None:
     assert [row[-1] for row in rows] == ["stopped", "stopped"]
 
 
+def test_clear_during_a_run_stops_it_and_nothing_of_it_comes_back(client: Client, server: ScriptedServer) -> None:
+    """Clear while an answer streams: the run stops, sends no frame after the clear, and its turn
+    does not reach the session's history (the next prompt goes alone)."""
+    client.predict(api_name="/clear")  # an empty conversation to start from
+    job = client.submit(*run_args("a long answer to clear", ["slow"], max_tokens=400, columns=1), api_name="/run")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any("t2" in str(o[0]) for o in job.outputs()):
+        time.sleep(0.05)  # polling the client's received frames, bounded: the answer is streaming
+    pressed = time.monotonic()
+    client.predict(api_name="/clear")
+    frames_at_clear = len(job.outputs())
+    job.result(timeout=10)
+    assert time.monotonic() - pressed < 2.0, "the cleared run went on"
+    assert len(job.outputs()) <= frames_at_clear + 1, "frames kept coming after the clear"  # one may be in flight
+    assert len(server.chat_requests("slow")[-1].body["messages"]) == 1
+    client.submit(*run_args("a fresh start", ["quick"], columns=1), api_name="/run").result(timeout=60)
+    sent = server.chat_requests("quick")[-1].body["messages"]
+    assert [m["content"] for m in sent] == ["a fresh start"], "the cleared run's turn came back"
+    client.predict(api_name="/clear")
+
+
 def test_an_image_reaches_the_vision_target_only(tmp_path, server: ScriptedServer) -> None:
     from gradio_client import handle_file
     from PIL import Image
