@@ -66,7 +66,7 @@ PROBE_JS = """([app, count]) => {
     bare: (i) => { const el = document.querySelector(`#bare-${i} textarea`); return el ? el.value : ""; },
     playground: (i) => {
       const live = document.querySelector(`#col-${i}-live textarea`);  // the answer streams here, when there is one
-      if (live && !live.closest(".hidden")) return live.value;
+      if (live && live.value) return live.value;
       const bots = document.querySelectorAll(`#col-${i}-chat [data-testid="bot"]`);
       return bots.length > window.__bs.bots[i] ? bots[bots.length - 1].textContent : "";
     },

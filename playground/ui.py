@@ -49,6 +49,8 @@ body:not(.pp-presenter) #presenter-settings { display: none !important; }
 body.pp-folded #parameters, body.pp-folded #keys, body.pp-folded #examples, body.pp-folded #n-columns,
 body.pp-folded #quota { display: none !important; }
 .pp-status { font-size: 0.85em; min-height: 3.2em; }
+/* a column's live box shows only while an answer streams in it (its value is empty otherwise) */
+.pp-live:has(textarea:placeholder-shown) { display: none !important; }
 /* on a phone the results table scrolls sideways instead of crushing a header to a letter a line */
 #results th, #bench-stats th { min-width: 6em; }
 #results th:first-child, #bench-stats th:first-child { min-width: 11em; }
@@ -346,8 +348,11 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                             # The answer streams here as plain text, and moves into the chat, rendered, when done.
                             # A fixed height (lines == max_lines): a growing textbox measures itself on every change
                             # (two forced layouts per box per frame), and moves the chat and the page with it.
-                            lives.append(gr.Textbox(visible="hidden", interactive=False, show_label=False, lines=8, max_lines=8,
-                                                    autoscroll=True, elem_id=f"col-{i}-live", elem_classes=["pp-live"]))
+                            # Shown only while it holds text (CSS): a visibility change per run would be a prop
+                            # update, and Gradio rebuilds the component's config and JSON schema for each one
+                            lives.append(gr.Textbox("", placeholder=" ", interactive=False, show_label=False, lines=8,
+                                                    max_lines=8, autoscroll=True, elem_id=f"col-{i}-live",
+                                                    elem_classes=["pp-live"]))
                             statuses.append(gr.Markdown("", elem_id=f"col-{i}-status", elem_classes=["pp-status"]))
                             column_stops.append(gr.Button("■ Stop this column", size="sm", elem_id=f"col-{i}-stop"))
                             with gr.Accordion("Code", open=False, elem_id=f"col-{i}-code-box"):
@@ -798,7 +803,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         clear_btn.click(clear, None, [*chats, *statuses, table, csv_btn, json_btn, histories], api_name="clear",
                         show_progress_on=[clear_btn])
         # the page's own parts: the live boxes of a run cleared mid-stream, and its results (none)
-        clear_btn.click(lambda: [gr.update(visible="hidden", value="")] * MAX_COLUMNS + [None], None,
+        clear_btn.click(lambda: [""] * MAX_COLUMNS + [None], None,
                         [*lives, results], api_name=False, queue=False, show_progress="hidden")
         n_cols.change(show_columns, n_cols, slots, api_name=False, show_progress="hidden", show_progress_on=[n_cols])
         demo.load(refresh_choices, None, pickers, api_name=False, show_progress="hidden", show_progress_on=[picked])

@@ -372,11 +372,9 @@ async def page_values(plan: Plan, stream: AsyncIterator[Frame]) -> AsyncIterator
         if frame.outcome is not None:
             for i in range(plan.count):
                 chats[i] = wire_messages(transcript(frame.outcome.histories[i]))
-            lives: list[Any] = [gr.update(visible="hidden", value="") for _ in range(MAX_COLUMNS)]
+            lives: list[Any] = [""] * MAX_COLUMNS  # an empty live box hides itself (ui.CSS)
         else:
-            texts = [live_answer(c, plain=True) for c in frame.columns] + [""] * (MAX_COLUMNS - plan.count)
-            lives = ([gr.update(visible=True if i < plan.count else "hidden", value=t) for i, t in enumerate(texts)]
-                     if first else texts)
+            lives = [live_answer(c, plain=True) for c in frame.columns] + [""] * (MAX_COLUMNS - plan.count)
         out = frame.outcome
         if out is not None:
             states = [out.histories, (out.table, out.csv_file, out.json_file, out.codes, out.bench, out.recorded)]

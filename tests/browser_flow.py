@@ -54,7 +54,7 @@ SAMPLER_JS = """(count) => {
     const live = document.querySelector(`#col-${i}-live textarea`);
     const state = status ? status.textContent : "";
     let text, placeholder;
-    if (live && !live.closest(".hidden")) {  // while a run streams, the answer grows here as plain text
+    if (live && live.value) {  // while a run streams, the answer grows here as plain text (empty: hidden)
       text = live.value.trim();
       placeholder = state.includes("TTFT –");  // no first token yet: the box shows the column's state
     } else {
@@ -89,7 +89,7 @@ STATUS_JS = """([count, words]) => Array.from({length: count}, (_, i) => {
 # last chat message, whose accessible name is "bot's message: " and its text
 ANSWER_TEXTS_JS = """(count) => Array.from({length: count}, (_, i) => {
   const live = document.querySelector(`#col-${i}-live textarea`);
-  if (live && !live.closest(".hidden")) return live.value.trim();
+  if (live && live.value) return live.value.trim();  // empty, and hidden, once the run has ended
   const bots = document.querySelectorAll(`#col-${i}-chat [data-testid="bot"]`);
   const label = bots.length ? bots[bots.length - 1].getAttribute("aria-label") || "" : "";
   return label.replace(/^bot's message: /, "").trim();
@@ -548,7 +548,7 @@ LIVE_SAMPLER_JS = """() => {
   let last = -1;
   const step = () => {
     const live = document.querySelector('#col-0-live textarea');
-    const shown = live && !live.closest('.hidden') && live.offsetParent !== null;
+    const shown = live && live.value !== '' && live.offsetParent !== null;
     const len = shown ? live.value.length : -1;
     if (len !== last) { window.__ppLive.push([performance.now(), len]); last = len; }
     window.__ppLiveFrame = requestAnimationFrame(step);

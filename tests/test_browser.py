@@ -232,6 +232,9 @@ def test_a_recorded_run_replays_at_its_recorded_pace(app_url: str, page_at: Any,
     # Open: the run in the columns as it ended, at once, back on the Compare tab. First the replay's
     # other column ends (its last frame would bring back what Clear took away)
     flow.wait_statuses(page, 2, ("done", "stopped", "error"), 120)
+    # the live boxes showed the answers while they streamed (the sampler saw them); now they are gone
+    page.wait_for_function("() => [0, 1].every((i) => !document.querySelector(`#col-${i}-live`).checkVisibility())",
+                           timeout=10_000, polling=100)
     page.locator("#clear").click()
     page.wait_for_function("() => document.querySelectorAll('#col-0-chat [data-testid=\"bot\"]').length === 0",
                            timeout=30_000, polling=100)
