@@ -585,6 +585,14 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             except gr.Error:
                 return gr.skip()
 
+        def after_run(results_value: tuple[Any, ...] | None, text: str | None, scope_value: str | None,
+                      owner_value: str | None, request: gr.Request) -> list[Any]:
+            """What follows a run on the page, in one event (each event is a request from the page, a turn
+            of the queue and its messages): the results, the quota line, the history with the new run."""
+            rows = history_after_run(text, scope_value, owner_value, request)
+            history = rows if isinstance(rows, dict) else history_table.postprocess(rows).model_dump()  # a skip
+            return [*ui_stream.results_values(results_value), quota_status(request), history]
+
         def pick_run(event: gr.SelectData) -> str:
             row = getattr(event, "row_value", None) or []
             return str(row[0]) if row else gr.skip()
@@ -742,11 +750,9 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         gr.on([prompt.submit, run_btn.click], run_from_page,
               inputs=[*settings_in, picked, *key_boxes, *bench_in, session_mark, page_mark],
               outputs=[*chats, *statuses, histories, results, *lives], api_name=False, show_progress_on=[run_btn],
-              **streaming).success(ui_stream.results_values, results, results_out, api_name=False,
-                                   show_progress="hidden", show_progress_on=[run_btn], postprocess=False
-                                   ).then(quota_status, None, quota_line, api_name=False, show_progress="hidden"
-                                          ).then(history_after_run, history_filter, history_table, api_name=False,
-                                                 show_progress="hidden")
+              **streaming).success(after_run, [results, *history_filter], [*results_out, quota_line, history_table],
+                                   api_name=False, show_progress="hidden", show_progress_on=[run_btn],
+                                   postprocess=False)
         api_run = gr.Button(visible=False)
         api_run.click(run_from_api, inputs=[*settings_in, *pickers, session_keys], outputs=run_outputs, api_name="run",
                       **streaming

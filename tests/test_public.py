@@ -200,7 +200,7 @@ def test_the_page_shows_the_quota_before_any_run_and_counts_it_down(server: Scri
         assert _page_event(demo.local_url, client.session_hash, on_load) == ["5 of 6 runs left this minute"]
         roots = set()  # the runs whose end the page follows with a fresh quota line
         for fn in demo.fns.values():
-            if getattr(fn.fn, "__name__", "") == "quota_status" and fn.trigger_after is not None:
+            if line in fn.outputs and fn.trigger_after is not None:  # the page's follow-up sets it with the rest
                 first = fn
                 while first.trigger_after is not None:
                     first = demo.fns[first.trigger_after]
