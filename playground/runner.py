@@ -148,8 +148,10 @@ class Run:
             loop.call_soon_threadsafe(wake.set)
 
     def _post(self, index: int, item: object, at: float, urgent: bool) -> None:
-        """Called on the measurement loop: hand a stamped event to the consumer. Only events that
-        change what a column shows beyond its text (and a column's first text) wake it early."""
+        """Hand a stamped event to the consumer, from the measurement loop or (the measurement
+        process's events) the thread that reads them: thread-safe, a deque append and a thread-safe
+        wake-up. Only events that change what a column shows beyond its text (and a column's first
+        text) wake it early."""
         self._inbox.append((index, item, at))
         if urgent:
             self._nudge()
@@ -205,7 +207,7 @@ class Run:
                 for i, job in enumerate(self.jobs)]
 
     def _drain(self, pending: set[int]) -> bool:
-        """Apply what the measurement loop stamped; True if some column just showed its first text."""
+        """Apply what was stamped (on the measurement loop, or where the event was made); True if some column just showed its first text."""
         first_text = False
         while self._inbox:
             index, item, at = self._inbox.popleft()
@@ -260,7 +262,9 @@ class Run:
                 self._fail(column, ErrorKind.TIMEOUT, f"no complete answer within {column.target.timeout_s:g} s", now)
 
     async def _pump(self, index: int, job: Job) -> None:
-        """Runs on the measurement loop: every event is stamped here, the moment it arrives."""
+        """Runs on the measurement loop: every event is stamped here, the moment it arrives, unless it
+        comes stamped (a local engine's thread or process, the measurement process; the last hands its
+        events to the inbox from the thread that reads them, without this loop)."""
         post = self._post
         for note in job.notices:
             post(index, Notice(note), time.perf_counter(), True)

@@ -514,6 +514,10 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             return [[] for _ in range(MAX_COLUMNS)] + [""] * MAX_COLUMNS + [
                 None, gr.DownloadButton(visible="hidden"), gr.DownloadButton(visible="hidden"), empty]
 
+        def clear_page(request: gr.Request) -> list[Any]:
+            """``clear``, and the page's own parts: the live boxes, and no results to show after the run."""
+            return clear(request) + [""] * MAX_COLUMNS + [None]
+
         def show_columns(count: float) -> list[Any]:
             return [gr.Column(visible=i < int(count)) for i in range(MAX_COLUMNS)]
 
@@ -806,11 +810,9 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         column_index = gr.Number(visible=False, precision=0)
         gr.Button(visible=False).click(stop_one, column_index, None, api_name="stop_column",
                                        concurrency_limit=None, queue=False)
-        clear_btn.click(clear, None, [*chats, *statuses, table, csv_btn, json_btn, histories], api_name="clear",
-                        show_progress_on=[clear_btn])
-        # the page's own parts: the live boxes of a run cleared mid-stream, and its results (none)
-        clear_btn.click(lambda: [""] * MAX_COLUMNS + [None], None,
-                        [*lives, results], api_name=False, queue=False, show_progress="hidden")
+        cleared = [*chats, *statuses, table, csv_btn, json_btn, histories]
+        clear_btn.click(clear_page, None, [*cleared, *lives, results], api_name=False, show_progress_on=[clear_btn])
+        gr.Button(visible=False).click(clear, None, cleared, api_name="clear")
         n_cols.change(show_columns, n_cols, slots, api_name=False, show_progress="hidden", show_progress_on=[n_cols])
         demo.load(refresh_choices, None, pickers, api_name=False, show_progress="hidden", show_progress_on=[picked])
         for box in key_boxes:  # the pickers say whose key each target will use

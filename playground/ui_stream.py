@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+import weakref
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator
@@ -48,7 +50,9 @@ STATUS_REFRESH_S = 0.25
 OUTCOME_AFTER_S = 0.05
 MIN_GAP_S = 0.03  # between two frames sent to the page (see _paced)
 _active_runs: dict[str, Run | RepeatedRun | Replay] = {}
-_cleared: set[int] = set()  # ids of active runs whose page was cleared
+_cleared: weakref.WeakSet[Run | RepeatedRun | Replay] = weakref.WeakSet()  # runs whose page was cleared
+_ended: weakref.WeakKeyDictionary[Run | RepeatedRun | Replay, threading.Event] = weakref.WeakKeyDictionary()
+CLEAR_WAIT_S = 5.0  # a stopped run ends within a frame or two; a stuck one does not hold Clear longer
 
 
 def wire_message(role: str, text: str) -> dict[str, Any]:
@@ -126,14 +130,19 @@ def stop(session: str) -> None:
         active.stop()
 
 
-def clear(session: str) -> None:
+def clear(session: str, wait_s: float = CLEAR_WAIT_S) -> None:
     """Clear, pressed while the session's run streams: the run stops and shows nothing more, neither
     a frame nor its outcome (a late frame would bring back the text just cleared, and its history
-    would go with the next prompt)."""
+    would go with the next prompt). Blocking: returns once the run's last frame has gone out (at
+    most ``wait_s``), so that what the caller then empties stays empty."""
     active = _active_runs.get(session)
-    if active is not None:
-        _cleared.add(id(active))
-        active.stop()
+    if active is None:
+        return
+    _cleared.add(active)
+    active.stop()
+    ended = _ended.get(active)
+    if ended is not None:
+        ended.wait(wait_s)
 
 
 def stop_column(session: str, index: int) -> None:
@@ -162,13 +171,14 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
     if previous is not None:
         previous.stop()
     _active_runs[plan.session] = run
+    _ended[run] = threading.Event()
     statuses = [""] * MAX_COLUMNS
     shown: list[tuple[Any, ...] | None] = [None] * plan.count
     due = [0.0] * plan.count
     clock = run.now if isinstance(run, Replay) else time.perf_counter  # a replay at 2× keeps its own time
     try:
         async for columns in _paced(run.frames(), MIN_GAP_S):
-            if id(run) in _cleared:
+            if run in _cleared:
                 continue  # stopped: let it end, and show nothing of it
             now = time.perf_counter()
             for i, column in enumerate(columns):
@@ -181,9 +191,9 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
     finally:
         if _active_runs.get(plan.session) is run:
             del _active_runs[plan.session]
-        cleared = id(run) in _cleared
-        _cleared.discard(id(run))
-    if cleared:
+        # every frame before this one has gone out: Gradio asks for the next only after sending it
+        _ended[run].set()
+    if run in _cleared:
         return
     histories = [list(h) for h in plan.histories]
     for i, column in enumerate(run.columns):

@@ -249,6 +249,27 @@ def test_a_recorded_run_replays_at_its_recorded_pace(app_url: str, page_at: Any,
     assert flow.answer_texts(page, 1)[0] == document["results"][0]["text"]
 
 
+def test_clear_during_a_run_stops_it_and_nothing_of_it_comes_back(app_url: str, page_at: Any) -> None:
+    """Clear while the answers stream: the live boxes empty and hide at once, and neither a late
+    frame nor the run's end brings any of it back (before, the next frame refilled them)."""
+    page = page_at(flow.DESKTOP)
+    flow.open_app(page, app_url)
+    flow.set_parameter(page, "temperature", 0)
+    flow.set_parameter(page, "max-tokens", flow.LONG_MAX_TOKENS)  # a stream far longer than the watch below
+    page.evaluate(flow.SAMPLER_JS, 2)
+    flow.submit_prompt(page, flow.LONG_PROMPT)
+    page.wait_for_function("() => window.__ppSamples.some((s) => s.cols.every((c) => c.len > 20))",
+                           timeout=300_000, polling=100)
+    page.locator("#clear").click()
+    gone = "() => [0, 1].every((i) => !document.querySelector(`#col-${i}-live`).checkVisibility())"
+    page.wait_for_function(gone, timeout=10_000, polling=100)
+    page.wait_for_timeout(2000)  # an observation window, not a wait for readiness: nothing may come back in it
+    assert page.evaluate(gone)
+    assert flow.answer_texts(page, 2) == ["", ""]
+    assert page.locator("#col-0-chat [data-testid='bot']").count() == 0
+    assert not any(flow.statuses(page, 2)), flow.statuses(page, 2)
+
+
 def test_a_share_link_opens_the_run_and_replays_it(app_url: str, page_at: Any, tmp_path: Path) -> None:
     """Share gives the page's address with ?run=ID and nothing else; opening it in a fresh browser
     context replays that run into the columns."""

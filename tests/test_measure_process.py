@@ -187,3 +187,20 @@ async def test_the_apps_own_measurement_loop_neither_ticks_nor_forwards_for_colu
         watched.append(monitor.watching)
     assert columns[0].status == "done" and columns[0].shares_clock
     assert any(watched)
+
+
+async def test_one_column_stopped_in_the_child_ends_as_stopped_while_the_other_finishes(server: ScriptedServer) -> None:
+    """Stop this column, on a column the measurement process streams: its events come from the
+    reader thread, so the stop must reach the child and nothing after it reach the column."""
+    r = Run([job(server, "long", "stop-me"), job(server, "steady", "let-me-finish")])
+    stopped_at = None
+    async for columns in r.frames():
+        if stopped_at is None and columns[0].chunks >= 3:
+            stopped_at = columns[0].chunks
+            r.stop_column(0)
+    assert stopped_at is not None
+    assert [c.status for c in columns] == ["stopped", "done"], [c.error for c in columns]
+    assert columns[0].chunks < 300 and columns[1].text == text_of(30)
+    frozen = columns[0].text
+    await run(job(server, "steady", "after"))  # whatever the child still had for it arrived by now
+    assert columns[0].text == frozen and columns[0].status == "stopped"

@@ -318,7 +318,8 @@ def test_a_stop_waits_for_the_call_while_another_request_shares_the_process(
         deaf.close()
 
 
-def test_the_loop_sender_never_blocks_its_loop_and_keeps_order(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])  # the child runs uvloop's where installed
+def test_the_loop_sender_never_blocks_its_loop_and_keeps_order(monkeypatch: pytest.MonkeyPatch, loop_kind: str) -> None:
     """The measurement loop writes its own messages: with a parent that reads nothing for a while the
     socket fills, and the loop must keep running (its stamps would be late otherwise); once the
     parent reads, every message arrives, whole and in order, in ``Connection.recv``'s framing."""
@@ -334,7 +335,7 @@ def test_the_loop_sender_never_blocks_its_loop_and_keeps_order(monkeypatch: pyte
     parent, child = Connection(os.dup(ours.fileno())), Connection(os.dup(theirs.fileno()))
     ours.close()
     theirs.close()
-    loop = asyncio.new_event_loop()
+    loop = asyncio.new_event_loop() if loop_kind == "asyncio" else pytest.importorskip("uvloop").new_event_loop()
     sender = _LoopSender(child, loop)
     big = "x" * 100_000
     count = 200  # 20 MB: far more than a socket pair's buffer

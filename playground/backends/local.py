@@ -394,16 +394,6 @@ async def stream_from_thread(
         if not loop.is_closed():
             loop.call_soon_threadsafe(queue.put_nowait, event)
 
-    def put_all(events: list[Event]) -> None:
-        for event in events:
-            queue.put_nowait(event)
-
-    def emit_many(events: list[Event]) -> None:
-        if not loop.is_closed():
-            loop.call_soon_threadsafe(put_all, events)
-
-    emit.many = emit_many  # type: ignore[attr-defined]  # see WorkerProcess._deliver_batch
-
     def run() -> None:
         try:
             work(emit, stop)
@@ -432,7 +422,7 @@ async def stream_from_thread(
 async def deliver_from_thread(
     work: Callable[[Emit, threading.Event], None], sink: Callable[[Event], None], join_timeout_s: float = 5.0
 ) -> None:
-    """Run blocking ``work(emit, stop)`` in a thread of its own and hand each event to ``sink`` on the
+    """Run blocking ``work(sink, stop)`` in a thread of its own: each event goes to ``sink`` on the
     thread that emits it (``sink`` must be thread-safe); return when the work ends, raising what it raised.
 
     ``stream_from_thread`` without the hop through this loop: for a producer whose events already
@@ -443,15 +433,6 @@ async def deliver_from_thread(
     ended: asyncio.Future[BaseException | None] = loop.create_future()
     stop = StopFlag()
 
-    def emit(event: Event) -> None:
-        sink(event)
-
-    def emit_many(events: list[Event]) -> None:
-        for event in events:
-            sink(event)
-
-    emit.many = emit_many  # type: ignore[attr-defined]  # see WorkerProcess._deliver_batch
-
     def settle(error: BaseException | None) -> None:
         if not ended.done():
             ended.set_result(error)
@@ -459,7 +440,7 @@ async def deliver_from_thread(
     def run() -> None:
         error: BaseException | None = None
         try:
-            work(emit, stop)
+            work(sink, stop)
         except BaseException as exc:  # noqa: BLE001 - raised again on the loop
             error = exc
         finally:

@@ -262,31 +262,15 @@ class WorkerProcess:
             pending.finish()
 
     def _deliver_batch(self, batch: list[tuple[Any, ...]]) -> None:
-        """A batch's events go to each request in one hand-over where its ``emit`` takes a list
-        (``emit.many``): one wake-up of the consumer's loop per batch, not per token."""
-        events: dict[int, list[Any]] = {}
-
-        def flush(request_id: int) -> None:
-            pending, got = self._pending.get(request_id), events.pop(request_id, None)
-            if pending is None or not got:
-                return
-            many = getattr(pending.emit, "many", None)
-            if many is not None:
-                self._hand(pending, many, got)
-            else:
-                for event in got:
-                    self._hand(pending, pending.emit, event)
-
+        """A batch's messages in their order (a request's events before its end); a request whose
+        receiver failed midway gets nothing more."""
         for one in batch:
-            if one[0] == "beat":  # the measurement process's sender batches its heartbeats too
+            if one[0] == "beat":  # the measurement process's loop batches its heartbeats too
                 continue
-            if one[0] == "event":
-                events.setdefault(one[1], []).append(one[2])
-            else:
-                flush(one[1])  # its events before its end
-                self._deliver(one)
-        for request_id in list(events):
-            flush(request_id)
+            pending = self._pending.get(one[1])
+            if one[0] == "event" and pending is not None and pending.done.is_set():
+                continue
+            self._deliver(one)
 
     def _read(self) -> None:
         assert self._conn is not None and self._proc is not None
