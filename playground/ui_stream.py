@@ -19,9 +19,8 @@ import asyncio
 import logging
 import threading
 import time
-import weakref
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import gradio as gr
@@ -49,10 +48,19 @@ STATUS_REFRESH_S = 0.25
 # the heels of the last text, the page would paint both at once, so the last tokens would wait for it.
 OUTCOME_AFTER_S = 0.05
 MIN_GAP_S = 0.03  # between two frames sent to the page (see _paced)
-_active_runs: dict[str, Run | RepeatedRun | Replay] = {}
-_cleared: weakref.WeakSet[Run | RepeatedRun | Replay] = weakref.WeakSet()  # runs whose page was cleared
-_ended: weakref.WeakKeyDictionary[Run | RepeatedRun | Replay, threading.Event] = weakref.WeakKeyDictionary()
 CLEAR_WAIT_S = 5.0  # a stopped run ends within a frame or two; a stuck one does not hold Clear longer
+
+
+@dataclass
+class _Active:
+    """A session's run in progress, as Stop and Clear find it."""
+
+    run: Run | RepeatedRun | Replay
+    ended: threading.Event = field(default_factory=threading.Event)  # its last frame has gone out
+    cleared: bool = False  # the page was cleared: the run shows nothing more
+
+
+_active_runs: dict[str, _Active] = {}
 
 
 def wire_message(role: str, text: str) -> dict[str, Any]:
@@ -127,7 +135,7 @@ class Frame:
 def stop(session: str) -> None:
     active = _active_runs.get(session)
     if active is not None:
-        active.stop()
+        active.run.stop()
 
 
 def clear(session: str, wait_s: float = CLEAR_WAIT_S) -> None:
@@ -136,19 +144,16 @@ def clear(session: str, wait_s: float = CLEAR_WAIT_S) -> None:
     would go with the next prompt). Blocking: returns once the run's last frame has gone out (at
     most ``wait_s``), so that what the caller then empties stays empty."""
     active = _active_runs.get(session)
-    if active is None:
-        return
-    _cleared.add(active)
-    active.stop()
-    ended = _ended.get(active)
-    if ended is not None:
-        ended.wait(wait_s)
+    if active is not None:
+        active.cleared = True
+        active.run.stop()
+        active.ended.wait(wait_s)
 
 
 def stop_column(session: str, index: int) -> None:
     active = _active_runs.get(session)
-    if active is not None and 0 <= index < len(active.columns):
-        active.stop_column(index)
+    if active is not None and 0 <= index < len(active.run.columns):
+        active.run.stop_column(index)
 
 
 def _status_state(column: Column) -> tuple[Any, ...]:
@@ -169,16 +174,15 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
     phases: list[str] = getattr(run, "phase", [""] * plan.count)  # "run 3 of 10", "replay of …"
     previous = _active_runs.pop(plan.session, None)
     if previous is not None:
-        previous.stop()
-    _active_runs[plan.session] = run
-    _ended[run] = threading.Event()
+        previous.run.stop()
+    active = _active_runs[plan.session] = _Active(run)
     statuses = [""] * MAX_COLUMNS
     shown: list[tuple[Any, ...] | None] = [None] * plan.count
     due = [0.0] * plan.count
     clock = run.now if isinstance(run, Replay) else time.perf_counter  # a replay at 2× keeps its own time
     try:
         async for columns in _paced(run.frames(), MIN_GAP_S):
-            if run in _cleared:
+            if active.cleared:
                 continue  # stopped: let it end, and show nothing of it
             now = time.perf_counter()
             for i, column in enumerate(columns):
@@ -189,11 +193,11 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
                     shown[i], due[i] = state, now + STATUS_REFRESH_S
             yield Frame(columns, statuses)
     finally:
-        if _active_runs.get(plan.session) is run:
+        if _active_runs.get(plan.session) is active:
             del _active_runs[plan.session]
         # every frame before this one has gone out: Gradio asks for the next only after sending it
-        _ended[run].set()
-    if run in _cleared:
+        active.ended.set()
+    if active.cleared:
         return
     histories = [list(h) for h in plan.histories]
     for i, column in enumerate(run.columns):

@@ -378,6 +378,13 @@ def release_slot(key: str) -> None:
     _slot(key).release()
 
 
+async def _joined(thread: threading.Thread, timeout_s: float) -> None:
+    """Wait, without blocking the loop and for at most ``timeout_s``, for a stopped worker thread to end."""
+    deadline = time.monotonic() + timeout_s
+    while thread.is_alive() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
 async def stream_from_thread(
     work: Callable[[Emit, threading.Event], None], join_timeout_s: float = 5.0
 ) -> AsyncIterator[Event]:
@@ -414,9 +421,7 @@ async def stream_from_thread(
             yield event
     finally:
         stop.set()
-        deadline = time.monotonic() + join_timeout_s
-        while thread.is_alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await _joined(thread, join_timeout_s)
 
 
 async def deliver_from_thread(
@@ -453,9 +458,7 @@ async def deliver_from_thread(
         error = await ended
     finally:
         stop.set()
-        deadline = time.monotonic() + join_timeout_s
-        while thread.is_alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await _joined(thread, join_timeout_s)
     if isinstance(error, Exception):
         raise BackendError.wrap(error)
     if error is not None:

@@ -19,8 +19,8 @@ once as one ``("batch", [...])``.
 
 from __future__ import annotations
 
-import importlib
 import asyncio
+import importlib
 import itertools
 import logging
 import os
@@ -246,7 +246,8 @@ class WorkerProcess:
         if pending is None:
             return  # a request that gave up (its sender is gone)
         if message[0] == "event":
-            self._hand(pending, pending.emit, message[2])
+            if not pending.done.is_set():  # a receiver that failed midway gets nothing more
+                self._hand(pending, pending.emit, message[2])
         elif message[0] == "done":
             pending.error = message[2]
             pending.finish()
@@ -262,15 +263,10 @@ class WorkerProcess:
             pending.finish()
 
     def _deliver_batch(self, batch: list[tuple[Any, ...]]) -> None:
-        """A batch's messages in their order (a request's events before its end); a request whose
-        receiver failed midway gets nothing more."""
+        """A batch's messages in their order (a request's events before its end)."""
         for one in batch:
-            if one[0] == "beat":  # the measurement process's loop batches its heartbeats too
-                continue
-            pending = self._pending.get(one[1])
-            if one[0] == "event" and pending is not None and pending.done.is_set():
-                continue
-            self._deliver(one)
+            if one[0] != "beat":  # the measurement process's loop batches its heartbeats too
+                self._deliver(one)
 
     def _read(self) -> None:
         assert self._conn is not None and self._proc is not None
