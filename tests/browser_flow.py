@@ -563,18 +563,19 @@ def open_history(page: Any) -> None:
     page.locator("#run-id input, #run-id textarea").first.wait_for(state="visible", timeout=30_000)
 
 
-def replay_last_run(page: Any, timeout_s: float = 120) -> tuple[str, list[list[float]]]:
-    """Open *History*, replay the last run (its id is filled in) at 1×; the run id and column 0's
-    live-box lengths over the page's time while the replay streamed."""
+def replay_last_run(page: Any, timeout_s: float = 120) -> tuple[str, list[list[float]], float]:
+    """Open *History*, replay the last run (its id is filled in) at 1×; the run id, column 0's
+    live-box lengths over the page's time while the replay streamed, and that time just before the click."""
     open_history(page)
     box = page.locator("#run-id input, #run-id textarea").first
     page.wait_for_function("(sel) => document.querySelector(sel)?.value.length > 10",
                            arg="#run-id input, #run-id textarea", timeout=30_000)
     run_id = box.input_value()
     page.evaluate(LIVE_SAMPLER_JS)
+    clicked = page.evaluate("() => performance.now()")
     page.locator("#replay").click()
     page.wait_for_function("() => document.querySelector('#col-0-status').innerText.includes('replay of') && "
                            "document.querySelector('#col-0-status').innerText.includes('done')",
                            timeout=timeout_s * 1000, polling=100)
     samples = page.evaluate("() => { cancelAnimationFrame(window.__ppLiveFrame); return window.__ppLive; }")
-    return run_id, samples
+    return run_id, samples, clicked

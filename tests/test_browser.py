@@ -205,12 +205,18 @@ def test_benchmark_mode_repeats_and_draws_its_statistics(app_url: str, page_at: 
 
 def test_a_recorded_run_replays_at_its_recorded_pace(app_url: str, page_at: Any, tmp_path: Path) -> None:
     """Run, then replay it from *History* at 1×: each text event appears in the live box within
-    50 ms of its recorded offset (both counted from the first one), and the figures are the recorded ones."""
+    50 ms of its recorded offset, and the figures are the recorded ones. Both count from the click;
+    the page's own delay (the request, the wire, the render: its median over the events, bounded) is
+    latency, not pace, so it is taken out. The first event alone is no reference: its frame goes at
+    once to an idle page, and on a slower CPU every later one, paced and rendered behind another,
+    showed some 40 ms after it (CI failed so on a fresh clone)."""
+    import statistics
+
     from playground import records
 
     page = page_at(flow.DESKTOP)
     flow.compare(page, app_url, tmp_path)
-    run_id, samples = flow.replay_last_run(page)
+    run_id, samples, clicked = flow.replay_last_run(page)
     document = records.load(run_id)
     events = document["timelines"][0]["events"]
     assert len(events) >= 10
@@ -219,9 +225,11 @@ def test_a_recorded_run_replays_at_its_recorded_pace(app_url: str, page_at: Any,
     for offset, count, _ in events:
         chars += count
         shown_at.append(next(t for t, length in samples if length >= chars) / 1000)
-    recorded = [e[0] for e in events]
-    errors = [(s - shown_at[0]) - (r - recorded[0]) for s, r in zip(shown_at, recorded)]
-    assert max(abs(e) for e in errors) < 0.05, [round(e * 1000) for e in errors]
+    delays = [s - clicked / 1000 - e[0] for s, e in zip(shown_at, events)]
+    delay = statistics.median(delays)
+    assert 0 < delay < 1.0, delay  # from the click: the request, the queue, the replay starting (0.2 s here)
+    errors = [d - delay for d in delays]
+    assert max(abs(e) for e in errors) < 0.05, (round(delay * 1000), [round(e * 1000) for e in errors])
     status = flow.statuses(page, 1)[0]
     ttft = document["results"][0]["ttft_s"]  # rounded to 0.1 ms in the record; the column's from the offsets
     shown = re.search(r"TTFT ([\d.]+) (ms|s)\b", status)
