@@ -126,6 +126,41 @@ async def test_the_clock_starts_when_the_request_reaches_the_socket(server: Scri
     assert sent[1].at <= received.at, (sent[1].at, received.at)
 
 
+async def test_a_netrc_entry_for_the_host_does_not_break_the_request(server: ScriptedServer, tmp_path: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ~/.netrc "default" entry (or one for the API's host) is common on developers' machines;
+    with aiohttp's trust_env every request failed ("Cannot combine AUTHORIZATION header ...")."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password netrc-PASSWORD123\ndefault login x password y\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    events, error = await collect(target(server.base_url, "five"))
+    assert error is None and texts(events) == text_of(5)
+    sent = server.chat_requests("five")[-1]
+    assert sent.headers["authorization"] == f"Bearer {KEY}"  # the target's key, not the netrc login
+
+
+async def test_the_environments_proxy_is_used_and_no_proxy_honoured(server: ScriptedServer,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY as the SDK's httpx client honours it. The scripted server stands in for the
+    proxy: a request through a proxy names the whole URL, here one where nothing listens (the
+    proxy is asked for it). NO_PROXY then sends the request direct."""
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.base_url.rsplit("/v1", 1)[0])
+    nowhere = f"http://127.0.0.1:{free_closed_port()}/v1"
+    events, error = await collect(target(nowhere, "five"))
+    assert error is None and texts(events) == text_of(5)
+    warm, chat = server.received[-2:]
+    assert (warm.path, chat.path) == (f"{nowhere}/models", f"{nowhere}/chat/completions")
+
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_closed_port()}")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    before = len(server.received)
+    events, error = await collect(target(server.base_url, "five"))
+    assert error is None and texts(events) == text_of(5)
+    assert [r.path for r in server.received[before:]] == ["/v1/models", "/v1/chat/completions"]
+
+
 async def test_targets_sharing_an_endpoint_each_get_a_warm_connection(server: ScriptedServer) -> None:
     await run_to_end([Job(target(server.base_url, "five"), request())])  # this loop's client exists now
     before = len(server.received)

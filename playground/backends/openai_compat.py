@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Mapping
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url  # what trust_env uses, without its .netrc lookup
 from openai._streaming import SSEDecoder  # the SDK's spec-compliant decoder, on aiohttp's bytes
+from pydantic import model_validator
+from yarl import URL
 
 from playground import secrets, settings, urls
-from pydantic import model_validator
 from playground.backends.base import HttpBackend, KeyedHttpOptions
 from playground.errors import READY, Availability, BackendError, ErrorKind
 from playground.events import Event, Finished, RequestSent, TextDelta, Usage
@@ -52,13 +55,35 @@ _TRACE.freeze()
 
 
 def _session(resolver: aiohttp.abc.AbstractResolver | None = None) -> aiohttp.ClientSession:
-    # one connection: a session serves one stream (see OpenAICompatBackend.stream)
-    # trust_env: HTTPS_PROXY / NO_PROXY and .netrc, as the SDK's httpx client honours them
+    # one connection: a session serves one stream (see OpenAICompatBackend.stream). Not trust_env:
+    # that reads ~/.netrc (in a thread) for every request, and a netrc entry for the host (or a
+    # "default" one) made aiohttp refuse the request, which carries a bearer key; proxies: _proxy
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1, resolver=resolver), raise_for_status=False,
-                                 trust_env=resolver is None,  # a visitor's URL never goes through our proxy settings
                                  trace_configs=[_TRACE])
 
 
+_PROXY_VARIABLES = tuple(f"{scheme}_proxy" for scheme in ("http", "https", "ws", "wss", "no"))
+_proxies: dict[tuple[str, tuple[str | None, ...]], dict[str, Any]] = {}
+
+
+async def _proxy(url: str) -> dict[str, Any]:
+    """HTTP(S)_PROXY and NO_PROXY for ``url``, read as aiohttp's ``trust_env`` reads them, as the
+    SDK's httpx client honours them: the request's ``proxy`` and ``proxy_auth``. Reading them scans
+    the whole environment (the system's settings on macOS and Windows), so it is done in a thread,
+    once per origin and proxy setting."""
+    origin = URL(url).origin()
+    key = (str(origin), tuple(os.environ.get(n, os.environ.get(n.upper())) for n in _PROXY_VARIABLES))
+    found = _proxies.get(key)
+    if found is None:
+        def read() -> dict[str, Any]:
+            try:
+                proxy, auth = get_env_proxy_for_url(origin)
+            except LookupError:
+                return {}
+            return {"proxy": proxy, "proxy_auth": auth}
+
+        found = _proxies[key] = await asyncio.to_thread(read)
+    return found
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -221,10 +246,11 @@ class OpenAICompatBackend(HttpBackend):
         connect = self.target.options.connect_timeout_s or DEFAULT_CONNECT_TIMEOUT_S
         return aiohttp.ClientTimeout(total=None, connect=connect, sock_read=self.target.timeout_s)
 
-    async def _warm(self, session: aiohttp.ClientSession, base_url: str, key: str | None) -> None:
+    async def _warm(self, session: aiohttp.ClientSession, base_url: str, key: str | None,
+                    proxy: dict[str, Any]) -> None:
         """Open the connection (TCP, TLS) now; whatever the answer, it is ignored."""
         try:
-            async with session.get(f"{base_url}/models", headers=self._headers(key), allow_redirects=False,
+            async with session.get(f"{base_url}/models", headers=self._headers(key), allow_redirects=False, **proxy,
                                    timeout=aiohttp.ClientTimeout(total=WARMUP_TIMEOUT_S)) as response:
                 await response.read()
         except Exception:  # noqa: BLE001 - warming is best effort
@@ -249,15 +275,16 @@ class OpenAICompatBackend(HttpBackend):
         # A session of its own, with one connection: the one the warm-up opens is the one the request
         # goes on. In a shared pool another stream's request could take it first, and this one would
         # open a connection inside its TTFT (a fresh-clone CI run caught that).
+        proxy = {} if public_only else await _proxy(base_url)  # a visitor's URL never goes through our proxy
         session = _session(urls.PublicOnlyResolver() if public_only else None)
         try:
-            await self._warm(session, base_url, key)
-            async for event in self._request(session, base_url, key, request):
+            await self._warm(session, base_url, key, proxy)
+            async for event in self._request(session, base_url, key, proxy, request):
                 yield event
         finally:
             await session.close()
 
-    async def _request(self, session: aiohttp.ClientSession, base_url: str, key: str | None,
+    async def _request(self, session: aiohttp.ClientSession, base_url: str, key: str | None, proxy: dict[str, Any],
                        request: ChatRequest) -> AsyncIterator[Event]:
         credentials = request.credentials
         params = request.params
@@ -277,7 +304,7 @@ class OpenAICompatBackend(HttpBackend):
         streaming = False
         written = _Written()
         try:
-            async with session.post(f"{base_url}/chat/completions", json=body, headers=self._headers(key),
+            async with session.post(f"{base_url}/chat/completions", json=body, headers=self._headers(key), **proxy,
                                     timeout=self._timeout(), trace_request_ctx=written,
                                     allow_redirects=False) as response:  # a key never follows a redirect
                 if written.at is not None:
