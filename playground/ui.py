@@ -854,6 +854,13 @@ def _quiet_queue(demo: gr.Blocks) -> None:
         return
     queue.sleep_when_free = QUEUE_POLL_S
     queue.progress_update_sleep_when_free = PROGRESS_POLL_S
+    # After every event the queue summarises up to 10,000 past events with pandas, holding the GIL
+    # (2 ms with a few, 8 ms with 10,000; a run makes two or three events) for a monitoring
+    # dashboard this app does not enable. Its own knob (GRADIO_ANALYTICS_CACHE_FREQUENCY) skips it.
+    if hasattr(queue, "ANAYLTICS_CACHE_FREQUENCY"):  # sic
+        queue.ANAYLTICS_CACHE_FREQUENCY = sys.maxsize
+    else:
+        log.warning("Gradio's queue has no ANAYLTICS_CACHE_FREQUENCY: it summarises its events after each one")
 
 
 class NoDeepLinks:

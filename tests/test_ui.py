@@ -72,6 +72,19 @@ def test_the_launched_queue_is_polled_every_10_ms_not_every_1(demo: gr.Blocks) -
     assert queue.progress_update_sleep_when_free == PROGRESS_POLL_S
 
 
+def test_the_queue_does_not_summarise_its_events_after_each_one(client: Client, demo: gr.Blocks) -> None:
+    """Gradio's queue would build a pandas summary of up to 10,000 past events after every event
+    (for a monitoring dashboard the app does not enable); a Gradio that renamed the knob would bring
+    that back silently."""
+    queue = demo._queue
+    job = client.submit(*run_args("hi", ["no-such-target"], columns=1), api_name="/run")  # an event, refused
+    with pytest.raises(Exception, match="no-such-target"):
+        job.result(timeout=60)
+    assert queue.events_recorded >= 1
+    records = [{"time": 0.0, "status": "success", "process_time": 0.1, "function": "run", "session_hash": "x"}] * 3
+    assert queue.compute_analytics_summary(records) == {"functions": {}}  # what it would do next: nothing
+
+
 def test_an_upload_over_50_mb_is_refused_before_it_is_stored(demo: gr.Blocks) -> None:
     import httpx
 
