@@ -550,7 +550,8 @@ def main() -> None:
           f"took {time.perf_counter() - started:.0f} s; load average {load[0]:.1f} before, "
           f"{os.getloadavg()[0]:.1f} after, {os.cpu_count()} CPUs; Gradio's queue polled every "
           f"{QUEUE_POLL_S * 1000:g} ms (playground), "
-          f"{1 if args.bare_queue_poll_ms is None else args.bare_queue_poll_ms:g} ms (bare app)\n")
+          f"{1 if args.bare_queue_poll_ms is None else args.bare_queue_poll_ms:g} ms (bare app); "
+          f"its summary of past events after each one: off (playground), on (bare app)\n")
     print(table(results, cases))
 
 

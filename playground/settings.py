@@ -230,6 +230,15 @@ def arena_speed() -> bool:
 
 
 # --- servers ----------------------------------------------------------------------------------------
+PROXY_VARIABLES = tuple(f"{scheme}_proxy" for scheme in ("http", "https", "ws", "wss", "no"))
+
+
+def proxy_settings() -> tuple[str | None, ...]:
+    """HTTP(S)_PROXY, NO_PROXY and the like (lower case first, as urllib reads them): what the
+    OpenAI-compatible backend's proxy choice per origin depends on (``openai_compat._proxy``)."""
+    return tuple(os.environ.get(name, os.environ.get(name.upper())) for name in PROXY_VARIABLES)
+
+
 def ollama_host() -> str | None:
     return env("OLLAMA_HOST")
 

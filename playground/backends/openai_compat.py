@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Mapping
 
@@ -62,7 +61,6 @@ def _session(resolver: aiohttp.abc.AbstractResolver | None = None) -> aiohttp.Cl
                                  trace_configs=[_TRACE])
 
 
-_PROXY_VARIABLES = tuple(f"{scheme}_proxy" for scheme in ("http", "https", "ws", "wss", "no"))
 _proxies: dict[tuple[str, tuple[str | None, ...]], dict[str, Any]] = {}
 
 
@@ -72,7 +70,7 @@ async def _proxy(url: str) -> dict[str, Any]:
     the whole environment (the system's settings on macOS and Windows), so it is done in a thread,
     once per origin and proxy setting."""
     origin = URL(url).origin()
-    key = (str(origin), tuple(os.environ.get(n, os.environ.get(n.upper())) for n in _PROXY_VARIABLES))
+    key = (str(origin), settings.proxy_settings())
     found = _proxies.get(key)
     if found is None:
         def read() -> dict[str, Any]:
