@@ -855,8 +855,8 @@ def _quiet_queue(demo: gr.Blocks) -> None:
     queue.sleep_when_free = QUEUE_POLL_S
     queue.progress_update_sleep_when_free = PROGRESS_POLL_S
     # After every event the queue summarises up to 10,000 past events with pandas, holding the GIL
-    # (2 ms with a few, 8 ms with 10,000; a run makes two or three events) for a monitoring
-    # dashboard this app does not enable. Its own knob (GRADIO_ANALYTICS_CACHE_FREQUENCY) skips it.
+    # (2 ms with a few, 8 ms with 10,000; a run makes two or three events) for Gradio's monitoring,
+    # which launch_options turns off. Its own knob (GRADIO_ANALYTICS_CACHE_FREQUENCY) skips it.
     if hasattr(queue, "ANAYLTICS_CACHE_FREQUENCY"):  # sic
         queue.ANAYLTICS_CACHE_FREQUENCY = sys.maxsize
     else:
@@ -897,6 +897,9 @@ def launch_options(**kwargs: Any) -> dict[str, Any]:
     # The key boxes' values live in the session's component state: Gradio's deep links write that state
     # to disk and serve it back from /config, and its run history keeps the inputs of runs. Neither here.
     kwargs.setdefault("run_history", False)
+    # Gradio's monitoring (None means on) serves /monitoring/summary, the events' timings per function,
+    # to anyone on an app without a login; the queue's per-event summary for it is off (_quiet_queue)
+    kwargs.setdefault("enable_monitoring", False)
     # Gradio keeps each session (its copy of the page's config, the components and values a run
     # updated) until 10,000 newer ones push it out; only gr.State values expire,
     # an hour after the page closes. About 0.5 MB a session after 10 runs (bench/load.py): 5 GB at

@@ -6,6 +6,7 @@ import json
 import re
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -126,7 +127,7 @@ async def test_the_clock_starts_when_the_request_reaches_the_socket(server: Scri
     assert sent[1].at <= received.at, (sent[1].at, received.at)
 
 
-async def test_a_netrc_entry_for_the_host_does_not_break_the_request(server: ScriptedServer, tmp_path: Any,
+async def test_a_netrc_entry_for_the_host_does_not_break_the_request(server: ScriptedServer, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A ~/.netrc "default" entry (or one for the API's host) is common on developers' machines;
     with aiohttp's trust_env every request failed ("Cannot combine AUTHORIZATION header ...")."""
@@ -159,6 +160,24 @@ async def test_the_environments_proxy_is_used_and_no_proxy_honoured(server: Scri
     events, error = await collect(target(server.base_url, "five"))
     assert error is None and texts(events) == text_of(5)
     assert [r.path for r in server.received[before:]] == ["/v1/models", "/v1/chat/completions"]
+
+
+async def test_a_base_url_without_a_scheme_or_a_broken_proxy_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    port = free_closed_port()
+    monkeypatch.setenv("PLAYGROUND_TEST_URL", f"127.0.0.1:{port}/v1")  # no http://: the catalog checks its own
+    from_env = Target(id="test/from-env", label="from env", backend="openai", model="five",
+                      base_url_env="PLAYGROUND_TEST_URL", api_key_env=KEY_ENV)
+    _, error = await collect(from_env)
+    assert error is not None and error.kind is ErrorKind.CONNECTION, error
+    assert f"127.0.0.1:{port}" in error.message
+
+    monkeypatch.setenv("HTTP_PROXY", "http://user:proxy-PASSWORD123@[::1")  # unbalanced bracket
+    _, error = await collect(target(f"http://127.0.0.1:{port}/v1", "five"))
+    assert error is not None and error.kind is ErrorKind.UNAVAILABLE, error
+    assert "proxy" in error.message and "not a valid URL" in error.message
+    assert "PASSWORD123" not in error.message
 
 
 async def test_targets_sharing_an_endpoint_each_get_a_warm_connection(server: ScriptedServer) -> None:

@@ -85,6 +85,15 @@ def test_the_queue_does_not_summarise_its_events_after_each_one(client: Client, 
     assert queue.compute_analytics_summary(records) == {"functions": {}}  # what it would do next: nothing
 
 
+def test_gradio_monitoring_is_off(demo: gr.Blocks) -> None:
+    """Gradio's default (enable_monitoring None) serves every function's timings to anyone."""
+    import httpx
+
+    for path in ("monitoring/summary", "gradio_api/monitoring/summary"):
+        answer = httpx.get(demo.local_url + path, timeout=10)
+        assert answer.status_code in (403, 404), (path, answer.status_code, answer.text[:200])
+
+
 def test_an_upload_over_50_mb_is_refused_before_it_is_stored(demo: gr.Blocks) -> None:
     import httpx
 

@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Mapping
 
 import aiohttp
-from aiohttp.helpers import get_env_proxy_for_url  # what trust_env uses, without its .netrc lookup
+from aiohttp.helpers import get_env_proxy_for_url  # trust_env's proxy choice, without its per-request netrc
 from openai._streaming import SSEDecoder  # the SDK's spec-compliant decoder, on aiohttp's bytes
 from pydantic import model_validator
 from yarl import URL
@@ -55,21 +55,26 @@ _TRACE.freeze()
 
 def _session(resolver: aiohttp.abc.AbstractResolver | None = None) -> aiohttp.ClientSession:
     # one connection: a session serves one stream (see OpenAICompatBackend.stream). Not trust_env:
-    # that reads ~/.netrc (in a thread) for every request, and a netrc entry for the host (or a
-    # "default" one) made aiohttp refuse the request, which carries a bearer key; proxies: _proxy
+    # that looks the host up in ~/.netrc (in a thread) for every request, and an entry for the host
+    # (or a "default" one) made aiohttp refuse the request, which carries a bearer key; proxies: _proxy
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1, resolver=resolver), raise_for_status=False,
                                  trace_configs=[_TRACE])
 
 
 _proxies: dict[tuple[str, tuple[str | None, ...]], dict[str, Any]] = {}
+PROXY_CACHE_LIMIT = 256  # origins remembered (endpoints visitors typed add theirs)
 
 
 async def _proxy(url: str) -> dict[str, Any]:
-    """HTTP(S)_PROXY and NO_PROXY for ``url``, read as aiohttp's ``trust_env`` reads them, as the
-    SDK's httpx client honours them: the request's ``proxy`` and ``proxy_auth``. Reading them scans
-    the whole environment (the system's settings on macOS and Windows), so it is done in a thread,
-    once per origin and proxy setting."""
-    origin = URL(url).origin()
+    """HTTP(S)_PROXY and NO_PROXY for ``url``, read as aiohttp's ``trust_env`` reads them (a proxy's
+    credentials may come from ~/.netrc, for the proxy only), as the SDK's httpx client honours them:
+    the request's ``proxy`` and ``proxy_auth``. Reading them scans the whole environment (the
+    system's settings on macOS and Windows: a change there applies after a restart), so it is done
+    in a thread, once per origin and proxy setting."""
+    try:
+        origin = URL(url).origin()
+    except ValueError:
+        return {}  # not an absolute URL: aiohttp says so, naming it, as it connects
     key = (str(origin), settings.proxy_settings())
     found = _proxies.get(key)
     if found is None:
@@ -78,9 +83,15 @@ async def _proxy(url: str) -> dict[str, Any]:
                 proxy, auth = get_env_proxy_for_url(origin)
             except LookupError:
                 return {}
+            except ValueError:  # the variable's value, which may hold a password, stays out of it
+                raise BackendError(ErrorKind.UNAVAILABLE, f"the proxy for {origin} (HTTPS_PROXY or HTTP_PROXY) "
+                                                          "is not a valid URL") from None
             return {"proxy": proxy, "proxy_auth": auth}
 
-        found = _proxies[key] = await asyncio.to_thread(read)
+        found = await asyncio.to_thread(read)
+        if len(_proxies) >= PROXY_CACHE_LIMIT:
+            _proxies.clear()
+        _proxies[key] = found
     return found
 
 
@@ -273,7 +284,7 @@ class OpenAICompatBackend(HttpBackend):
         # A session of its own, with one connection: the one the warm-up opens is the one the request
         # goes on. In a shared pool another stream's request could take it first, and this one would
         # open a connection inside its TTFT (a fresh-clone CI run caught that).
-        proxy = {} if public_only else await _proxy(base_url)  # a visitor's URL never goes through our proxy
+        proxy = {} if public_only else await _proxy(base_url)  # a public Space's proxy is not for visitors' URLs
         session = _session(urls.PublicOnlyResolver() if public_only else None)
         try:
             await self._warm(session, base_url, key, proxy)
