@@ -192,31 +192,34 @@ async def frames(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton) -
                     statuses[i] = (f"**{phase}** · " if phase else "") + status_markdown(column, clock())
                     shown[i], due[i] = state, now + STATUS_REFRESH_S
             yield Frame(columns, statuses)
+        if active.cleared:
+            return
+        histories = [list(h) for h in plan.histories]
+        for i, column in enumerate(run.columns):
+            histories[i].append(finished_turn(plan.shown_prompt, column))
+            histories[i][-1].sent_user = plan.prompt_text
+        samples = run.samples if isinstance(run, RepeatedRun) else None
+        # The last text's frame goes out first: the record, the exports and the table (the document
+        # hashes and thumbnails the images: in a thread, off this loop) hold the GIL for 10-30 ms, and
+        # started beside it they delayed it. Two sessions ending together: the last token on screen
+        # 111-152 ms after the server sent it (median, two benchmark runs), 70-101 ms once it waits.
+        await asyncio.sleep(OUTCOME_AFTER_S)
+        (*results, ceilings) = await asyncio.to_thread(_results, plan, table, download, run.columns, samples)
+        if active.cleared:  # Clear came while the outcome was made: it stays unsent, as the frames did
+            return
+        final = [(f"**{phase}** · " if phase else "") + status_markdown(c, ceiling=ceiling)
+                 for c, phase, ceiling in zip(run.columns, phases, ceilings)] + statuses[plan.count:]
+        bench = results[4]
+        for i, note in (bench.notes if bench else {}).items():
+            turn = histories[i][-1]
+            turn.note = f"{turn.note}\n\n{note}".strip()
+        yield Frame(run.columns, final, Outcome(histories, *results))
     finally:
         if _active_runs.get(plan.session) is active:
             del _active_runs[plan.session]
-        # every frame before this one has gone out: Gradio asks for the next only after sending it
+        # every frame before this one has gone out, the outcome's too: Gradio asks for the next only
+        # after sending it (a Clear that waits on this has nothing left to undo it)
         active.ended.set()
-    if active.cleared:
-        return
-    histories = [list(h) for h in plan.histories]
-    for i, column in enumerate(run.columns):
-        histories[i].append(finished_turn(plan.shown_prompt, column))
-        histories[i][-1].sent_user = plan.prompt_text
-    samples = run.samples if isinstance(run, RepeatedRun) else None
-    # The last text's frame goes out first: the record, the exports and the table (the document
-    # hashes and thumbnails the images: in a thread, off this loop) hold the GIL for 10-30 ms, and
-    # started beside it they delayed it. Two sessions ending together: the last token on screen
-    # 111-152 ms after the server sent it (median, two benchmark runs), 70-101 ms once it waits.
-    await asyncio.sleep(OUTCOME_AFTER_S)
-    (*results, ceilings) = await asyncio.to_thread(_results, plan, table, download, run.columns, samples)
-    final = [(f"**{phase}** · " if phase else "") + status_markdown(c, ceiling=ceiling)
-             for c, phase, ceiling in zip(run.columns, phases, ceilings)] + statuses[plan.count:]
-    bench = results[4]
-    for i, note in (bench.notes if bench else {}).items():
-        turn = histories[i][-1]
-        turn.note = f"{turn.note}\n\n{note}".strip()
-    yield Frame(run.columns, final, Outcome(histories, *results))
 
 
 async def _paced(source: AsyncIterator[list[Column]], min_gap_s: float) -> AsyncIterator[list[Column]]:

@@ -146,3 +146,59 @@ def test_a_skip_leaves_a_state_as_it_is_and_builds_nothing() -> None:
     assert session[state._id] == ["kept"]
     asyncio.run(post(["new"]))
     assert session[state._id] == ["new"]
+
+
+def test_clear_while_the_outcome_is_made_keeps_it_unsent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clear after the last text frame but before the outcome (the record, the exports, the table:
+    a thread's work) waits for the run to end, and the outcome, which would bring the cleared
+    answer back, never goes out."""
+    import threading
+
+    from playground import ui_stream
+    from playground.catalog import Target
+    from playground.request import ChatRequest, build_messages, make_params
+    from playground.runner import Job
+    from playground.settings import MAX_COLUMNS
+
+    document = {"format": 1, "prompt": "Name a fruit.", "recorded_at": 1795900000, "parameters": {"temperature": 0},
+                "results": [{"id": "t", "label": "recorded", "text": "A mango.", "output_tokens": 3,
+                             "tokens_source": "counted", "ttft_s": 0.1}],
+                "timelines": [{"events": [[0.1, 2, 1], [0.2, 6, 2]], "ended": 0.25, "status": "done"}]}
+    target = Target(id="t", label="t", backend="openai", model="m", base_url="http://127.0.0.1:1/v1")
+    params = make_params(temperature=0)
+    plan = ui_stream.Plan("clear-in-outcome", "Name a fruit.", "Name a fruit.", "", params, (),
+                          [Job(target, ChatRequest(build_messages("Name a fruit."), params))],
+                          [[] for _ in range(MAX_COLUMNS)], replay=document, speed=None)
+    entered, release = threading.Event(), threading.Event()
+    made = ui_stream._results
+
+    def slow_results(*args: Any) -> Any:
+        entered.set()
+        release.wait(10)
+        return made(*args)
+
+    monkeypatch.setattr(ui_stream, "_results", slow_results)
+    cleared = threading.Event()
+
+    def press_clear() -> None:
+        assert entered.wait(10), "the outcome was never started"
+        clearing = threading.Thread(target=ui_stream.clear, args=(plan.session,))
+        clearing.start()
+        active = ui_stream._active_runs.get(plan.session)
+        deadline = time.monotonic() + 5
+        while active is not None and not active.cleared and time.monotonic() < deadline:
+            time.sleep(0.005)
+        release.set()
+        clearing.join(10)
+        cleared.set()
+
+    async def run() -> list[Any]:
+        return [frame async for frame in ui_stream.frames(plan, gr.Dataframe(), gr.DownloadButton())]
+
+    presser = threading.Thread(target=press_clear)
+    presser.start()
+    frames = asyncio.run(run())
+    presser.join(10)
+    assert cleared.is_set(), "Clear did not return"
+    assert frames and all(frame.outcome is None for frame in frames), "the cleared run's outcome went out"
+    assert plan.session not in ui_stream._active_runs
