@@ -124,6 +124,8 @@ class Run:
         self.frame_s = frame_s
         self.columns = [Column(job.target, metrics.Timeline(started=started)) for job in jobs]
         self._backends = backends
+        # which columns the measurement process reads and stamps: decided once, for the ticker and the pumps
+        self._remote = [not backends and measure_process.takes(job.target) for job in jobs]
         self._inbox: collections.deque[tuple[int, object, float]] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -163,7 +165,7 @@ class Run:
         self._lag_cursor = clock.monitor.late_cursor()
         # its ticker matters only to columns stamped on this loop: the measurement process's columns
         # bring their own error bar, and a 5 ms tick would cost this process CPU for nothing
-        watch = bool(self._backends) or not all(measure_process.takes(job.target) for job in self.jobs)
+        watch = not all(self._remote)
         if watch:
             clock.monitor.enter()
         try:
@@ -286,7 +288,7 @@ class Run:
                 self.columns[index].images_sent = len(request.images)
                 for note in notes:
                     post(index, Notice(note), time.perf_counter(), True)
-            remote = not self._backends and measure_process.takes(job.target)
+            remote = self._remote[index]
             if remote:
                 self.columns[index].shares_clock = False
             self.columns[index].cold = first_request(job.target.id)
