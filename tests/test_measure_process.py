@@ -1,6 +1,7 @@
 """HTTP streams read and stamped in the measurement process (the UI's mode): real events, the
 child's stamps checked against the scripted server's own, one broken target alone, Stop, and a
-killed process that fails only its columns and is restarted by the next run."""
+killed process that fails only its columns and is restarted by the next run; a run that mixes a
+local model (stamped in the app) with a network stream (stamped in the child)."""
 
 from __future__ import annotations
 
@@ -204,3 +205,50 @@ async def test_one_column_stopped_in_the_child_ends_as_stopped_while_the_other_f
     frozen = columns[0].text
     await run(job(server, "steady", "after"))  # whatever the child still had for it arrived by now
     assert columns[0].text == frozen and columns[0].status == "stopped"
+
+
+async def test_a_run_mixing_a_local_model_and_a_network_stream_stamps_each_where_it_is_made(
+        bundled_gguf, builtin_catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usual demo: SmolLM2 on llama.cpp beside a network target. The network column is read and
+    stamped in the child and its events come from the reader thread; the local column streams on
+    the app's measurement loop, whose ticker runs for it (its error bar); each ends with its text."""
+    import threading
+
+    from playground.clock import measure_loop
+
+    pytest.importorskip("llama_cpp")
+    local_target = builtin_catalog.get("smollm2-llamacpp")
+    posted: dict[tuple[int, str], int] = {}
+    real_post = Run._post
+
+    def post(self: Run, index: int, item: object, at: float, urgent: bool) -> None:
+        if isinstance(item, TextDelta):
+            key = (index, threading.current_thread().name)
+            posted[key] = posted.get(key, 0) + 1
+        real_post(self, index, item, at, urgent)
+
+    monkeypatch.setattr(Run, "_post", post)
+    monitor = measure_loop().monitor
+    watched: list[bool] = []
+    local_job = Job(local_target, ChatRequest((Message("user", "Name three colours."),),
+                                              make_params(temperature=0.0, max_tokens=12)))
+    with ServerProcess(SCRIPTS) as server:
+        await run(job(server, "steady", "warm"))  # starts the child
+        posted.clear()
+        async for columns in Run([job(server, "steady", "network"), local_job]).frames():
+            watched.append(monitor.watching)
+    # the server's own log: read once it has stopped
+    received = next(r for r in server.received if r.path.endswith("/chat/completions")
+                    and r.body["messages"][-1]["content"] == "hello network")
+    network, local_column = columns
+    assert network.status == "done" and network.text == text_of(30), network.error
+    assert not network.shares_clock
+    ttft = network.metrics().ttft_s
+    assert ttft is not None and received.first_token_at is not None
+    assert abs(ttft - (received.first_token_at - received.at)) < 0.03 + network.clock_lag_s
+    assert local_column.status == "done" and local_column.text.strip(), local_column.error
+    assert local_column.shares_clock and local_column.metrics().output_tokens
+    assert any(watched), "the app's ticker did not run for the column stamped in the app"
+    threads = {index: {name for (i, name) in posted if i == index} for index in (0, 1)}
+    assert threads[0] == {"worker-reader:measurement process"}, threads
+    assert "worker-reader:measurement process" not in threads[1], threads
