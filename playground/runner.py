@@ -192,12 +192,16 @@ class Run:
                     yield self.columns
                     next_frame = time.perf_counter() + self.frame_s
             if self._stop_requested:
-                await self._cancel(tasks)
+                # as Stop on one column: what came before it is kept, and the columns show as stopped
+                # before their tasks are waited for (a library call that cannot be left, such as
+                # OpenVINO's evaluation of a prompt, would hold them for seconds)
                 self._drain(pending)
                 now = time.perf_counter()
                 for column in self.columns:
                     if not column.final:
                         self._finish(column, "stopped", now)
+                yield self.columns
+                await self._cancel(tasks)
             yield self.columns
         finally:
             if watch:

@@ -221,3 +221,30 @@ async def test_an_openvino_ir_folder_as_optimum_intel_writes_it(bundled_gguf: Pa
     usage = next(e for e in events if isinstance(e, Usage))
     assert usage.completion_tokens == len([e for e in events if isinstance(e, TextDelta)]) > 0
     assert usage.prompt_tokens == 34  # the chat template travelled with the tokenizer's IR
+
+
+async def test_stop_all_during_a_prompt_it_cannot_leave_shows_the_column_stopped_at_once(target: Target) -> None:
+    """OpenVINO evaluates a prompt in one library call that nothing interrupts (2.5 s here for
+    2,600 tokens): Stop all must still show the column stopped at once, not when that call returns;
+    the run ends, and the worker with it, once it does."""
+    from playground.runner import Job, Run
+    from tests.test_local_backends import wait_for_no_generate_thread
+    from tests.test_stop_prefill import LONG
+
+    await collect(target, chat("Hi", 1))  # loaded: only the prompt is timed
+    run = Run([Job(target, chat(LONG, 20))], frame_s=0.01)
+    stopped_at: float | None = None
+    shown_stopped_after: float | None = None
+    async for columns in run.frames():
+        column = columns[0]
+        now = time.perf_counter()
+        if stopped_at is None and column.timeline.sent is not None and now - column.timeline.sent > 0.3:
+            assert not column.text, "the prompt was evaluated before Stop: make it longer"
+            run.stop()
+            stopped_at = now
+        elif stopped_at is not None and shown_stopped_after is None and column.final:
+            shown_stopped_after = now - stopped_at
+    assert stopped_at is not None and shown_stopped_after is not None
+    assert column.status == "stopped" and not column.text
+    assert shown_stopped_after < 0.5, f"the column showed as stopped {shown_stopped_after:.2f} s after Stop all"
+    assert wait_for_no_generate_thread(10.0) == []
