@@ -637,3 +637,25 @@ async def test_the_gguf_backends_find_their_model_in_one_place(backend: str, tmp
     monkeypatch.setattr(models, "bundled_dir", lambda: None)
     with pytest.raises(BackendError, match=re.escape(models.INSTALL_HINT)):
         await path_of(Target(id="b", label="b", backend=backend, model="m", source="bundled"))
+
+
+@pytest.fixture(params=[*BUNDLED, "smollm2-llamacpp", "smollm2-openvino"])
+def every_local_target(request: pytest.FixtureRequest, builtin_catalog: Catalog, bundled_gguf: Path) -> Target:
+    module = {"smollm2-llamacpp": "llama_cpp", "smollm2-openvino": "openvino_genai"}.get(request.param)
+    if module:
+        pytest.importorskip(module)
+    if request.param == "smollm2-onnx":
+        request.getfixturevalue("onnx_model_dir")
+    return builtin_catalog.get(request.param)
+
+
+async def test_closing_a_stream_early_ends_its_generation_before_aclose_returns(every_local_target: Target) -> None:
+    """A consumer that stops reading closes the stream: the generation is stopped and its thread gone
+    when ``aclose()`` returns, not later, when a finalizer gets round to the inner stream (a test
+    that read only to the request left OpenVINO generating into the interpreter's exit: abort, 134)."""
+    stream = make_backend(every_local_target).stream(chat("Tell a long story.", temperature=0, max_tokens=200))
+    async for event in stream:
+        if isinstance(event, TextDelta) and event.text:
+            break
+    await stream.aclose()
+    assert generate_threads() == []

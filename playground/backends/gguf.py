@@ -5,6 +5,7 @@ shared model. A subclass fills in ``_hub_model``, ``_hub_missing``, ``_load`` an
 from __future__ import annotations
 
 import threading
+from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
@@ -65,5 +66,6 @@ class GgufBackend(local.LocalBackend):
         def work(emit: local.Emit, stop: threading.Event) -> None:
             self._generate(model, request, emit, stop, load_s)
 
-        async for event in local.stream_from_thread(work):
-            yield event
+        async with aclosing(local.stream_from_thread(work)) as events:  # closing this closes it: stops the thread
+            async for event in events:
+                yield event

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar
 
 from playground import models
@@ -137,8 +138,9 @@ class TransformersBackend(local.LocalBackend):
                     raise explained from None
                 raise
 
-        async for event in local.stream_from_thread(work):
-            yield event
+        async with aclosing(local.stream_from_thread(work)) as events:  # closing this closes it: stops the thread
+            async for event in events:
+                yield event
 
     def inputs(self, tokenizer: Any, processor: Any, request: ChatRequest) -> Any:
         """Token ids (and pixel values) for ``generate``."""

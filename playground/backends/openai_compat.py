@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar, Mapping
 
 import aiohttp
@@ -288,8 +289,9 @@ class OpenAICompatBackend(HttpBackend):
         session = _session(urls.PublicOnlyResolver() if public_only else None)
         try:
             await self._warm(session, base_url, key, proxy)
-            async for event in self._request(session, base_url, key, proxy, request):
-                yield event
+            async with aclosing(self._request(session, base_url, key, proxy, request)) as events:
+                async for event in events:  # closing this closes the response before the session
+                    yield event
         finally:
             await session.close()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
@@ -70,8 +71,9 @@ class OpenVinoBackend(GgufBackend):
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         if request.images:
             raise BackendError(ErrorKind.BAD_REQUEST, f"{self.target.label} is a text-only target: it cannot take images")
-        async for event in super().stream(request):
-            yield event
+        async with aclosing(super().stream(request)) as events:
+            async for event in events:
+                yield event
 
     def _load(self, path: Path | None) -> Pipeline:
         if path is None or not _usable(path):

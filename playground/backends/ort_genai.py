@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, ClassVar
 
@@ -94,8 +95,9 @@ class OrtGenAIBackend(local.LocalBackend):
         def work(emit: local.Emit, stop: threading.Event) -> None:
             worker.generate(self.target, request, emit, stop)
 
-        async for event in local.stream_from_thread(work):
-            yield event
+        async with aclosing(local.stream_from_thread(work)) as events:  # closing this closes it: stops the thread
+            async for event in events:
+                yield event
 
     def _start_worker(self, folder: Path | None) -> WorkerProcess:
         name = f"ONNX model {self.target.model}"
