@@ -46,6 +46,9 @@ class Usage:
     prompt_tokens: int | None
     completion_tokens: int
     source: TokenSource
+    # prompt tokens the server took from its own cache instead of evaluating them (OpenAI's
+    # usage.prompt_tokens_details.cached_tokens): its TTFT leaves their evaluation out
+    cached_prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,10 @@ class Replay:
             column.error_kind = ErrorKind.INTERNAL
         tokens, source = result.get("output_tokens"), result.get("tokens_source")
         if at is None and isinstance(tokens, int) and source in ("server", "counted"):
-            column.usage = Usage(None, tokens, source)
+            cached = result.get("cached_prompt_tokens")
+            prompt = result.get("prompt_tokens")
+            column.usage = Usage(prompt if isinstance(prompt, int) else None, tokens, source,
+                                 cached if isinstance(cached, int) else None)
         server = result.get("server")
         if isinstance(server, dict):
             known = {k: v for k, v in server.items() if k in ServerTimings.__dataclass_fields__}

@@ -46,6 +46,8 @@ def result_entry(column: Column) -> dict[str, Any]:
         "prep_s": _round(m.prep_s, 3),
         "output_tokens": m.output_tokens,
         "tokens_source": m.tokens_source,
+        "prompt_tokens": column.usage.prompt_tokens if column.usage else None,
+        "cached_prompt_tokens": column.usage.cached_prompt_tokens if column.usage else None,
         "decode_tokens_per_s": _round(m.decode_tokens_per_s, 2),
         "itl_p50_s": _round(m.itl_p50_s, 4),
         "itl_p95_s": _round(m.itl_p95_s, 4),

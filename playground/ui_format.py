@@ -85,9 +85,22 @@ def status_markdown(column: Column, now: float | None = None, ceiling: Ceiling |
         if server.output_tokens is not None and m.output_tokens not in (None, server.output_tokens):
             parts.append(f"token counts differ: headline uses {m.tokens_source} count {m.output_tokens}, "
                          f"server says {server.output_tokens}")
+    cache = prompt_cache_text(column)
+    if cache:
+        parts.append(cache)
     for notice in column.notices:
         parts.append(f"⚠ {notice}")
     return "  \n".join(parts)
+
+
+def prompt_cache_text(column: Column) -> str | None:
+    """Where the server reused part of the prompt from its cache: that TTFT is not a whole prompt's."""
+    usage = column.usage
+    if usage is None or not usage.cached_prompt_tokens:
+        return None
+    of = f" of {usage.prompt_tokens}" if usage.prompt_tokens else ""
+    return (f"prompt cache: {usage.cached_prompt_tokens}{of} prompt tokens reused by the server "
+            "(its TTFT leaves their evaluation out)")
 
 
 SPARK_BARS = 24

@@ -64,6 +64,7 @@ class Script:
     chunked: bool = True  # False: close-delimited body
     prompt_tokens: int = 11
     usage_tokens: int | None = None  # completion_tokens to report, when chunks are not one token each
+    cached_tokens: int | None = None  # prompt tokens from the prompt cache: OpenAI's usage details, as it sends them
     ttft_jitter_s: float = 0.0  # each request's TTFT gets a uniform extra in [0, this), seeded by its arrival
     echo_key: bool = False  # an error's message quotes the key it was sent: raw, repr-escaped, URL-encoded
 
@@ -340,9 +341,15 @@ async def _stream(writer: asyncio.StreamWriter, script: Script, request: Receive
     elif script.fault is None:
         await conn.event(_chunk(cid, model, [_choice({}, finish)], usage))
         if usage:
-            await conn.event(_chunk(cid, model, [], False, usage={
+            figures: dict[str, Any] = {
                 "prompt_tokens": script.prompt_tokens, "completion_tokens": script.usage_tokens or count,
-                "total_tokens": script.prompt_tokens + (script.usage_tokens or count)}))
+                "total_tokens": script.prompt_tokens + (script.usage_tokens or count)}
+            if script.cached_tokens is not None:
+                figures["prompt_tokens_details"] = {"cached_tokens": script.cached_tokens, "audio_tokens": 0}
+                figures["completion_tokens_details"] = {"reasoning_tokens": 0, "audio_tokens": 0,
+                                                        "accepted_prediction_tokens": 0,
+                                                        "rejected_prediction_tokens": 0}
+            await conn.event(_chunk(cid, model, [], False, usage=figures))
         await conn.event(b"[DONE]")
     await conn.end()
     return script.chunked

@@ -26,6 +26,7 @@ KEY_ENV, KEY = "PLAYGROUND_TEST_KEY", "sk-test-SECRET123456"
 TTFT_S = 0.25
 SCRIPTS = {
     "five": Script(tokens=5),
+    "cached-prompt": Script(tokens=5, prompt_tokens=45, cached_tokens=41),
     "ten": Script(tokens=10, interval_s=0.005),
     "slow-start": Script(tokens=4, ttft_s=TTFT_S, interval_s=0.01),
     "azure-like": Script(tokens=4, ttft_s=TTFT_S, interval_s=0.01, empty_first_chunk=True),
@@ -188,6 +189,39 @@ async def test_targets_sharing_an_endpoint_each_get_a_warm_connection(server: Sc
     chats = [r for r in server.received[before:] if r.method == "POST"]
     assert len(chats) == 4 and len({r.peer for r in chats}) == 4
     assert all(r.nth >= 1 for r in chats), [(r.peer, r.nth) for r in chats]  # no connect inside TTFT
+
+
+async def test_a_prompt_the_server_took_from_its_cache_is_said_in_the_column(server: ScriptedServer) -> None:
+    """A server that reused part of the prompt from its cache says so in its usage; its TTFT then
+    leaves that part's evaluation out, and the column says so, as do the exports and a replay."""
+    from playground.records import column_entry
+    from playground.replay import Replay
+    from playground.ui_format import status_markdown
+
+    [cached, plain] = await run_to_end([Job(target(server.base_url, "cached-prompt"), request()),
+                                        Job(target(server.base_url, "five"), request())])
+    assert cached.status == plain.status == "done"
+    assert cached.usage == Usage(45, 5, "server", 41) and plain.usage == Usage(11, 5, "server", None)
+    assert "prompt cache: 41 of 45 prompt tokens reused by the server" in status_markdown(cached)
+    assert "prompt cache" not in status_markdown(plain)
+    document = run_document("hello", "be brief", request().params, [cached, plain])
+    entries = document["results"]
+    assert [(e["prompt_tokens"], e["cached_prompt_tokens"]) for e in entries] == [(45, 41), (11, None)]
+
+    document["timelines"] = [column_entry(c) for c in (cached, plain)]  # as the run database keeps it
+    replayed: list[Column] = []
+    async for replayed in Replay(document, None).frames():
+        pass
+    assert "prompt cache: 41 of 45" in status_markdown(replayed[0])
+
+
+def test_cached_tokens_are_read_only_where_they_are_a_count() -> None:
+    from playground.backends.openai_compat import cached_prompt_tokens
+
+    assert cached_prompt_tokens({"prompt_tokens": 9, "prompt_tokens_details": {"cached_tokens": 0}}) == 0
+    for bad in ({}, {"prompt_tokens_details": None}, {"prompt_tokens_details": {"cached_tokens": "41"}},
+                {"prompt_tokens_details": {"cached_tokens": -1}}, {"prompt_tokens_details": {"cached_tokens": True}}):
+        assert cached_prompt_tokens(bad) is None
 
 
 async def test_max_tokens_cut_is_finish_length(server: ScriptedServer) -> None:

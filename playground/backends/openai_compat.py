@@ -211,6 +211,14 @@ class OpenAIOptions(KeyedHttpOptions):
         return self
 
 
+def cached_prompt_tokens(usage: Mapping[str, Any]) -> int | None:
+    """How many prompt tokens the server read from its prompt cache, where it says
+    (``prompt_tokens_details.cached_tokens``: OpenAI, Azure, vLLM, llama.cpp's server)."""
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return cached if type(cached) is int and cached >= 0 else None
+
+
 class OpenAICompatBackend(HttpBackend):
     name: ClassVar[str] = "openai"
     Options = OpenAIOptions
@@ -338,7 +346,8 @@ class OpenAICompatBackend(HttpBackend):
                         raise BackendError(ErrorKind.SERVER, f"server reported an error mid-stream: {redact(message, key)}")
                     usage = chunk.get("usage")
                     if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
-                        yield Usage(usage.get("prompt_tokens"), usage["completion_tokens"], "server")
+                        yield Usage(usage.get("prompt_tokens"), usage["completion_tokens"], "server",
+                                    cached_prompt_tokens(usage))
                     for choice in chunk.get("choices") or ():
                         content = (choice.get("delta") or {}).get("content")
                         if content:
