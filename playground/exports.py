@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from playground import settings
 
 KEEP_PER_SESSION = 3
 KEEP_S = 3600.0
@@ -21,7 +22,9 @@ ROOT_NAME = "phi-playground-exports"
 
 
 def root() -> Path:
-    return Path(tempfile.gettempdir()) / ROOT_NAME
+    """Inside Gradio's own folder: Gradio then serves a download from where it was written, instead
+    of hashing and copying it into that folder on its event loop for every run."""
+    return Path(settings.gradio_upload_dir()) / ROOT_NAME
 
 
 def new_folder(session: str, now: float | None = None) -> Path:

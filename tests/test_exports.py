@@ -12,7 +12,7 @@ from playground import exports
 
 @pytest.fixture(autouse=True)
 def private_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(exports.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     return tmp_path / exports.ROOT_NAME
 
 
@@ -35,3 +35,19 @@ def test_old_runs_of_any_session_are_removed(private_root: Path) -> None:
     other = exports.new_folder("session-c")
     assert not old.exists() and not old.parent.exists()
     assert other.exists()
+
+
+async def test_gradio_serves_a_download_from_where_it_was_written(private_root: Path) -> None:
+    """A run's files are written inside Gradio's folder for served files, so that Gradio neither
+    hashes nor copies them on its event loop (it did both, for each of a run's two files)."""
+    import gradio as gr
+
+    path = exports.new_folder("session-d") / "phi-playground-run.json"
+    path.write_text("{}")
+    with gr.Blocks() as demo:
+        pass
+    assert demo.GRADIO_CACHE == str(private_root.parent)
+    served = await demo.async_move_resource_to_block_cache(path)
+    assert served == str(path)
+    copies = [p for p in private_root.parent.rglob(path.name) if private_root not in p.parents]
+    assert copies == []
