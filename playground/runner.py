@@ -4,7 +4,8 @@ The runner owns concurrency and the clock. The per-target tasks run on the measu
 (``playground.clock``), a thread where nothing but backend I/O runs, and stamp each event as
 it arrives there (or keep the producer's own stamp). The consumer's loop (Gradio's, or the
 command line's) only drains what they stamped and gets a snapshot of every column at most
-every ``frame_s`` seconds, at once when a column shows its first text, and once at the end.
+every ``frame_s`` seconds, at once when a column shows its first text, and at the end (on Stop
+all, once with every column stopped, before the tasks are waited for, and once after).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import collections
 import time
 from contextlib import aclosing, nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator, Literal
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Literal
 
 from playground import measure_process, metrics, secrets, warmup
 from playground.backends import local, local_backends, make_backend
@@ -192,16 +193,17 @@ class Run:
                     yield self.columns
                     next_frame = time.perf_counter() + self.frame_s
             if self._stop_requested:
-                # as Stop on one column: what came before it is kept, and the columns show as stopped
-                # before their tasks are waited for (a library call that cannot be left, such as
-                # OpenVINO's evaluation of a prompt, would hold them for seconds)
+                # as Stop on one column: what came before it is kept, the tasks are cancelled, and the
+                # columns show as stopped before the tasks are waited for (a library call that cannot
+                # be left, such as OpenVINO's evaluation of a prompt, would hold them for seconds)
+                cancelled = self._cancel(tasks)
                 self._drain(pending)
                 now = time.perf_counter()
                 for column in self.columns:
                     if not column.final:
                         self._finish(column, "stopped", now)
                 yield self.columns
-                await self._cancel(tasks)
+                await cancelled
             yield self.columns
         finally:
             if watch:
@@ -235,11 +237,11 @@ class Run:
                 if column.shares_clock and sent is not None and at >= sent and (ended is None or at - lag <= ended):
                     column.clock_lag_s = max(column.clock_lag_s, lag)
 
-    async def _cancel(self, tasks: list[asyncio.Task[None]]) -> None:
-        """Cancel the tasks on the measurement loop and wait for them there, even if we are cancelled."""
+    def _cancel(self, tasks: list[asyncio.Task[None]]) -> Awaitable[None]:
+        """Cancel the tasks on the measurement loop now; awaiting the result waits for them to end
+        there, even if the awaiting task is cancelled."""
         assert self._clock is not None
-        done = asyncio.wrap_future(self._clock.submit(_cancel_all(tasks)))
-        await asyncio.shield(done)
+        return asyncio.shield(asyncio.wrap_future(self._clock.submit(_cancel_all(tasks))))
 
     def _next_deadline(self) -> float:
         deadlines = [c.timeline.sent + c.target.timeout_s for c in self.columns
