@@ -22,6 +22,7 @@ from tests.stop_watch import stop_after_tokens, watch_stop
 
 pytest.importorskip("openvino_genai", reason="pip install openvino-genai")
 TARGET_ID = "smollm2-openvino"
+NOTES = "Summarise these notes. " + " ".join(f"note {i}: the river rises in spring." for i in range(60))
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +90,10 @@ async def test_streams_counts_exactly_and_reports_the_engines_figures(target: Ta
 async def test_each_request_evaluates_its_whole_prompt_afresh(target: Target, engine: Recording) -> None:
     """The same prompt twice: the second is evaluated whole, not from the KV blocks the first left.
 
-    OpenVINO's prefix caching (on by default) made the second a one-token step: its prompt took
-    3 % of the first's time (0.08 s against 2.6 s for 2,600 tokens). Fresh, both take about as long;
-    the bound leaves a busy machine a factor of three."""
-    notes = "Summarise these notes. " + " ".join(f"note {i}: the river rises in spring." for i in range(60))
-    request = chat(notes, 2)
+    OpenVINO's prefix caching (on by default) made the second a one-token step: for this prompt of
+    about 690 tokens, 68 ms against 437 ms. Fresh, both take about as long (about 450 ms here); the
+    bound leaves a busy machine a factor of three."""
+    request = chat(NOTES, 2)
     for _ in range(2):
         await collect(target, request)
     first, second = (result.perf_metrics.get_ttft().mean for result in engine.results)
@@ -223,7 +223,8 @@ async def test_an_openvino_ir_folder_as_optimum_intel_writes_it(bundled_gguf: Pa
     assert usage.prompt_tokens == 34  # the chat template travelled with the tokenizer's IR
 
 
-async def test_stop_all_during_a_prompt_it_cannot_leave_shows_the_column_stopped_at_once(target: Target) -> None:
+async def test_stop_all_during_a_prompt_it_cannot_leave_shows_the_column_stopped_at_once(
+        target: Target, engine: Recording) -> None:
     """OpenVINO evaluates a prompt in one library call that nothing interrupts (2.5 s here for
     2,600 tokens): Stop all must still show the column stopped at once, not when that call returns;
     the run ends, and the worker with it, once it does."""
@@ -231,20 +232,24 @@ async def test_stop_all_during_a_prompt_it_cannot_leave_shows_the_column_stopped
     from tests.test_local_backends import wait_for_no_generate_thread
     from tests.test_stop_prefill import LONG
 
-    await collect(target, chat("Hi", 1))  # loaded: only the prompt is timed
     run = Run([Job(target, chat(LONG, 20))], frame_s=0.01)
+    sent: float | None = None
     stopped_at: float | None = None
-    shown_stopped_after: float | None = None
+    shown_stopped_at: float | None = None
     async for columns in run.frames():
         column = columns[0]
-        now = time.perf_counter()
-        if stopped_at is None and column.timeline.sent is not None and now - column.timeline.sent > 0.3:
-            assert not column.text, "the prompt was evaluated before Stop: make it longer"
+        if stopped_at is None and column.timeline.sent is not None:
+            sent, stopped_at = column.timeline.sent, time.perf_counter()
             run.stop()
-            stopped_at = now
-        elif stopped_at is not None and shown_stopped_after is None and column.final:
-            shown_stopped_after = now - stopped_at
-    assert stopped_at is not None and shown_stopped_after is not None
-    assert column.status == "stopped" and not column.text
-    assert shown_stopped_after < 0.5, f"the column showed as stopped {shown_stopped_after:.2f} s after Stop all"
+        elif stopped_at is not None and shown_stopped_at is None and column.final:
+            shown_stopped_at = time.perf_counter()
     assert wait_for_no_generate_thread(10.0) == []
+    assert sent is not None and stopped_at is not None and shown_stopped_at is not None
+    assert column.status == "stopped" and not column.text
+    [result] = engine.results  # the stopped generation's own figures: when its prompt was done
+    prompt_done = sent + result.perf_metrics.get_ttft().mean / 1000
+    if prompt_done - stopped_at < 1.0:
+        pytest.skip(f"this CPU evaluates the prompt in {prompt_done - sent:.2f} s: too fast to tell a wait for it")
+    assert shown_stopped_at - stopped_at < 0.5, (
+        f"the column showed as stopped {shown_stopped_at - stopped_at:.2f} s after Stop all "
+        f"(the prompt was done {prompt_done - stopped_at:.2f} s after it)")

@@ -81,8 +81,15 @@ class OpenVinoBackend(GgufBackend):
         import openvino_genai as ov
 
         started = time.perf_counter()
+        model = str(_gguf_in(path) or path)
         try:
-            pipe = ov.LLMPipeline(str(_gguf_in(path) or path), "CPU", scheduler_config=fresh_prompts(ov))
+            try:
+                pipe = ov.LLMPipeline(model, "CPU", scheduler_config=fresh_prompts(ov))
+            except RuntimeError:
+                # a scheduler config asks for paged attention outright; where that cannot run the model,
+                # the library's default falls back to its stateful pipeline, and so does this (outside
+                # chat mode it evaluates every prompt whole)
+                pipe = ov.LLMPipeline(model, "CPU", ATTENTION_BACKEND="SDPA")
         except RuntimeError as exc:  # OpenVINO's exceptions are RuntimeErrors with a long C++ trace
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise BackendError(ErrorKind.UNAVAILABLE, f"OpenVINO could not load {path.name}: {first}") from None
