@@ -22,6 +22,7 @@ import gc
 import os
 import threading
 import time
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Callable
 
 from playground import secrets, settings
@@ -181,13 +182,14 @@ async def _pump(target: Target, request: ChatRequest, emit: Emit) -> None:
     sent: float | None = None
     monitor.enter()
     try:
-        async for event in backend.stream(request):
-            now = time.perf_counter()
-            if hasattr(event, "at") and getattr(event, "at") is None:
-                event = dataclasses.replace(event, at=now)  # type: ignore[type-var]
-            if isinstance(event, RequestSent) and sent is None:  # a second one corrects the clock's start
-                sent = now
-            emit(event)
+        async with aclosing(backend.stream(request)) as events:  # an emit that raises ends the stream too
+            async for event in events:
+                now = time.perf_counter()
+                if hasattr(event, "at") and getattr(event, "at") is None:
+                    event = dataclasses.replace(event, at=now)  # type: ignore[type-var]
+                if isinstance(event, RequestSent) and sent is None:  # a second one corrects the clock's start
+                    sent = now
+                emit(event)
     finally:
         monitor.leave()
         if sent is not None:

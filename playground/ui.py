@@ -628,8 +628,9 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             if document is None:  # an ordinary page load
                 yield [gr.skip()] * (3 * MAX_COLUMNS + 2)
                 return
-            async for values in replay_from_page(document, pace, hist, request):
-                yield values
+            async with aclosing(replay_from_page(document, pace, hist, request)) as values_:
+                async for values in values_:  # closing this closes the replay's frames (their `finally`) at once
+                    yield values
 
         def load_recorded(run_id_value: str | None, owner_value: str | None, request: gr.Request) -> list[Any]:
             return [*_replay_setup(_recorded(run_id_value, owner_value, request)), gr.Tabs(selected="compare")]

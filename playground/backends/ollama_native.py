@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
 
@@ -235,11 +236,12 @@ class OllamaBackend(HttpBackend):
                 options=self._options(request),
                 keep_alive=self.target.options.keep_alive,
             )
-            async for chunk in chunks:
-                if chunk.message is not None and chunk.message.content:
-                    yield TextDelta(chunk.message.content)
-                if chunk.done:
-                    final = chunk
+            async with aclosing(chunks):  # closing this stream closes Ollama's response at once
+                async for chunk in chunks:
+                    if chunk.message is not None and chunk.message.content:
+                        yield TextDelta(chunk.message.content)
+                    if chunk.done:
+                        final = chunk
         except (ollama.ResponseError, ConnectionError, httpx.HTTPError, ValueError) as exc:
             raise map_error(exc, self.target, self.host) from None
         if final is None:
