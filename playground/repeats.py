@@ -48,12 +48,14 @@ class Sample:
     e2e_s: float | None
     output_tokens: int | None
     tokens_source: str | None
+    cached_prompt_tokens: int | None = None  # prompt tokens the server took from its cache: not in its TTFT
 
 
 def _sample(column: Column, run: int, warmup: bool) -> Sample:
     m = column.metrics()
     return Sample(column.target.id, run, warmup, column.cold, column.status, column.error, column.text, m.ttft_s,
-                  m.decode_tokens_per_s, m.itl_p50_s, m.itl_p95_s, m.e2e_s, m.output_tokens, m.tokens_source)
+                  m.decode_tokens_per_s, m.itl_p50_s, m.itl_p95_s, m.e2e_s, m.output_tokens, m.tokens_source,
+                  column.usage.cached_prompt_tokens if column.usage else None)
 
 
 FAIR_WAIT = "waiting for the CPU (fair mode)"
@@ -226,6 +228,7 @@ def summary(target: Target, samples: list[Sample], objectives: stats.Objectives 
         "measured_runs": len(measured), "failed_runs": len(measured) - len(ok),
         "stopped_runs": sum(not s.warmup and s.status == "stopped" for s in samples),
         "cold_samples": sum(s.cold for s in ok),
+        "prompt_cache_samples": sum(bool(s.cached_prompt_tokens) for s in ok),
         "statistics": {name: (s.as_dict() if (s := stats.summarize([getattr(x, name) for x in ok])) else None)
                        for name in METRICS},
         "runs": [asdict(s) for s in samples],
@@ -270,6 +273,8 @@ STATISTICS = {
     "ci_low/ci_high": "95 % percentile-bootstrap interval of the median (2000 resamples, seed 0)",
     "goodput": "share of measured runs meeting every objective (a failed run meets none)",
     "cold_samples": "measured runs that were their target's first request in this process",
+    "prompt_cache_samples": "measured runs whose server took part of the prompt from its cache: their TTFT "
+                            "leaves that part's evaluation out",
     "stopped_runs": "measured runs stopped by the user: not in the statistics, the goodput or the failures",
     "fair_mode": "local targets took turns, one local generation at a time (remote ones ran at once)",
     "first_difference": "where a greedy answer first leaves the first one's: token (from 1) by the model's "
@@ -296,7 +301,9 @@ def text_report(document: dict[str, Any]) -> str:
              + ("; fair mode: local targets took turns" if document.get("fair_mode") else "")]
     for entry in document["targets"]:
         lines += ["", f"== {entry['label']} ({entry['id']}): {entry['measured_runs'] - entry['failed_runs']} ok, "
-                      f"{entry['failed_runs']} failed, {entry['cold_samples']} cold"]
+                      f"{entry['failed_runs']} failed, {entry['cold_samples']} cold"
+                      + (f", {entry['prompt_cache_samples']} from the server's prompt cache"
+                         if entry.get("prompt_cache_samples") else "")]
         lines.append(f"{'metric':<22}{'n':>4}{'mean':>11}{'p50':>11}{'p90':>11}{'p95':>11}{'min':>11}{'max':>11}"
                      f"{'std':>11}  95 % CI of p50")
         for name in METRICS:
@@ -369,6 +376,9 @@ def summary_markdown(document: dict[str, Any]) -> str:
     for entry in document["targets"]:
         bits = [f"{entry['measured_runs'] - entry['failed_runs']} ok", f"{entry['failed_runs']} failed",
                 f"{entry['cold_samples']} cold"]
+        if entry.get("prompt_cache_samples"):
+            bits.append(f"{entry['prompt_cache_samples']} with part of the prompt from the server's cache "
+                        "(TTFT without its evaluation)")
         if entry.get("goodput") is not None and objectives:
             bits.append(f"goodput {entry['goodput'] * 100:.0f} % ({stats.Objectives(**objectives).describe()})")
         if "roofline" in entry:
@@ -395,7 +405,8 @@ def csv_text(document: dict[str, Any]) -> str:
     columns = [*settings, *environment.export_columns({}, None)]
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=["target", "run", "warmup", "cold", "status", "error", *METRICS,
-                                             "tokens_source", "text", *columns], extrasaction="ignore")
+                                             "tokens_source", "cached_prompt_tokens", "text", *columns],
+                            extrasaction="ignore")
     writer.writeheader()
     for entry in document["targets"]:
         context = {**settings, **environment.export_columns(document["environment"], entry["model"])}

@@ -142,10 +142,9 @@ class Replay:
             column.error_kind = ErrorKind.INTERNAL
         tokens, source = result.get("output_tokens"), result.get("tokens_source")
         if at is None and isinstance(tokens, int) and source in ("server", "counted"):
-            cached = result.get("cached_prompt_tokens")
-            prompt = result.get("prompt_tokens")
-            column.usage = Usage(prompt if isinstance(prompt, int) else None, tokens, source,
-                                 cached if isinstance(cached, int) else None)
+            counts = [result.get("prompt_tokens"), result.get("cached_prompt_tokens")]  # an imported file: checked
+            prompt, cached = (n if type(n) is int and n >= 0 else None for n in counts)
+            column.usage = Usage(prompt, tokens, source, cached)
         server = result.get("server")
         if isinstance(server, dict):
             known = {k: v for k, v in server.items() if k in ServerTimings.__dataclass_fields__}

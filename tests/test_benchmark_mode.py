@@ -93,6 +93,28 @@ async def test_without_warm_up_the_first_sample_is_cold_and_counted() -> None:
     assert repeats.summary(target, samples, None, greedy=True)["cold_samples"] == 1
 
 
+async def test_runs_served_from_the_servers_prompt_cache_are_counted_and_said() -> None:
+    from playground import repeats
+    from playground.catalog import Target
+    from tests.sse_server import ScriptedServer
+
+    scripts = {"cached": Script(tokens=5, prompt_tokens=45, cached_tokens=41), "fresh": Script(tokens=5)}
+    with ScriptedServer(scripts) as server:
+        targets = [Target(id=f"prompt-cache-{m}", label=m, backend="openai", model=m, base_url=server.base_url)
+                   for m in scripts]
+        results = await repeats.bench(targets, _chat(5), repeat=2, warmup=1)
+    document = repeats.document(targets, results, _chat(5), "hi", 2, 1, None)
+    cached, fresh = document["targets"]
+    assert [r["cached_prompt_tokens"] for r in cached["runs"]] == [41, 41, 41]
+    assert (cached["prompt_cache_samples"], fresh["prompt_cache_samples"]) == (2, 0)
+    summary = repeats.summary_markdown(document).splitlines()
+    assert "2 with part of the prompt from the server's cache" in summary[1]
+    assert "prompt cache" not in summary[2] and "server's cache" not in summary[2]
+    assert "2 from the server's prompt cache" in repeats.text_report(document)
+    rows = repeats.csv_text(document).splitlines()
+    assert "cached_prompt_tokens" in rows[0].split(",") and len(rows) == 1 + 6
+
+
 async def test_an_ordinary_run_before_a_benchmark_makes_its_first_sample_warm() -> None:
     from playground import repeats, runner
     from playground.catalog import Target

@@ -213,7 +213,7 @@ class OpenAIOptions(KeyedHttpOptions):
 
 def cached_prompt_tokens(usage: Mapping[str, Any]) -> int | None:
     """How many prompt tokens the server read from its prompt cache, where it says
-    (``prompt_tokens_details.cached_tokens``: OpenAI, Azure, vLLM, llama.cpp's server)."""
+    (``prompt_tokens_details.cached_tokens``: OpenAI and Azure; vLLM with --enable-prompt-tokens-details)."""
     details = usage.get("prompt_tokens_details")
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
     return cached if type(cached) is int and cached >= 0 else None
