@@ -33,7 +33,7 @@ def new_folder(session: str, now: float | None = None) -> Path:
     base = root()
     mine = base / hashlib.sha256(session.encode()).hexdigest()[:16]  # no session id on disk or in a URL
     _prune(base, mine, now)
-    folder = mine / f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+    folder = mine / f"{time.time_ns()}-{uuid.uuid4().hex}"  # Gradio serves it by its path: unguessable
     folder.mkdir(parents=True)
     return folder
 

@@ -26,6 +26,8 @@ def test_a_session_keeps_its_newest_runs_only(private_root: Path) -> None:
     assert alive == made[-exports.KEEP_PER_SESSION:]
     assert theirs.exists()  # another session's runs are not counted against this one
     assert "session-a" not in str(made[0])  # the session id never reaches a path (or a download URL)
+    # Gradio serves a download by its path, to whoever asks: a run's folder carries a whole uuid4
+    assert all(len(folder.name.split("-", 1)[1]) == 32 for folder in made)
 
 
 def test_old_runs_of_any_session_are_removed(private_root: Path) -> None:
