@@ -14,17 +14,17 @@ import time
 import uuid
 from pathlib import Path
 
-from playground import settings
-
 KEEP_PER_SESSION = 3
 KEEP_S = 3600.0
 ROOT_NAME = "phi-playground-exports"
 
 
 def root() -> Path:
-    """Inside Gradio's own folder: Gradio then serves a download from where it was written, instead
-    of hashing and copying it into that folder on its event loop for every run."""
-    return Path(settings.gradio_upload_dir()) / ROOT_NAME
+    """Inside Gradio's folder for served files: Gradio then serves a download from where it was
+    written, instead of hashing and copying it into that folder on its event loop for every run."""
+    from gradio.utils import get_upload_folder  # the page's process has Gradio loaded already
+
+    return Path(get_upload_folder()) / ROOT_NAME
 
 
 def new_folder(session: str, now: float | None = None) -> Path:

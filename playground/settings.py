@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, TypeVar
 
 MAX_COLUMNS = 6
@@ -239,12 +237,6 @@ def proxy_settings() -> tuple[str | None, ...]:
     """HTTP(S)_PROXY, NO_PROXY and the like (lower case first, as urllib reads them): what the
     OpenAI-compatible backend's proxy choice per origin depends on (``openai_compat._proxy``)."""
     return tuple(os.environ.get(name, os.environ.get(name.upper())) for name in PROXY_VARIABLES)
-
-
-def gradio_upload_dir() -> str:
-    """Gradio's folder for files it serves (``gradio.utils.get_upload_folder``, read without importing
-    Gradio): a download already in it is served as it is, not hashed and copied on Gradio's loop."""
-    return env("GRADIO_TEMP_DIR") or str((Path(tempfile.gettempdir()) / "gradio").resolve())
 
 
 def ollama_host() -> str | None:

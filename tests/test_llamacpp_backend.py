@@ -188,3 +188,16 @@ async def test_the_column_says_how_many_threads_it_used(target, monkeypatch) -> 
     assert column.server is not None and column.server.threads == 4  # a lone local column: 5 CPUs but one
     assert "4 threads" in status_markdown(column)
     assert local.running_columns() == 0  # every column that ran has ended
+
+
+async def test_images_are_refused_by_name(target: Target) -> None:
+    """Both GGUF backends are text-only: a direct caller's image is refused, not silently dropped."""
+    from playground.backends import make_backend
+    from playground.errors import BackendError
+    from playground.images import PreparedImage
+
+    image = PreparedImage(name="x.png", mime="image/png", data=b"\x89PNG", width=1, height=1)
+    request = ChatRequest(build_messages("What is this?", images=(image,)), make_params(max_tokens=4))
+    with pytest.raises(BackendError, match="text-only"):
+        async for _ in make_backend(target).stream(request):
+            pass

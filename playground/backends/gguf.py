@@ -56,6 +56,8 @@ class GgufBackend(local.LocalBackend):
             yield self._local_path()
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
+        if request.images:  # the runner sends a text-only target none; a direct caller is told
+            raise BackendError(ErrorKind.BAD_REQUEST, f"{self.target.label} is a text-only target: it cannot take images")
         waited_for_load = not local.is_loaded(self.key)  # only a run that waited reports the load time
         loaded: list[Any] = []
         async for progress in local.find_and_load(self.key, self.target, self._model_path(), self._load, loaded):

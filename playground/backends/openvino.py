@@ -14,10 +14,9 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from playground.backends import local
 from playground.backends.gguf import GgufBackend
@@ -67,13 +66,6 @@ class OpenVinoBackend(GgufBackend):
 
     def _hub_missing(self) -> str:
         return f"{self.target.model} has no {IR_FILE} or GGUF file"
-
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
-        if request.images:
-            raise BackendError(ErrorKind.BAD_REQUEST, f"{self.target.label} is a text-only target: it cannot take images")
-        async with aclosing(super().stream(request)) as events:
-            async for event in events:
-                yield event
 
     def _load(self, path: Path | None) -> Pipeline:
         if path is None or not _usable(path):
