@@ -147,7 +147,7 @@ def record_battle(room: str, session: str, prompt: str, targets: tuple[str, str]
     flagged = any(gives_itself_away(a.get("text") or "", names) for a in answers)
     row = {"id": battle_id, "room": room, "session": records.session_key(session), "created": time.time(),
            "prompt": secrets.redact(prompt)[:10_000], "target_a": targets[0], "target_b": targets[1],
-           "answers": secrets.redact(json.dumps(answers, ensure_ascii=False)), "vote": None, "flagged": flagged}
+           "answers": json.dumps(records.map_strings(answers, secrets.redact), ensure_ascii=False), "vote": None, "flagged": flagged}
     try:
         with _engine().begin() as connection:
             connection.execute(battles.insert().values(**row))

@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import sqlalchemy as sa
 
@@ -155,10 +155,10 @@ def column_entry(column: Column) -> dict[str, Any]:
 
 
 def record(document: dict[str, Any], columns: list[Column], session: str, now: float | None = None,
-           private: tuple[str, ...] = ()) -> str:
+           private: tuple[str, ...] = (), keys: Iterable[str] = ()) -> str:
     """Store a finished run; its id. ``private``: what a visitor typed that a shared run must not
-    show (their own endpoint's URL), replaced wherever it appears. Raises RecordError (never
-    anything else) when it cannot."""
+    show (their own endpoint's URL), replaced wherever it appears; ``keys``: the keys they typed,
+    blanked. Raises RecordError (never anything else) when it cannot."""
     now = time.time() if now is None else now
     run_id = stdlib_secrets.token_urlsafe(16)
     stored = {**document, "format": FORMAT, "recorded_at": now,
@@ -166,13 +166,16 @@ def record(document: dict[str, Any], columns: list[Column], session: str, now: f
 
     hidden = [v for v in private if v and len(v) >= 4]
     hidden += [host for v in hidden if (host := urllib.parse.urlsplit(v).hostname) and len(host) >= 4]
+    own = tuple(keys)
 
     def clean(text: str) -> str:
         for value in sorted(set(hidden), key=len, reverse=True):  # the whole URL before its host alone
-            text = text.replace(json.dumps(value)[1:-1], "(your endpoint)").replace(value, "(your endpoint)")
-        return secrets.redact(text)
+            text = text.replace(value, "(your endpoint)")
+        return secrets.redact(text, own)
 
-    text = clean(json.dumps(stored, ensure_ascii=False))
+    # value by value, not over the JSON text: a secret that matched a piece of JSON's syntax would
+    # leave a record that no longer parses
+    text = json.dumps(map_strings(stored, clean), ensure_ascii=False)
     row = {"id": run_id, "session": session_key(session), "created": now,
            "prompt": clean(document["prompt"])[:10_000],
            "targets": ",".join(r["id"] for r in document["results"]), "document": text}
@@ -185,6 +188,17 @@ def record(document: dict[str, Any], columns: list[Column], session: str, now: f
     except (sa.exc.SQLAlchemyError, OSError) as exc:
         raise RecordError(f"this run was not recorded: {reason(exc)}") from None
     return run_id
+
+
+def map_strings(value: Any, clean: Callable[[str], str]) -> Any:
+    """``value`` with ``clean`` applied to every string in it (the keys of its objects are the format's)."""
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, dict):
+        return {k: map_strings(v, clean) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [map_strings(v, clean) for v in value]
+    return value
 
 
 def _prune(connection: sa.Connection, now: float) -> None:

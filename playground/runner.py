@@ -134,6 +134,8 @@ class Run:
         self._stop_requested = False
         self._stop_columns: set[int] = set()
         self._lag_cursor = 0
+        # a run is one visitor's: their typed keys are blanked in its texts (and only in theirs)
+        self._own = frozenset(key for job in jobs if job.request.credentials for key in job.request.credentials.secrets())
 
     def stop(self) -> None:
         self._stop_requested = True
@@ -349,7 +351,7 @@ class Run:
             column.lag_from = at if column.lag_from is None else min(column.lag_from, at)
             column.status, column.detail = "streaming", "waiting for the first token"
         elif isinstance(event, Progress):
-            column.status, column.detail = "loading", secrets.redact(event.message)
+            column.status, column.detail = "loading", secrets.redact(event.message, self._own)
         elif isinstance(event, Usage):
             column.usage = event
             if event.source == "server" and column.chunks:
@@ -357,7 +359,7 @@ class Run:
         elif isinstance(event, ServerTimings):
             column.server = event
         elif isinstance(event, Notice):
-            column.notices.append(secrets.redact(event.message))
+            column.notices.append(secrets.redact(event.message, self._own))
         elif isinstance(event, Finished):
             column.finish_reason = event.reason
             self._finish(column, "stopped" if event.reason == "stopped" else "done", at)
@@ -369,7 +371,7 @@ class Run:
             tokens, source = column.token_count()
             message = f"stream cut after {metrics.tokens_text(tokens or 0, source)} tokens: {message}"
         # every backend's errors pass here: none may carry a key to the page, a table or an export
-        column.error, column.error_kind = secrets.redact(message), kind
+        column.error, column.error_kind = secrets.redact(message, self._own), kind
         self._finish(column, "error", at)
 
     def _finish(self, column: Column, status: Status, at: float) -> None:

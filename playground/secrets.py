@@ -10,16 +10,17 @@ as Python's ``repr`` writes it (``b'Bearer sk-...\\n'``) and URL-encoded, and it
 
 from __future__ import annotations
 
-import logging
+import functools
 import hmac
-import os
 import json
+import logging
+import os
 import re
 import threading
 import time
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterable, Mapping
 from urllib.parse import quote, quote_plus
 
 MASK = "***"
@@ -100,7 +101,8 @@ MAX_REMEMBERED = 10_000
 
 
 def remember(secret: str) -> None:
-    """A secret that lives outside the environment (a key a user typed for their session)."""
+    """A secret that lives outside the environment (a key a user typed for their session): kept out
+    of the logs (``redact_log``); its visitor's own texts pass it to ``redact`` themselves."""
     if len(secret.strip()) >= MIN_SECRET_LEN:
         with _lock:
             _session_secrets.pop(secret, None)
@@ -114,11 +116,13 @@ def forget(secret: str) -> None:
         _session_secrets.pop(secret, None)
 
 
-def _secrets() -> frozenset[str]:
-    found = {value for name, value in os.environ.items() if is_secret_name(name) and value}
+def _env_secrets() -> frozenset[str]:
+    return frozenset(value for name, value in os.environ.items() if is_secret_name(name) and value)
+
+
+def _remembered() -> frozenset[str]:
     with _lock:
-        found.update(_session_secrets)
-    return frozenset(found)
+        return frozenset(_session_secrets)
 
 
 def _forms(secret: str) -> set[str]:
@@ -133,29 +137,32 @@ def _forms(secret: str) -> set[str]:
     return {f for f in forms if len(f) >= MIN_SECRET_LEN and f.lower() not in NOT_SECRETS}
 
 
-_pattern: tuple[frozenset[str], re.Pattern[str] | None] = (frozenset(), None)
+@functools.lru_cache(maxsize=16)
+def _pattern_of(values: frozenset[str]) -> re.Pattern[str] | None:
+    """One regular expression for every form of every secret, built once per set of secrets."""
+    forms = sorted({f for s in values for f in _forms(s)}, key=len, reverse=True)  # longest first
+    return re.compile("|".join(map(re.escape, forms))) if forms else None
 
 
-def _secrets_pattern() -> re.Pattern[str] | None:
-    """One regular expression for every form of every secret, rebuilt only when the secrets change."""
-    global _pattern
-    current = _secrets()
-    known, pattern = _pattern
-    if current != known:
-        forms = sorted({f for s in current for f in _forms(s)}, key=len, reverse=True)  # longest first
-        pattern = re.compile("|".join(map(re.escape, forms))) if forms else None
-        _pattern = (current, pattern)
-    return pattern
+def redact(text: str, own: Iterable[str] = ()) -> str:
+    """``text`` with every secret of the environment, each of ``own`` (the keys of the visitor whose
+    text it is), and any bearer or api-key header value replaced by ``***``.
 
-
-def redact(text: str) -> str:
-    """``text`` with every secret, and any bearer or api-key header value, replaced by ``***``."""
+    Another visitor's typed keys are not among them: a visitor who typed "the" or '"text":' as a
+    key would otherwise blank that in everyone's errors and records (and break a record's JSON)."""
     if not text:
         return text
-    pattern = _secrets_pattern()
+    values = _env_secrets()
+    mine = frozenset(s for s in own if s and len(s.strip()) >= MIN_SECRET_LEN)
+    pattern = _pattern_of(values | mine if mine else values)
     if pattern is not None:
         text = pattern.sub(MASK, text)
     return _HEADER_VALUE.sub(lambda m: m.group(1) + MASK, text)
+
+
+def redact_log(text: str) -> str:
+    """For a log line, which only the operator reads: every typed key remembered, whoever typed it."""
+    return redact(text, _remembered())
 
 
 def without_secrets(env: dict[str, str]) -> dict[str, str]:
@@ -180,9 +187,9 @@ def redact_logs() -> None:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a bad format string: leave it to the handler to report
             return record
-        clean = redact(message)
+        clean = redact_log(message)
         if record.exc_info and record.exc_info[1] is not None:
-            clean_exc = redact(str(record.exc_info[1]))
+            clean_exc = redact_log(str(record.exc_info[1]))
             if clean_exc != str(record.exc_info[1]):
                 record.exc_info, record.exc_text = None, None  # its traceback would repeat the secret
                 clean = f"{clean} ({clean_exc})"

@@ -292,7 +292,9 @@ def _results(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton,
         codes = [snippet(c.target, r) for c, r in zip(columns, requests)]
         typed_urls = tuple(url for job in plan.jobs if job.request.credentials is not None
                            for url in [job.request.credentials.get("PLAYGROUND_USER_BASE_URL")] if url)
-        recorded = _record(document, columns, plan.session, typed_urls)
+        typed_keys = tuple(key for job in plan.jobs if job.request.credentials is not None
+                           for key in job.request.credentials.secrets())
+        recorded = _record(document, columns, plan.session, typed_urls, typed_keys)
     folder = exports.new_folder(plan.session)
     bench = None
     if plan.benchmark is not None and samples is not None:
@@ -334,12 +336,12 @@ class Recorded:
     failed: bool = False  # the database could not take it (not: recording is off)
 
 
-def _record(document: dict[str, Any], columns: list[Column], session: str, private: tuple[str, ...] = ()
-            ) -> Recorded:
+def _record(document: dict[str, Any], columns: list[Column], session: str, private: tuple[str, ...] = (),
+            keys: tuple[str, ...] = ()) -> Recorded:
     if records.url() is None:  # before the document is serialised and redacted for nothing
         return Recorded(None, "Recording is off (PLAYGROUND_DB=off).")
     try:
-        run_id = records.record(document, columns, session, private=private)
+        run_id = records.record(document, columns, session, private=private, keys=keys)
     except RecordError as exc:  # a full or read-only database fails the recording, never the run
         log.warning("%s", exc)
         return Recorded(None, f"⚠ {exc}", failed=True)

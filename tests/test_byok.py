@@ -195,12 +195,14 @@ def test_only_typed_keys_are_remembered_for_redaction_and_a_closed_session_forge
     typed = secrets.from_form({"PLAYGROUND_USER_BASE_URL": "http", "PLAYGROUND_USER_API_KEY": "sk-typed-0123456789"},
                               False, frozenset({"PLAYGROUND_USER_API_KEY"}))
     assert typed is not None and typed.secrets() == ["sk-typed-0123456789"]
-    assert secrets.redact("HTTP 404 from http://x sk-typed-0123456789") == "HTTP 404 from http://x ***"
+    assert secrets.redact_log("HTTP 404 from http://x sk-typed-0123456789") == "HTTP 404 from http://x ***"
+    assert "sk-typed-0123456789" in secrets.redact("sk-typed-0123456789")  # another visitor's text: not theirs
+    assert secrets.redact("sk-typed-0123456789", typed.secrets()) == "***"  # their own
     secrets.forget("sk-typed-0123456789")
-    assert "sk-typed-0123456789" in secrets.redact("sk-typed-0123456789")
+    assert "sk-typed-0123456789" in secrets.redact_log("sk-typed-0123456789")
     for n in range(secrets.MAX_REMEMBERED + 5):  # a flood pushes out the oldest, not an arbitrary one
         secrets.remember(f"flood-{n:06d}")
-    assert "flood-000004" in secrets.redact("flood-000004") and secrets.redact(f"flood-{n:06d}") == "***"
+    assert "flood-000004" in secrets.redact_log("flood-000004") and secrets.redact_log(f"flood-{n:06d}") == "***"
     for n in range(secrets.MAX_REMEMBERED + 5):
         secrets.forget(f"flood-{n:06d}")
 

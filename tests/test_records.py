@@ -351,6 +351,23 @@ async def test_a_visitors_endpoint_host_alone_is_hidden_too(server, db: Path) ->
     assert "my-private-host" not in json.dumps(records.load(run_id))
 
 
+async def test_another_visitors_typed_key_neither_breaks_nor_blanks_a_record(server, db: Path) -> None:
+    from playground import secrets
+
+    document, columns = await a_run(server, ("paced",))
+    secrets.remember('"text":')  # what some other visitor typed as a key, and is kept for the logs
+    secrets.remember("story")
+    try:
+        back = records.load(records.record(document, columns, "s"))  # parses
+        assert back["prompt"] == "Tell me a story." and back["results"][0]["text"] == document["results"][0]["text"]
+        assert "***" in secrets.redact_log('{"text": "a story"}')  # the operator's log still blanks them
+        mine = records.load(records.record(document, columns, "s", keys=("story",)))  # the visitor's own run
+        assert mine["prompt"] == "Tell me a ***." and json.dumps(mine).count("story") == 0
+    finally:
+        secrets.forget('"text":')
+        secrets.forget("story")
+
+
 def test_on_a_space_with_persistent_storage_runs_go_to_data(tmp_path: Path, monkeypatch) -> None:
     from playground import models
 
