@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,15 @@ class Turn:
     sent_user: str = ""  # what the model saw, when the transcript shows more (image names)
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>&$])")
+
+
+def plain(text: str) -> str:
+    """Text that is not ours (a server's error message, which can be a whole HTML page) for a Markdown
+    line: on one line, with every character Markdown or HTML would read escaped, so it shows as itself."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+
+
 def fmt_s(value: float | None) -> str:
     if value is None:
         return "–"
@@ -47,9 +57,9 @@ def status_markdown(column: Column, now: float | None = None, ceiling: Ceiling |
     m = column.metrics(now)
     state = column.status
     if column.status == "error":
-        state = f"error: {column.error}"
+        state = f"error: {plain(column.error or '')}"
     elif column.detail:
-        state = f"{column.status}: {column.detail}"
+        state = f"{column.status}: {plain(column.detail)}"
     speed = "–" if m.decode_tokens_per_s is None else f"{m.decode_tokens_per_s:.1f}"
     source = f" ({m.tokens_source})" if m.tokens_source else ""
     parts = [
@@ -89,7 +99,7 @@ def status_markdown(column: Column, now: float | None = None, ceiling: Ceiling |
     if cache:
         parts.append(cache)
     for notice in column.notices:
-        parts.append(f"⚠ {notice}")
+        parts.append(f"⚠ {plain(notice)}")
     return "  \n".join(parts)
 
 
@@ -157,7 +167,7 @@ def finished_turn(prompt: str, column: Column) -> Turn:
         return Turn(prompt, column.text, ok=True)
     if column.status == "stopped":
         return Turn(prompt, column.text, ok=bool(column.text), note="■ stopped")
-    return Turn(prompt, column.text, ok=False, note=f"✗ {column.error}")
+    return Turn(prompt, column.text, ok=False, note=f"✗ {plain(column.error or '')}")
 
 
 def key_availability(target: Target, available: Availability, credentials: Any, public: bool) -> Availability:

@@ -92,3 +92,19 @@ def test_the_token_chart_shows_a_stall_as_dots_and_a_burst_as_a_tall_bar() -> No
     assert bars[18] == "█" and bars[5] < "█"  # the burst is the tallest bar
     column.timeline.deltas = []
     assert token_chart(column) is None  # nothing yet: no chart
+
+
+def test_a_servers_error_page_shows_as_text_not_as_markdown_or_html() -> None:
+    from markdown_it import MarkdownIt
+
+    column = done_column()
+    column.status, column.error = "error", "502 server error (<html><h1>502 Bad Gateway</h1>\n<hr>nginx</html>) " \
+                                           "sent 'Bearer ***', ***)) [here](http://x) api-key=)*"
+    column.notices.append("# not a heading <b>nor bold</b>")
+    render = MarkdownIt("commonmark").render
+    for line in (status_markdown(column), transcript([finished_turn("q", column)])[1]["content"]):
+        html = render(line)
+        assert "<h1>" not in html and "<b>" not in html and "<a " not in html
+        assert "&lt;h1&gt;502 Bad Gateway&lt;/h1&gt;" in html  # every character of the message is still there
+        assert "'Bearer ***', ***)) [here](http://x) api-key=)*" in html
+    assert "# not a heading &lt;b&gt;nor bold&lt;/b&gt;" in render(status_markdown(column))
