@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import math
 import threading
 import time
 from typing import Any, AsyncIterator
@@ -18,7 +19,7 @@ from playground import metrics
 from playground.catalog import Target
 from playground.errors import ErrorKind
 from playground.events import ServerTimings, Usage
-from playground.runner import DEFAULT_FRAME_S, Column
+from playground.runner import DEFAULT_FRAME_S, TICK_S, Column
 
 SPEEDS = {"1×": 1.0, "2×": 2.0, "4×": 4.0, "instant": None}
 
@@ -35,6 +36,16 @@ def when(document: dict[str, Any]) -> str:
         return datetime.datetime.fromtimestamp(at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     except (TypeError, ValueError, OverflowError, OSError):
         return "an unknown date"
+
+
+_COUNTS = {"output_tokens", "prompt_tokens", "threads"}
+
+
+def _figure(name: str, value: Any) -> bool:
+    """A figure of ``ServerTimings`` as the playground writes it (a file from elsewhere is untrusted)."""
+    if name not in ServerTimings.__dataclass_fields__ or type(value) not in (int, float) or value < 0:
+        return False
+    return type(value) is int if name in _COUNTS else math.isfinite(value)
 
 
 class Replay:
@@ -73,6 +84,8 @@ class Replay:
         for i, (column, timeline) in enumerate(zip(self.columns, self.document["timelines"])):
             column.timeline.sent = start  # the recorded offsets count from the request
             column.status, column.detail = "streaming", ""
+            notices = self.results[i].get("notices")  # what the column said (images not sent, ...): checked
+            column.notices = [n for n in notices if isinstance(n, str)] if isinstance(notices, list) else []
             steps += [(self._due(start, event[0]), i, n) for n, event in enumerate(timeline["events"])]
             end = timeline.get("ended")
             last = timeline["events"][-1][0] if timeline["events"] else 0.0
@@ -145,8 +158,10 @@ class Replay:
             counts = [result.get("prompt_tokens"), result.get("cached_prompt_tokens")]  # an imported file: checked
             prompt, cached = (n if type(n) is int and n >= 0 else None for n in counts)
             column.usage = Usage(prompt, tokens, source, cached)
+        bound = result.get("clock_lag_ms")  # the recorded error bar, the ticker's period included
+        if type(bound) in (int, float) and math.isfinite(bound) and bound >= 0:
+            column.clock_lag_s = max(0.0, bound / 1000 - TICK_S)
         server = result.get("server")
         if isinstance(server, dict):
-            known = {k: v for k, v in server.items() if k in ServerTimings.__dataclass_fields__}
-            column.server = ServerTimings(**known)
+            column.server = ServerTimings(**{k: v for k, v in server.items() if _figure(k, v)})
         column.version += 1

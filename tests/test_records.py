@@ -351,6 +351,25 @@ async def test_a_visitors_endpoint_host_alone_is_hidden_too(server, db: Path) ->
     assert "my-private-host" not in json.dumps(records.load(run_id))
 
 
+async def test_a_replay_keeps_the_recorded_notices_and_error_bar_and_ignores_figures_of_the_wrong_type(
+        server, db: Path) -> None:
+    from playground.events import ServerTimings
+    from playground.report import result_entry
+
+    document, columns = await a_run(server, ("paced",))
+    result = document["results"][0]
+    result.update(notices=["text only: image not sent", 7], clock_lag_ms=35.0,
+                  server={"decode_tokens_per_s": "fast", "threads": 2.5, "load_s": 1.5, "total_s": float("nan")})
+    back = records.load(records.record(document, columns, "s"))
+    replay = Replay(back, None)
+    async for _ in replay.frames():
+        pass
+    [column] = replay.columns
+    assert column.notices == ["text only: image not sent"]
+    assert column.timing_uncertain and result_entry(column)["clock_lag_ms"] == 35.0
+    assert column.server == ServerTimings(load_s=1.5)
+
+
 async def test_another_visitors_typed_key_neither_breaks_nor_blanks_a_record(server, db: Path) -> None:
     from playground import secrets
 
