@@ -239,7 +239,7 @@ def summary(target: Target, samples: list[Sample], objectives: stats.Objectives 
         entry["roofline"] = roofline_entry(ceiling, decode["p50"])
     if objectives is not None:
         entry["goodput"] = stats.goodput([(s.ttft_s, s.decode_tokens_per_s) for s in measured], objectives)
-    if greedy:
+    if greedy and len(ok) >= 2:  # with fewer answers there is nothing to compare
         difference = first_difference([s.text for s in ok], [target] * len(ok))
         entry["identical_across_repeats"] = difference is None
         if difference is not None:

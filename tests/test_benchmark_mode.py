@@ -295,3 +295,20 @@ async def test_a_stopped_run_is_not_a_failure_and_a_column_stopped_before_its_tu
     document = repeats.document([llamacpp, openvino], run.samples, request, "p", 3, 0, None)
     entry = document["targets"][0]
     assert entry["stopped_runs"] == 1 and entry["failed_runs"] == 0 and entry["measured_runs"] == 0
+
+
+def test_greedy_answers_are_not_called_identical_when_fewer_than_two_runs_answered() -> None:
+    from playground import repeats
+    from playground.catalog import Target
+
+    target = Target(id="broken", label="broken", backend="openai", model="m", base_url="http://127.0.0.1:9/v1")
+
+    def sample(run: int, status: str, text: str = "") -> repeats.Sample:
+        return repeats.Sample("broken", run, False, False, status, None if status == "done" else "500 server error",
+                              text, None, None, None, None, None, None, None)
+
+    for samples in ([sample(1, "error"), sample(2, "error")], [sample(1, "done", "red"), sample(2, "error")]):
+        entry = repeats.summary(target, samples, None, greedy=True)
+        assert "identical_across_repeats" not in entry, entry
+    both = repeats.summary(target, [sample(1, "done", "red"), sample(2, "done", "red")], None, greedy=True)
+    assert both["identical_across_repeats"] is True
