@@ -32,13 +32,14 @@ def result_entry(column: Column) -> dict[str, Any]:
     """One target's result, in the shape the command line's --json prints."""
     m = column.metrics()
     ok = column.status == "done"
+    stopped = column.status == "stopped"  # by the user: not a failure, and what came before is kept
     return {
         "id": column.target.id,
         "label": column.target.label,
         "backend": column.target.backend,
         "model": column.target.model,
-        "status": "ok" if ok else "error",
-        "error": None if ok else (column.error or column.status),
+        "status": "ok" if ok else "stopped" if stopped else "error",
+        "error": None if ok or stopped else (column.error or column.status),
         "finish_reason": column.finish_reason,
         "text": column.text,
         "ttft_s": _round(m.ttft_s, 4),

@@ -108,3 +108,13 @@ def test_a_servers_error_page_shows_as_text_not_as_markdown_or_html() -> None:
         assert "&lt;h1&gt;502 Bad Gateway&lt;/h1&gt;" in html  # every character of the message is still there
         assert "'Bearer ***', ***)) [here](http://x) api-key=)*" in html
     assert "# not a heading &lt;b&gt;nor bold&lt;/b&gt;" in render(status_markdown(column))
+
+
+def test_a_stopped_column_is_stopped_in_the_downloads_not_an_error() -> None:
+    from playground.report import result_entry
+
+    column = done_column()
+    column.status = "stopped"
+    assert (result_entry(column)["status"], result_entry(column)["error"]) == ("stopped", None)
+    column.status, column.error = "error", "500 server error"
+    assert (result_entry(column)["status"], result_entry(column)["error"]) == ("error", "500 server error")
