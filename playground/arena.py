@@ -5,7 +5,8 @@ stay on the server (in the session's state and here) until the vote. Pairs are d
 pair gets votes: among the pairs of the pool, one of those with the fewest battles in the room,
 at random. One vote per battle, taken atomically (an UPDATE of a battle that has none), so
 voters at once never lose or double a vote. An answer that names a model ("As Phi-3, …") gives
-away who wrote it: its vote still counts, flagged.
+away who wrote it: its vote still counts, flagged. A vote on a battle in which an answer failed
+is kept but not rated.
 """
 
 from __future__ import annotations
@@ -215,8 +216,14 @@ def standings(room: str) -> dict[str, Any]:
         return _boards[key]
 
 
+def failed(row: dict[str, Any]) -> bool:
+    """A battle in which an answer failed: its vote says which target was up, not which answered better."""
+    return any(isinstance(a, dict) and a.get("status") == "error" for a in row["answers"])
+
+
 def _standings(room: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    pairs = [(r["target_a"], r["target_b"], r["vote"]) for r in rows]
+    rated = [r for r in rows if not failed(r)]
+    pairs = [(r["target_a"], r["target_b"], r["vote"]) for r in rated]
     speed: dict[str, dict[str, list[float]]] = {}
     for r in rows:
         for target, answer in zip((r["target_a"], r["target_b"]), r["answers"]):
@@ -227,7 +234,8 @@ def _standings(room: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     board = {
         "room": room,
         "votes": len(rows),
-        "flagged": sum(bool(r["flagged"]) for r in rows),
+        "failed": len(rows) - len(rated),  # not in the ratings
+        "flagged": sum(bool(r["flagged"]) for r in rated),
         "ratings": [{"target": r.target, "rating": r.rating, "ci_low": r.ci_low, "ci_high": r.ci_high, "votes": r.votes,
                      "median_ttft_s": _median(speed.get(r.target, {}).get("ttft_s")),
                      "median_decode_tokens_per_s": _median(speed.get(r.target, {}).get("decode_tokens_per_s"))}

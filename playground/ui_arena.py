@@ -164,7 +164,9 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
                            f"{'–' if speed is None else f'{speed:.1f}'} tok/s · tokens {answer.get('output_tokens') or '–'}")
                 failed = f" · ✗ {answer['error']}" if answer.get("error") else ""
                 lines.append(f"- {side} was **{labels.get(target, target)}** (`{target}`): {figures}{failed}")
-            if row["flagged"]:
+            if arena.failed(row):
+                lines.append("⚠ an answer failed, so this vote is kept but not rated: it would rate which target was up.")
+            elif row["flagged"]:
                 lines.append("⚠ an answer named a model, so this vote was not blind: it counts, flagged.")
             return [None, "\n".join(lines), *hidden_votes]
         return cast
@@ -187,6 +189,7 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
         count = board_data["votes"]
         summary = (f"Room **{board_data['room']}**: {count} vote{'' if count == 1 else 's'}"
                    + (f", {board_data['flagged']} flagged (an answer named a model)" if board_data["flagged"] else "")
+                   + (f", {board_data['failed']} not rated (an answer failed)" if board_data.get("failed") else "")
                    + ". Bradley–Terry ratings (1000 is the average) with 95 % bootstrap intervals.")
         return [summary, {"headers": board.headers, "data": rows} if rows else None,
                 {"headers": header, "data": grid} if grid else None]

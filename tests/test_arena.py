@@ -95,6 +95,18 @@ def test_pairs_spread_the_votes_and_rooms_stay_apart(db: Path) -> None:
         arena.room_name("../etc")
 
 
+def test_a_vote_on_a_battle_with_a_failed_answer_is_kept_but_not_rated(db: Path) -> None:
+    good = [{"text": "x", "status": "done"}, {"text": "y", "status": "done"}]
+    broken = [{"text": "", "status": "error", "error": "401 unauthorized"}, {"text": "y", "status": "done"}]
+    arena.vote(arena.record_battle("room-f", "s", "p", ("a", "b"), good, []), "a")
+    for _ in range(3):  # b was up, a was not: that says nothing of which answers better
+        arena.vote(arena.record_battle("room-f", "s", "p", ("a", "b"), broken, []), "b")
+    board = arena.standings("room-f")
+    assert board["votes"] == 4 and board["failed"] == 3
+    assert [r["target"] for r in board["ratings"]] == ["a", "b"] and board["ratings"][0]["votes"] == 1
+    assert arena.votes_csv("room-f").count("\n") == 5  # every vote is still exported
+
+
 def test_a_room_keeps_the_pool_its_host_picked(db: Path) -> None:
     assert arena.room_pool("room-1") == []  # none picked: the default pool
     arena.set_pool("room-1", ["a", "b"])
