@@ -28,6 +28,7 @@ from playground.request import (MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_CHARS, ChatRequ
 from playground.runner import Job
 from playground.settings import (MAX_COLUMNS, PROGRESS_POLL_S, QUEUE_POLL_S, Settings, SettingsError, deck_file,
                                  from_env, problems, session_capacity)
+from playground.ui_errors import Refused
 from playground.ui_format import Turn, key_availability, ordered_choices
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def sees_everyone(policy: public.Policy, scope_value: str | None, owner_value: s
     if not policy.public or secrets.is_owner(owner_value):
         return True
     if scope_value == EVERYONE:
-        raise gr.Error("Everyone's runs: in public mode only the owner sees them (type the owner key).")
+        raise Refused("Everyone's runs: in public mode only the owner sees them (type the owner key).")
     return False
 
 
@@ -153,12 +154,12 @@ def recorded_run(policy: public.Policy, run_id_value: str | None, owner_value: s
     """A recorded run by its id; in public mode only one of this session's, unless the owner asks (a
     share link, which opens another's run, goes through ``open_shared``)."""
     if not run_id_value or not str(run_id_value).strip():
-        raise gr.Error("Run id: pick a run in the history first.")
+        raise Refused("Run id: pick a run in the history first.")
     mine = None if sees_everyone(policy, None, owner_value) else session
     try:
         return records.load(str(run_id_value).strip(), mine)
     except records.RecordError as exc:
-        raise gr.Error(str(exc)) from None
+        raise Refused(str(exc)) from None
 
 
 def _choices(catalog: Catalog, credentials: secrets.Credentials | None = None,
@@ -194,17 +195,17 @@ def _seed(value: str | float | None) -> int | None:
 def _validate(catalog: Catalog, prompt: str, system: str, temperature: float, top_p: float,
               max_tokens: float, seed: str | float | None, target_ids: list[str]) -> tuple[tuple[Message, ...], Any]:
     try:
-        params = make_params(temperature=temperature, top_p=top_p,
-                             max_tokens=None if max_tokens is None else int(max_tokens),
-                             seed=_seed(seed))
+        # max_tokens as it came: the model's checks refuse 1.5, NaN and infinity by name (int() cut
+        # 1.5 to 1 and raised on NaN)
+        params = make_params(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=_seed(seed))
         build_messages(prompt, system)
     except InputError as exc:
-        raise gr.Error(str(exc)) from None
+        raise Refused(str(exc)) from None
     for target_id in target_ids:
         if not target_id:
-            raise gr.Error("Pick a target in every visible column.")
+            raise Refused("Pick a target in every visible column.")
         if target_id not in catalog.ids:
-            raise gr.Error(f"Unknown target {target_id!r}: pick one from the list.")
+            raise Refused(f"Unknown target {target_id!r}: pick one from the list.")
     return (), params
 
 
@@ -249,7 +250,7 @@ def _whole(value: Any, name: str, low: int, high: int) -> int:
     except (TypeError, ValueError):
         number = float("nan")
     if not number.is_integer() or not low <= number <= high:
-        raise gr.Error(f"{name}: must be a whole number from {low} to {high} (got {value!r})")
+        raise Refused(f"{name}: must be a whole number from {low} to {high} (got {value!r})")
     return int(number)
 
 
@@ -261,11 +262,11 @@ def _benchmark(repeat: Any, warmup: Any, fair: Any, objectives: Any, targets: li
     warm = _whole(0 if warmup is None else warmup, "Warm-up runs", 0, MAX_WARMUP)
     mode = fair or "auto"
     if mode not in FAIR_CHOICES:
-        raise gr.Error(f"Fair mode: must be one of {', '.join(FAIR_CHOICES)} (got {fair!r})")
+        raise Refused(f"Fair mode: must be one of {', '.join(FAIR_CHOICES)} (got {fair!r})")
     try:
         wanted = stats.Objectives.parse(str(objectives)) if objectives and str(objectives).strip() else None
     except ValueError as exc:
-        raise gr.Error(str(exc)) from None
+        raise Refused(str(exc)) from None
     if count == 1 and warm == 0:
         return None
     on = repeats.fair_by_default(targets, count, warm) if mode == "auto" else mode == "on"
@@ -287,7 +288,7 @@ def _uploaded_only(value: Any) -> Any:
     for item in value.get("files") or []:
         path = item.get("path") if isinstance(item, dict) else item
         if not path or not Path(path).resolve().is_relative_to(root):
-            raise gr.Error("Attach images by uploading or pasting them into the prompt box.")
+            raise Refused("Attach images by uploading or pasting them into the prompt box.")
     return value
 
 
@@ -295,7 +296,7 @@ async def _read_prompt(value: Any) -> tuple[str, tuple[PreparedImage, ...]]:
     try:
         text, images = await asyncio.to_thread(from_multimodal, _uploaded_only(value))
     except ImageError as exc:
-        raise gr.Error(str(exc)) from None
+        raise Refused(str(exc)) from None
     for image in images:
         for note in image.notes:
             gr.Warning(f"{image.name}: {note}")
@@ -464,17 +465,17 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             benchmark = _benchmark(*bench, [full_catalog.get(t) for t in target_ids])
             for target_id in target_ids:
                 if (refused := policy.refusal(full_catalog.get(target_id))) is not None:
-                    raise gr.Error(refused)
+                    raise Refused(refused)
             if (refused := public.same_target_refusal(policy, target_ids)) is not None:
-                raise gr.Error(refused)
+                raise Refused(refused)
             if quota is not None:  # last: a run refused for its input costs nothing
                 cost = benchmark.repeat + benchmark.warmup if benchmark is not None else 1  # each repeat is a run
                 wait = quota.take(_quota_keys(request), cost)
                 if wait == math.inf:
-                    raise gr.Error(f"Benchmark: {cost} runs a column is more than this Space allows "
+                    raise Refused(f"Benchmark: {cost} runs a column is more than this Space allows "
                                    f"({quota.rate.describe()} per visitor): lower Repeat or Warm-up runs.")
                 if wait is not None:
-                    raise gr.Error(quota.refusal(wait))
+                    raise Refused(quota.refusal(wait))
             jobs = []
             for i, target_id in enumerate(target_ids):
                 target = full_catalog.get(target_id)
@@ -505,7 +506,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             except (TypeError, ValueError):
                 index = -1
             if not 0 <= index < MAX_COLUMNS:
-                raise gr.Error(f"column: must be a number from 0 to {MAX_COLUMNS - 1} (got {column!r})")
+                raise Refused(f"column: must be a number from 0 to {MAX_COLUMNS - 1} (got {column!r})")
             ui_stream.stop_column(_session(request), index)
 
         def clear(request: gr.Request) -> list[Any]:
@@ -577,13 +578,14 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
             try:
                 rows = records.recent(None if everyone else _session(request), text or "")
             except records.RecordError as exc:
-                raise gr.Error(str(exc)) from None
+                raise Refused(str(exc)) from None
             return [[r["id"], replay.when({"recorded_at": r["created"]}), r["prompt"][:120], r["targets"]]
                     for r in rows]
 
         def history_after_run(text: str | None, scope_value: str | None, owner_value: str | None,
                               request: gr.Request) -> Any:
-            """The history, refreshed after a run; a database that is off or unreadable already said so."""
+            """The history, refreshed after a run or as the tab is shown; a database that is off or
+            unreadable already said so."""
             try:
                 return history_rows(text, scope_value, owner_value, request)
             except gr.Error:
@@ -638,14 +640,14 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         def load_import(file: Any) -> list[Any]:
             path = getattr(file, "name", None) or (file if isinstance(file, str) else None)
             if not path:
-                raise gr.Error("Import: no file arrived.")
+                raise Refused("Import: no file arrived.")
             try:
                 text = Path(path).read_text(encoding="utf-8")
                 document = records.parse_export(text)
             except (OSError, UnicodeDecodeError) as exc:
-                raise gr.Error(f"Import: the file cannot be read: {exc}") from None
+                raise Refused(f"Import: the file cannot be read: {exc}") from None
             except records.RecordError as exc:
-                raise gr.Error(f"Import: {exc}") from None
+                raise Refused(f"Import: {exc}") from None
             return [*_replay_setup(document), gr.Tabs(selected="compare")]
 
         def _replay_setup(document: dict[str, Any]) -> list[Any]:
@@ -657,17 +659,20 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         async def replay_from_page(document: dict[str, Any] | None, pace: str, hist: list[list[Turn]],
                                    request: gr.Request) -> AsyncIterator[list[Any]]:
             if document is None:
-                raise gr.Error("Nothing to replay: pick a run or import a run file.")
+                raise Refused("Nothing to replay: pick a run or import a run file.")
             if pace not in SPEEDS:
-                raise gr.Error(f"Replay pace: must be one of {', '.join(SPEEDS)} (got {pace!r})")
+                raise Refused(f"Replay pace: must be one of {', '.join(SPEEDS)} (got {pace!r})")
             try:
                 params = make_params(**(document.get("parameters") or {}))
                 messages = build_messages(document["prompt"], document.get("system") or "")
             except InputError as exc:
-                raise gr.Error(f"this run's parameters cannot be replayed: {exc}") from None
+                raise Refused(f"this run's parameters cannot be replayed: {exc}") from None
             jobs = [Job(replay.display_target(r), ChatRequest(messages, params)) for r in document["results"]]
+            # the run takes the columns, as it was: the conversation shown before it is not its history
+            # (a follow-up would have sent both to the models)
+            fresh: list[list[Turn]] = [[] for _ in hist]
             plan = ui_stream.Plan(_session(request), document["prompt"], document["prompt"], document.get("system") or "",
-                                  params, (), jobs, hist, replay=document, speed=SPEEDS[pace])
+                                  params, (), jobs, fresh, replay=document, speed=SPEEDS[pace])
             async with aclosing(ui_stream.frames(plan, table, csv_btn)) as stream:
                 async for values in ui_stream.page_values(plan, stream):
                     yield values
@@ -700,7 +705,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
 
                 files = deck.staged_images(step, deck_file() or "", get_upload_folder())
             except OSError as exc:
-                raise gr.Error(f"step {at + 1}: its images cannot be read: {exc}") from None
+                raise Refused(f"step {at + 1}: its images cannot be read: {exc}") from None
             return [at, title, {"text": step.prompt, "files": files}, step.system or "", *parameters, seed_value,
                     len(targets) if targets else gr.skip(),
                     *[gr.update(value=targets[i]) if i < len(targets) else gr.skip() for i in range(MAX_COLUMNS)],
@@ -720,15 +725,15 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
 
             step = steps[int(at or 0)]
             if not step.replay:
-                raise gr.Error("This step has no recorded run.")
+                raise Refused("This step has no recorded run.")
             kind, path = deck.replay_source(step, deck_file() or "")
             try:
                 document = (records.parse_export(path.read_text(encoding="utf-8")) if kind == "file" and path
                             else records.load(step.replay))
             except OSError as exc:
-                raise gr.Error(f"the step's run file cannot be read: {exc}") from None
+                raise Refused(f"the step's run file cannot be read: {exc}") from None
             except records.RecordError as exc:
-                raise gr.Error(f"the step's recorded run: {exc}") from None
+                raise Refused(f"the step's recorded run: {exc}") from None
             return _replay_setup(document)
 
         # The page keeps, for each event's inputs and progress targets, a loading status, and on every
@@ -768,6 +773,8 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         history_in = dict(api_name=False, show_progress="hidden", show_progress_on=[refresh_btn])
         gr.on([refresh_btn.click, search.submit, scope.change], history_rows, history_filter, history_table,
               **history_in)
+        # shown: its runs (a database that is off or unreadable says so in the tab's line, not in a toast)
+        history_tab.select(history_after_run, history_filter, history_table, **history_in)
         history_table.select(pick_run, None, run_id, api_name=False, show_progress="hidden", queue=False)
         page_stream = dict(outputs=[*chats, *statuses, histories, results, *lives], api_name=False,
                            show_progress_on=[run_btn], **streaming)

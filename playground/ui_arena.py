@@ -20,6 +20,7 @@ from playground.backends import make_backend
 from playground.catalog import Catalog
 from playground.request import ChatRequest, InputError, build_messages, make_params
 from playground.runner import Column, Job, Run
+from playground.ui_errors import Refused
 from playground.ui_format import fmt_s
 
 MAX_TOKENS = 256
@@ -115,18 +116,18 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
             room_id = arena.room_name(room_value)
             messages = build_messages(text or "", "")
         except (arena.ArenaError, InputError) as exc:
-            raise gr.Error(str(exc)) from None
+            raise Refused(str(exc)) from None
         if quota is not None:
             wait = quota.take(quota_keys(request))
             if wait is not None:
-                raise gr.Error(quota.refusal(wait))
+                raise Refused(quota.refusal(wait))
         try:
             # the room's pool as saved, whatever a page still shows; one still being picked (under two) is not one yet
             picked_ids = usable(await asyncio.to_thread(arena.room_pool, room_id)) if not policy.public else []
             names = picked_ids if len(picked_ids) >= 2 else await asyncio.to_thread(pool, catalog, policy)
             pair = await asyncio.to_thread(arena.pick_pair, names, room_id)
         except arena.ArenaError as exc:
-            raise gr.Error(str(exc)) from None
+            raise Refused(str(exc)) from None
         request_ = ChatRequest(messages, make_params(max_tokens=MAX_TOKENS))
         run = Run([Job(catalog.get(t), request_) for t in pair])
         columns: list[Column] = run.columns
@@ -143,7 +144,7 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
             battle_id = await asyncio.to_thread(arena.record_battle, room_id, session_of(request), text, pair, answers,
                                                 [labels.get(t, t) for t in pair] + list(pair))
         except arena.ArenaError as exc:
-            raise gr.Error(str(exc)) from None
+            raise Refused(str(exc)) from None
         yield [columns[0].text, columns[1].text, _state_line(columns[0], show_speed),
                _state_line(columns[1], show_speed), {"id": battle_id, "room": room_id},
                "Which answer is better?", *[gr.update(visible=True)] * len(vote_btns)]
@@ -151,11 +152,11 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
     def voter(choice: str) -> Callable[..., list[Any]]:
         def cast(current: dict[str, Any] | None) -> list[Any]:
             if not current:
-                raise gr.Error("No battle to vote on: get two answers first.")
+                raise Refused("No battle to vote on: get two answers first.")
             try:
                 row = arena.vote(current["id"], choice)
             except arena.ArenaError as exc:
-                raise gr.Error(str(exc)) from None
+                raise Refused(str(exc)) from None
             lines = [f"**You voted: {arena.VOTES[choice]}.**"]
             for side, target, answer in (("A", row["target_a"], row["answers"][0]),
                                          ("B", row["target_b"], row["answers"][1])):
@@ -175,7 +176,7 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
         try:
             board_data = arena.standings(arena.room_name(room_value))
         except arena.ArenaError as exc:
-            raise gr.Error(str(exc)) from None
+            raise Refused(str(exc)) from None
         rows = [[i + 1, labels.get(r["target"], r["target"]), round(r["rating"]),
                  f"{round(r['ci_low'])} – {round(r['ci_high'])}", r["votes"],
                  None if r["median_ttft_s"] is None else round(r["median_ttft_s"] * 1000),
@@ -199,7 +200,7 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
             name = arena.room_name(room_value)
             text = arena.votes_csv(name, prompts=not policy.public)  # visitors' prompts stay with the host
         except arena.ArenaError as exc:
-            raise gr.Error(str(exc)) from None
+            raise Refused(str(exc)) from None
         # a folder set of its own: the session's last run downloads (three kept) stay
         path = exports.new_folder(f"{session_of(request)}:arena-votes") / f"arena-votes-{name}.csv"
         path.write_text(text, encoding="utf-8")
@@ -207,11 +208,11 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
 
     def save_pool(room_value: str, chosen: list[str] | None) -> None:
         if policy.public:
-            raise gr.Error("On a public Space the arena's pool is the host's setting: PLAYGROUND_ARENA_TARGETS.")
+            raise Refused("On a public Space the arena's pool is the host's setting: PLAYGROUND_ARENA_TARGETS.")
         try:
             arena.set_pool(arena.room_name(room_value), usable(chosen or []))
         except arena.ArenaError as exc:
-            raise gr.Error(str(exc)) from None
+            raise Refused(str(exc)) from None
 
     def show_pool(room_value: str) -> Any:
         try:

@@ -246,6 +246,8 @@ def test_a_recorded_run_replays_at_its_recorded_pace(app_url: str, page_at: Any,
     # the live boxes showed the answers while they streamed (the sampler saw them); now they are gone
     page.wait_for_function("() => [0, 1].every((i) => !document.querySelector(`#col-${i}-live`).checkVisibility())",
                            timeout=10_000, polling=100)
+    # the replay took the columns: the run before it is not a turn of its conversation
+    assert page.locator("#col-0-chat [data-testid='bot']").count() == 1
     page.locator("#clear").click()
     page.wait_for_function("() => document.querySelectorAll('#col-0-chat [data-testid=\"bot\"]').length === 0",
                            timeout=30_000, polling=100)
@@ -299,6 +301,11 @@ def test_a_share_link_opens_the_run_and_replays_it(app_url: str, page_at: Any, t
                             "document.querySelector('#col-0-status').innerText.includes('done')",
                             timeout=120_000, polling=100)
     assert flow.answer_texts(other, 1)[0] == flow.answer_texts(page, 1)[0]
+    third = page_at(flow.DESKTOP)  # a page that ran nothing: its History lists the runs as it is shown
+    flow.open_app(third, app_url)
+    flow.open_history(third)
+    third.wait_for_function("(id) => document.querySelector('#history-runs')?.innerText.includes(id)", arg=run_id,
+                            timeout=30_000, polling=100)
 
 
 def test_the_presenter_steps_through_the_deck_and_replays_a_recorded_step(app_url: str, page_at: Any) -> None:

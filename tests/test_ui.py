@@ -173,10 +173,12 @@ def test_downloads_hold_the_run_without_keys(client: Client, monkeypatch: pytest
     ("prompt", "max_tokens", "message"),
     [("   ", 24, "prompt is empty"), ("hi", 0, "max_tokens"), ("hi", 99999, "max_tokens")],
 )
-def test_bad_input_is_refused_with_a_clear_message(client: Client, prompt: str, max_tokens: int, message: str) -> None:
+def test_bad_input_is_refused_with_a_clear_message(client: Client, prompt: str, max_tokens: float, message: str,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
     job = client.submit(*run_args(prompt, ["smollm2-onnx"], max_tokens=max_tokens, columns=1), api_name="/run")
     with pytest.raises(Exception, match=message):
         job.result(timeout=60)
+    assert "Traceback" not in capfd.readouterr().err  # a refusal, not a failure: nothing for the app's log
 
 
 @pytest.mark.parametrize("columns", [7, 0, -1, 2.5])
@@ -210,3 +212,13 @@ def test_run_frames_carry_chat_messages_in_the_shape_gradio_sends() -> None:
 
     messages = transcript([Turn("q1", "**a1**", ok=True), Turn("q2", "", ok=False, note="✗ boom")], "q3 🖼", None)
     assert wire_messages(messages) == gr.Chatbot().postprocess(messages).model_dump()
+
+
+@pytest.mark.parametrize("max_tokens", [float("nan"), float("inf"), 1.5, "many"])
+def test_max_new_tokens_that_is_not_a_whole_number_is_refused_by_name(max_tokens: object) -> None:
+    from playground.catalog import Catalog
+    from playground.ui import _validate
+
+    with pytest.raises(gr.Error, match="max_tokens"):
+        _validate(Catalog(targets=[], defaults=[]), "hi", "", 0.7, 1.0, max_tokens, None, [])  # type: ignore[arg-type]
+    assert _validate(Catalog(targets=[], defaults=[]), "hi", "", 0.7, 1.0, 64.0, None, [])[1].max_tokens == 64
