@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from playground import models, settings
+from playground.catalog import CatalogError
 from playground.settings import SettingsError
 from playground.ui import launch
 
@@ -20,5 +21,5 @@ if __name__ == "__main__":
     install_bundled_model_on_a_space()
     try:
         launch()
-    except SettingsError as exc:  # a setting that cannot be used: its lines, not a traceback
+    except (CatalogError, SettingsError) as exc:  # unusable settings or catalog: its lines, not a traceback
         sys.exit(f"error: {exc}")

@@ -213,6 +213,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
                     else records.load(args.run))
     except OSError as exc:
         raise InputError(f"{args.run}: cannot be read: {exc}") from None
+    except UnicodeDecodeError as exc:
+        where = f"invalid byte at offset {exc.start}"
+        raise InputError(f"{args.run}: not a run file: not UTF-8 text ({where})") from None
     except records.RecordError as exc:
         raise InputError(f"{args.run}: {exc}") from None
     print(f"replay of {when(document)}: {document['prompt'][:200]!r}", file=sys.stderr)

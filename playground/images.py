@@ -111,19 +111,27 @@ def _read(source: str | Path | bytes, name: str | None) -> tuple[bytes, str]:
     if isinstance(source, bytes):
         name = name or "image"
         if len(source) > MAX_FILE_BYTES:
-            raise ImageError(f"{name}: {len(source) / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB")
+            raise _too_large(name, f"{len(source) / 2**20:.0f} MB")
         return source, name
     path = Path(source).expanduser()
     name = name or path.name
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise ImageError(f"{name}: {size / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB")
-        return path.read_bytes(), name
+            raise _too_large(name, f"{size / 2**20:.0f} MB")
+        with path.open("rb") as file:  # a device or a pipe reports size 0: never read past the limit
+            raw = file.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise _too_large(name, f"over {MAX_FILE_BYTES // 2**20} MB")
+        return raw, name
     except IsADirectoryError:
         raise ImageError(f"{name}: is a folder, not an image file") from None
     except OSError as exc:
         raise ImageError(f"{name}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _too_large(name: str, size: str) -> ImageError:
+    return ImageError(f"{name}: {size}; the limit is {MAX_FILE_BYTES // 2**20} MB")
 
 
 def _not_an_image(name: str, exc: Exception) -> ImageError:

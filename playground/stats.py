@@ -11,6 +11,7 @@ Definitions (the README's *Benchmark mode* section repeats them):
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -81,8 +82,12 @@ class Objectives:
                 value = float(raw)
             except ValueError:
                 raise ValueError(f"goodput: {name} needs a number (got {raw!r})") from None
+            if not math.isfinite(value):  # NaN passes `<= 0` and would meet every objective
+                raise ValueError(f"goodput: {name} must be a finite number (got {raw.strip()})")
             if value <= 0:
                 raise ValueError(f"goodput: {name} must be above 0 (got {raw})")
+            if name in values:
+                raise ValueError(f"goodput: {name} given twice (got {text.strip()!r})")
             values[name] = value
         return cls(values.get("ttft"), values.get("tps"))
 

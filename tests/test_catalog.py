@@ -201,3 +201,34 @@ def test_a_new_http_backend_is_one_registry_line_for_the_measurement_process_and
         monkeypatch.undo()
         http_backends.cache_clear()
         local_backends.cache_clear()
+
+
+def test_a_catalog_that_is_not_utf8_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(CatalogError, match="not UTF-8 text") as info:
+        read_catalog_file(path)
+    assert str(info.value).startswith(f"catalog {path}: ")
+
+
+APP_CATALOGS = {
+    "duplicate id": (textwrap.dedent(GOOD.format(id="twice")) * 2, "field 'id': appears twice"),
+    "not utf-8": (b"\xff\xfe\x00garbage", "not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("case", list(APP_CATALOGS))
+def test_app_py_reports_a_bad_catalog_in_one_line_without_a_traceback(case: str, tmp_path: Path, clean_env) -> None:
+    content, fragment = APP_CATALOGS[case]
+    path = tmp_path / "bad.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text("targets:" + content, encoding="utf-8")
+    done = subprocess.run([sys.executable, "app.py"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=clean_env(**{CATALOG_ENV: str(path)}), check=False)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == next(
+        line for line in done.stderr.splitlines() if line.startswith("error: "))
+    assert f"error: catalog {path}: " in done.stderr and fragment in done.stderr, done.stderr[-2000:]

@@ -254,3 +254,35 @@ def test_a_run_is_recorded_and_replays_by_its_id_unless_told_not_to(clean_env: E
     skipped = cli("run", "--catalog", str(catalog), "--targets", "closed", "--prompt", "hi", "--max-tokens", "4",
                   "--no-record", env=env, cwd=tmp_path)
     assert skipped.returncode == 1 and "recorded as" not in skipped.stderr
+
+
+@pytest.mark.parametrize(("goodput", "fragment"), [("ttft:nan", "goodput: ttft must be a finite number (got nan)"),
+                                                   ("tps:inf", "goodput: tps must be a finite number (got inf)"),
+                                                   ("ttft:500,ttft:100", "goodput: ttft given twice")])
+def test_bench_refuses_a_goodput_objective_that_cannot_be_met_or_is_given_twice(
+        goodput: str, fragment: str, clean_env: Env, tmp_path: Path) -> None:
+    """NaN passes a ``<= 0`` check and then meets every objective: goodput 100 % and NaN in the JSON."""
+    done = cli("bench", "--targets", "smollm2-onnx", "--prompt", "hi", "--goodput", goodput, "--json",
+               env=clean_env(), cwd=tmp_path, timeout=30)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    assert done.stderr.startswith("error: ") and fragment in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_catalog_that_is_not_utf8_exits_2(clean_env: Env, tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_bytes(b"\xff\xfe\x00garbage")
+    done = cli("targets", "--catalog", str(catalog), env=clean_env(), cwd=tmp_path, timeout=30)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith(f"error: catalog {catalog}: not UTF-8 text")
+    assert "Traceback" not in done.stderr
+
+
+def test_replay_of_a_file_that_is_not_utf8_exits_2(clean_env: Env, tmp_path: Path) -> None:
+    run_file = tmp_path / "run.json"
+    run_file.write_bytes(b"\xff\xfe\x00garbage")
+    done = cli("replay", str(run_file), env=clean_env(), cwd=tmp_path, timeout=30)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith(f"error: {run_file}: not a run file: not UTF-8 text")
+    assert "Traceback" not in done.stderr

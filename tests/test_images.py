@@ -274,3 +274,25 @@ def test_adapt_request_per_target(tmp_path: Path) -> None:
         adapt_request(request, target(vision=True, max_images=1), backend_takes_images=True)
     assert info.value.kind is ErrorKind.BAD_REQUEST
     assert "2 images attached, but T accepts at most 1" in info.value.message
+
+
+DEV_ZERO = """
+import resource
+resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))  # without the cap it would read on to this
+from playground.images import ImageError, prepare_image
+try:
+    prepare_image("/dev/zero")
+except ImageError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_a_file_that_reports_no_size_is_read_no_further_than_the_limit() -> None:
+    """/dev/zero (like a FIFO) has st_size 0: the size check alone would let it read without end."""
+    done = subprocess.run([sys.executable, "-c", DEV_ZERO], cwd=ROOT, capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    limit = images.MAX_FILE_BYTES // 2**20
+    assert done.stdout.strip() == f"zero: over {limit} MB; the limit is {limit} MB"
+
