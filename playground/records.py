@@ -154,6 +154,13 @@ def column_entry(column: Column) -> dict[str, Any]:
     }
 
 
+def replayable(document: dict[str, Any], columns: list[Column], now: float | None = None) -> dict[str, Any]:
+    """``document`` with what a replay needs (``parse_export`` checks it): the format, when, and each
+    column's timeline. Recorded so, and so in a run's JSON download, which can be imported."""
+    return {**document, "format": FORMAT, "recorded_at": time.time() if now is None else now,
+            "timelines": [column_entry(c) for c in columns]}
+
+
 def record(document: dict[str, Any], columns: list[Column], session: str, now: float | None = None,
            private: tuple[str, ...] = (), keys: Iterable[str] = ()) -> str:
     """Store a finished run; its id. ``private``: what a visitor typed that a shared run must not
@@ -161,8 +168,7 @@ def record(document: dict[str, Any], columns: list[Column], session: str, now: f
     blanked. Raises RecordError (never anything else) when it cannot."""
     now = time.time() if now is None else now
     run_id = stdlib_secrets.token_urlsafe(16)
-    stored = {**document, "format": FORMAT, "recorded_at": now,
-              "timelines": [column_entry(c) for c in columns]}
+    stored = replayable(document, columns, now)
 
     hidden = [v for v in private if v and len(v) >= 4]
     hidden += [host for v in hidden if (host := urllib.parse.urlsplit(v).hostname) and len(host) >= 4]

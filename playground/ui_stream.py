@@ -310,7 +310,7 @@ def _results(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton,
                              charts.plot_value(bench_doc, "ttft_s"), charts.plot_value(bench_doc, "decode_tokens_per_s"),
                              difference.difference_notes(bench_doc, [t.id for t in targets]))
     else:
-        csv_path, json_path = write_exports(document, folder)
+        csv_path, json_path = write_exports(records.replayable(document, columns), folder)  # importable
     return (table.postprocess(results_frame(columns, ceilings)).model_dump(),
             download.postprocess(str(csv_path)).model_dump(), download.postprocess(str(json_path)).model_dump(),
             codes, bench, recorded, ceilings)

@@ -155,6 +155,10 @@ def test_downloads_hold_the_run_without_keys(client: Client, monkeypatch: pytest
     assert document["prompt"] == "Name a colour."
     assert document["results"][0]["id"] == "smollm2-onnx"
     assert document["results"][0]["status"] == "ok"
+    from playground import records
+
+    back = records.parse_export(Path(json_path).read_text())  # what Import takes: it replays
+    assert len(back["timelines"][0]["events"]) >= 1
     header = Path(csv_path).read_text().splitlines()[0]
     for name in ("id", "backend", "ttft_s", "decode_tokens_per_s", "output_tokens", "tokens_source", "text", "prompt",
                  "env_playground", "env_python", "env_cpu", "model_file", "model_fingerprint"):
