@@ -209,6 +209,7 @@ def _validate(catalog: Catalog, prompt: str, system: str, temperature: float, to
     return (), params
 
 
+COLUMN_MIN_PX = 260
 PRESENTER_JS = """() => {
   if (!['1', 'true', 'yes'].includes(new URLSearchParams(location.search).get('presenter') || '')) return;
   document.body.classList.add('pp-presenter', 'pp-folded');
@@ -340,7 +341,8 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
                 slots, pickers, chats, lives, statuses, column_stops, codes = [], [], [], [], [], [], []
                 with gr.Row(equal_height=False, elem_id="columns"):
                     for i in range(MAX_COLUMNS):
-                        with gr.Column(visible=i < n_initial, min_width=300, elem_id=f"col-{i}",
+                        # four fit side by side in a 1280-pixel window (at 300, the fourth took a row of its own)
+                        with gr.Column(visible=i < n_initial, min_width=COLUMN_MIN_PX, elem_id=f"col-{i}",
                                        elem_classes=["pp-col"]) as slot:
                             pickers.append(gr.Dropdown(choices=choices, value=initial[i] if i < len(initial) else None,
                                                        label=f"Target {i + 1}", elem_id=f"col-{i}-target"))

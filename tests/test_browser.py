@@ -165,6 +165,10 @@ def test_layout_side_by_side_on_desktop_stacked_on_a_phone(app_url: str, page_at
     assert left["x"] + left["width"] <= right["x"], f"columns overlap at 1280x800: {box}"
     assert left["width"] >= 400 and right["width"] >= 400, box
     assert box["scrollWidth"] <= box["viewport"] + 2, f"horizontal scroll at 1280x800: {box}"
+    flow.set_parameter(desktop, "n-columns", 4)  # four still side by side (a fourth went to a row of its own)
+    desktop.wait_for_function("() => document.querySelector('#col-3')?.checkVisibility()", timeout=30_000)
+    tops = desktop.evaluate("() => [0, 1, 2, 3].map((i) => document.querySelector(`#col-${i}`).getBoundingClientRect().y)")
+    assert max(tops) - min(tops) < 2, f"four columns not on one row at 1280x800: {tops}"
 
     phone = page_at(flow.PHONE)
     flow.open_app(phone, app_url)
