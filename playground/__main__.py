@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from typing import Any
 
@@ -21,6 +22,7 @@ from playground.report import result_entry, run_document, with_environment
 from playground.runner import Column, Job, Run
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # as a shell reports a program that Ctrl+C ended
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,15 +75,39 @@ def cmd_targets(catalog: Catalog) -> int:
     return EXIT_OK
 
 
-async def _run(jobs: list[Job], quiet: bool) -> list:
-    columns = []
-    async for columns in Run(jobs).frames():
-        if not quiet:
-            states = ", ".join(f"{c.target.id}: {c.detail or c.status}" for c in columns)
-            print(f"\r\x1b[K{states}"[:200], end="", file=sys.stderr, flush=True)
+async def _run(jobs: list[Job], quiet: bool) -> tuple[list[Column], bool]:
+    """The run's columns, and whether Ctrl+C stopped it: the first Ctrl+C is the page's Stop (what
+    came so far is kept, printed and recorded); a second one interrupts at once."""
+    run = Run(jobs)
+    interrupted = False
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        nonlocal interrupted
+        interrupted = True
+        loop.remove_signal_handler(signal.SIGINT)  # the next Ctrl+C: Python's KeyboardInterrupt
+        print("\nstopping (Ctrl+C again to quit at once)…", file=sys.stderr, flush=True)
+        run.stop()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, stop)
+    except (NotImplementedError, RuntimeError):  # Windows' loop, or not the main thread: Ctrl+C as before
+        pass
+    columns: list[Column] = []
+    try:
+        async for columns in run.frames():
+            if not quiet:
+                states = ", ".join(f"{c.target.id}: {c.detail or c.status}" for c in columns)
+                print(f"\r\x1b[K{states}"[:200], end="", file=sys.stderr, flush=True)
+    finally:
+        if not interrupted:
+            try:
+                loop.remove_signal_handler(signal.SIGINT)
+            except (NotImplementedError, RuntimeError):
+                pass
     if not quiet:
         print(file=sys.stderr)
-    return columns
+    return columns, interrupted
 
 
 def _request(args: argparse.Namespace, catalog: Catalog) -> tuple[list[Target], ChatRequest, tuple[Any, ...]]:
@@ -105,7 +131,7 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
     targets, request, images = _request(args, catalog)
     params = request.params
     jobs = [Job(t, request) for t in targets]
-    columns = asyncio.run(_run(jobs, quiet=args.json or not sys.stderr.isatty()))
+    columns, interrupted = asyncio.run(_run(jobs, quiet=args.json or not sys.stderr.isatty()))
     if args.json or not args.no_record:
         document = with_environment(run_document(args.prompt, args.system, params, columns, images), targets)
     if not args.no_record:
@@ -122,6 +148,8 @@ def cmd_run(args: argparse.Namespace, catalog: Catalog) -> int:
             if entry["error"]:
                 print(f"error: {entry['error']}")
             print(figures_line(entry) + "\n")
+    if interrupted:
+        return EXIT_INTERRUPTED
     return EXIT_OK if all(c.status == "done" for c in columns) else EXIT_FAILED
 
 

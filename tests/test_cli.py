@@ -286,3 +286,31 @@ def test_replay_of_a_file_that_is_not_utf8_exits_2(clean_env: Env, tmp_path: Pat
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith(f"error: {run_file}: not a run file: not UTF-8 text")
     assert "Traceback" not in done.stderr
+
+
+def test_ctrl_c_stops_a_run_and_keeps_what_came_so_far(tmp_path: Path, clean_env: Env) -> None:
+    """The first Ctrl+C is the page's Stop: the answer so far is printed as stopped, exit 130, no traceback."""
+    import signal
+    import time
+
+    from sse_server import Script, ScriptedServer
+
+    with ScriptedServer({"slow": Script(tokens=400, ttft_s=0.05, interval_s=0.05)}) as server:
+        catalog = write_catalog(tmp_path, json.dumps({"targets": [{"id": "slow", "label": "slow", "backend": "openai",
+                                                                   "model": "slow", "base_url": server.base_url}]}))
+        proc = subprocess.Popen([sys.executable, "-m", "playground", "run", "--catalog", str(catalog), "--targets",
+                                 "slow", "--prompt", "hi", "--json", "--no-record"], env=clean_env(), cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not any(r.first_token_at for r in server.received if r.path.endswith("/chat/completions")):
+                assert time.monotonic() < deadline and proc.poll() is None, "the stream never began"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "stopping" in err
+    [result] = json.loads(out)["results"]
+    assert result["status"] == "stopped" and result["text"] and result["error"] is None
