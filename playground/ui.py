@@ -321,6 +321,10 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
     quota = public.Quota(policy.rate) if policy.public and policy.rate else None
     _remember_matplotlib_is_absent()
     full_catalog = catalog or load_catalog(settings.catalog)
+    for name, ids in (("PLAYGROUND_DEFAULT_TARGETS", settings.default_targets), ("PLAYGROUND_PUBLIC_TARGETS", policy.targets)):
+        unknown = sorted(set(ids or ()) - set(full_catalog.ids))
+        if unknown:  # a typo would start an app without the targets meant (in public mode, with none)
+            raise SettingsError(f"{name}: unknown target {unknown[0]!r} (`python -m playground targets` lists them)")
     catalog = policy.offered(full_catalog)  # what the pickers show; the API is refused the rest by name
     choices = _choices(catalog)
     initial = _initial_targets(catalog, settings, choices)

@@ -226,3 +226,19 @@ def test_max_new_tokens_that_is_not_a_whole_number_is_refused_by_name(max_tokens
     with pytest.raises(gr.Error, match="max_tokens"):
         _validate(Catalog(targets=[], defaults=[]), "hi", "", 0.7, 1.0, max_tokens, None, [])  # type: ignore[arg-type]
     assert _validate(Catalog(targets=[], defaults=[]), "hi", "", 0.7, 1.0, 64.0, None, [])[1].max_tokens == 64
+
+
+@pytest.mark.parametrize("public", [False, True])
+def test_an_unknown_target_in_the_settings_stops_the_app_naming_it(public: bool) -> None:
+    from playground.catalog import Catalog, Target
+    from playground.public import Policy
+    from playground.settings import SettingsError
+
+    catalog = Catalog(targets=[Target(id="a", label="a", backend="openai", model="m", base_url="http://127.0.0.1:9/v1")],
+                      defaults=["a"])
+    settings = Settings(host="127.0.0.1", port=None, columns=1, default_targets=[] if public else ["a", "bogus"],
+                        concurrency=8, catalog=None)
+    policy = Policy(public=public, targets=frozenset({"nope"}) if public else None)
+    name = "PLAYGROUND_PUBLIC_TARGETS: unknown target 'nope'" if public else "PLAYGROUND_DEFAULT_TARGETS: unknown target 'bogus'"
+    with pytest.raises(SettingsError, match=name):
+        build_ui(catalog, settings, policy)
