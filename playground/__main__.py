@@ -237,13 +237,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise InputError(f"--speed: must be one of {', '.join(speeds)} (got {args.speed!r})")
     try:
         path = Path(args.run)
-        document = (records.parse_export(path.read_text(encoding="utf-8")) if path.suffix == ".json" or path.is_file()
+        document = (records.read_export(path) if path.suffix == ".json" or path.is_file()
                     else records.load(args.run))
-    except OSError as exc:
-        raise InputError(f"{args.run}: cannot be read: {exc}") from None
-    except UnicodeDecodeError as exc:
-        where = f"invalid byte at offset {exc.start}"
-        raise InputError(f"{args.run}: not a run file: not UTF-8 text ({where})") from None
     except records.RecordError as exc:
         raise InputError(f"{args.run}: {exc}") from None
     print(f"replay of {when(document)}: {document['prompt'][:200]!r}", file=sys.stderr)
@@ -290,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CatalogError, InputError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl+C outside a run's first one (see _run): quit, without a traceback
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -255,9 +255,9 @@ def votes_csv(room: str, prompts: bool = True) -> str:
 
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["battle", "room", "voted_at", "target_a", "target_b", "vote", "flagged"]
+    writer.writerow(["battle", "room", "voted_at", "target_a", "target_b", "vote", "flagged", "failed"]
                     + (["prompt"] if prompts else []))
-    for r in voted(room):
-        row = [r["id"], r["room"], r["voted_at"], r["target_a"], r["target_b"], r["vote"], r["flagged"]]
+    for r in voted(room):  # failed: an answer failed, and the leaderboard leaves the vote out
+        row = [r["id"], r["room"], r["voted_at"], r["target_a"], r["target_b"], r["vote"], r["flagged"], failed(r)]
         writer.writerow([csv_safe(v) for v in row + ([r["prompt"]] if prompts else [])])
     return out.getvalue()

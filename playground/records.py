@@ -250,6 +250,17 @@ def load(run_id: str, session: str | None = None) -> dict[str, Any]:
     return json.loads(text)
 
 
+def read_export(path: Path) -> dict[str, Any]:
+    """A run file on disk, checked (``parse_export``); RecordError says what is wrong with it."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"not a run file: not UTF-8 text (invalid byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise RecordError(f"cannot be read: {exc}") from None
+    return parse_export(text)
+
+
 def parse_export(text: str) -> dict[str, Any]:
     """An exported run file, checked: what a replay reads is there, with the right shapes and
     finite times (a file from elsewhere is untrusted)."""

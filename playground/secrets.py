@@ -2,8 +2,8 @@
 
 A key reaches a user only through text: an error message, an availability reason, a notice, a
 log line, an export. ``redact`` is the one function every such path goes through (the runner for
-column errors and notices, the picker for availability reasons, a log-record factory for every
-log line); it knows each secret in the forms libraries print it: as written, stripped, escaped
+column errors and notices, the picker for availability reasons; ``redact_log``, for a log-record
+factory, adds every key a visitor typed); it knows each secret in the forms libraries print it: as written, stripped, escaped
 as Python's ``repr`` writes it (``b'Bearer sk-...\\n'``) and URL-encoded, and it blanks any
 ``Bearer ...`` or ``api-key: ...`` value whatever the key.
 """
@@ -137,11 +137,22 @@ def _forms(secret: str) -> set[str]:
     return {f for f in forms if len(f) >= MIN_SECRET_LEN and f.lower() not in NOT_SECRETS}
 
 
-@functools.lru_cache(maxsize=16)
-def _pattern_of(values: frozenset[str]) -> re.Pattern[str] | None:
-    """One regular expression for every form of every secret, built once per set of secrets."""
+def _compiled(values: frozenset[str]) -> re.Pattern[str] | None:
+    """One regular expression for every form of every secret in ``values``."""
     forms = sorted({f for s in values for f in _forms(s)}, key=len, reverse=True)  # longest first
     return re.compile("|".join(map(re.escape, forms))) if forms else None
+
+
+# each kind of set in its own cache: the environment's keys and every remembered key (for the logs)
+# change rarely, a visitor's own keys differ per run; in one cache, 17 visitors would push out the
+# logs' pattern, rebuilt then for each log line (107 ms with 3,000 remembered keys)
+_env_pattern = functools.lru_cache(maxsize=2)(_compiled)
+_own_pattern = functools.lru_cache(maxsize=64)(_compiled)
+_log_pattern = functools.lru_cache(maxsize=2)(_compiled)
+
+
+def _blank(text: str, pattern: re.Pattern[str] | None) -> str:
+    return pattern.sub(MASK, text) if pattern is not None else text
 
 
 def redact(text: str, own: Iterable[str] = ()) -> str:
@@ -152,17 +163,16 @@ def redact(text: str, own: Iterable[str] = ()) -> str:
     key would otherwise blank that in everyone's errors and records (and break a record's JSON)."""
     if not text:
         return text
-    values = _env_secrets()
+    text = _blank(text, _env_pattern(_env_secrets()))
     mine = frozenset(s for s in own if s and len(s.strip()) >= MIN_SECRET_LEN)
-    pattern = _pattern_of(values | mine if mine else values)
-    if pattern is not None:
-        text = pattern.sub(MASK, text)
+    if mine:
+        text = _blank(text, _own_pattern(mine))
     return _HEADER_VALUE.sub(lambda m: m.group(1) + MASK, text)
 
 
 def redact_log(text: str) -> str:
     """For a log line, which only the operator reads: every typed key remembered, whoever typed it."""
-    return redact(text, _remembered())
+    return redact(_blank(text, _log_pattern(_remembered())) if text else text)
 
 
 def without_secrets(env: dict[str, str]) -> dict[str, str]:

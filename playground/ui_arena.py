@@ -21,7 +21,7 @@ from playground.catalog import Catalog
 from playground.request import ChatRequest, InputError, build_messages, make_params
 from playground.runner import Column, Job, Run
 from playground.ui_errors import Refused
-from playground.ui_format import fmt_s
+from playground.ui_format import fmt_s, plain
 
 MAX_TOKENS = 256
 LIVE_S = 5.0  # the leaderboard's refresh while its tab is open
@@ -163,7 +163,7 @@ def build(catalog: Catalog, policy: public.Policy, quota: public.Quota | None,
                 speed = answer.get("decode_tokens_per_s")
                 figures = (f"TTFT {fmt_s(answer.get('ttft_s'))} · decode "
                            f"{'–' if speed is None else f'{speed:.1f}'} tok/s · tokens {answer.get('output_tokens') or '–'}")
-                failed = f" · ✗ {answer['error']}" if answer.get("error") else ""
+                failed = f" · ✗ {plain(str(answer['error']))}" if answer.get("error") else ""
                 lines.append(f"- {side} was **{labels.get(target, target)}** (`{target}`): {figures}{failed}")
             if arena.failed(row):
                 lines.append("⚠ an answer failed, so this vote is kept but not rated: it would rate which target was up.")

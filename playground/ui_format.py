@@ -30,12 +30,19 @@ class Turn:
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>&$])")
+_URL = re.compile(r"https?://[^\s<>]*[^\s<>.,;:!?)\]}'\"]")  # as a link finder reads one: not its last stop
 
 
 def plain(text: str) -> str:
     """Text that is not ours (a server's error message, which can be a whole HTML page) for a Markdown
-    line: on one line, with every character Markdown or HTML would read escaped, so it shows as itself."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+    line: on one line, with every character Markdown or HTML would read escaped, so it shows as itself.
+    A URL becomes an autolink (``<url>``): the page's Markdown links bare URLs, backslashes and all."""
+    text = " ".join(text.split())
+    out, at = [], 0
+    for url in _URL.finditer(text):
+        out += [_MARKDOWN_SPECIAL.sub(r"\\\1", text[at:url.start()]), f"<{url.group()}>"]
+        at = url.end()
+    return "".join(out) + _MARKDOWN_SPECIAL.sub(r"\\\1", text[at:])
 
 
 def fmt_s(value: float | None) -> str:
@@ -153,13 +160,15 @@ def transcript(history: list[Turn], prompt: str | None = None, live: Column | No
     return messages
 
 
-def live_answer(live: Column, plain: bool = False) -> str:
-    """The answer in progress: its text, its error, or its state (in Markdown italics unless ``plain``)."""
-    mark = "" if plain else "*"
+def live_answer(live: Column, as_text: bool = False) -> str:
+    """The answer in progress: its text, its error, or its state (in Markdown italics unless ``as_text``)."""
+    mark = "" if as_text else "*"
+    shown = (lambda s: s) if as_text else plain
     answer = live.text
     if live.status == "error":
-        return f"{answer}\n\n{mark}✗ {live.error}{mark}" if answer else f"{mark}✗ {live.error}{mark}"
-    return answer or f"{mark}{live.detail or live.status}…{mark}"
+        error = shown(live.error or "")
+        return f"{answer}\n\n{mark}✗ {error}{mark}" if answer else f"{mark}✗ {error}{mark}"
+    return answer or f"{mark}{shown(live.detail or live.status)}…{mark}"
 
 
 def finished_turn(prompt: str, column: Column) -> Turn:

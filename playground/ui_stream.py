@@ -310,7 +310,8 @@ def _results(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton,
                              charts.plot_value(bench_doc, "ttft_s"), charts.plot_value(bench_doc, "decode_tokens_per_s"),
                              difference.difference_notes(bench_doc, [t.id for t in targets]))
     else:
-        csv_path, json_path = write_exports(records.replayable(document, columns), folder)  # importable
+        recorded_at = plan.replay.get("recorded_at") if plan.replay is not None else None  # a replay: the original's
+        csv_path, json_path = write_exports(records.replayable(document, columns, recorded_at), folder)  # importable
     return (table.postprocess(results_frame(columns, ceilings)).model_dump(),
             download.postprocess(str(csv_path)).model_dump(), download.postprocess(str(json_path)).model_dump(),
             codes, bench, recorded, ceilings)
@@ -395,7 +396,7 @@ async def page_values(plan: Plan, stream: AsyncIterator[Frame]) -> AsyncIterator
                 chats[i] = wire_messages(transcript(frame.outcome.histories[i]))
             lives: list[Any] = [""] * MAX_COLUMNS  # an empty live box hides itself (ui.CSS)
         else:
-            lives = [live_answer(c, plain=True) for c in frame.columns] + [""] * (MAX_COLUMNS - plan.count)
+            lives = [live_answer(c, as_text=True) for c in frame.columns] + [""] * (MAX_COLUMNS - plan.count)
         out = frame.outcome
         if out is not None:
             states = [out.histories, (out.table, out.csv_file, out.json_file, out.codes, out.bench, out.recorded)]

@@ -276,6 +276,33 @@ async def test_a_backend_that_raises_anything_fails_only_its_column_as_an_intern
     assert (limited.error_kind, limited.error) == (ErrorKind.RATE_LIMITED, "slow down")
 
 
+async def test_a_visitors_typed_key_is_blanked_in_their_own_run_and_only_there() -> None:
+    """The runner blanks the keys of the run's visitor in what a backend says (a notice, an error);
+    another visitor's run keeps the same words: a key typed as "hello" must not blank everyone's."""
+    from playground.errors import READY, BackendError
+    from playground.events import Notice
+    from playground.secrets import Credentials
+
+    key = "visitor-key-0123456789"
+
+    class Echoing:
+        def availability(self) -> Any:
+            return READY
+
+        async def stream(self, request: ChatRequest) -> Any:
+            yield Notice(f"sent {key}")
+            raise BackendError(ErrorKind.SERVER, f"the server says {key} is wrong")
+
+    t = target("http://127.0.0.1:9/v1", "m")
+    typed = Credentials({"PLAYGROUND_USER_API_KEY": key}, False, frozenset({"PLAYGROUND_USER_API_KEY"}))
+    mine = ChatRequest((Message("user", "hello"),), credentials=typed)
+    theirs = ChatRequest((Message("user", "hello"),))
+    (a,), (b,) = [(await drain(Run([Job(t, r)], backends=[Echoing()])))[0][-1].columns  # type: ignore[list-item]
+                  for r in (mine, theirs)]
+    assert (a.notices, a.error) == (["sent ***"], "the server says *** is wrong")
+    assert (b.notices, b.error) == ([f"sent {key}"], f"the server says {key} is wrong")
+
+
 def test_the_internal_error_shape_is_written_once() -> None:
     """``BackendError.wrap`` names an unexpected exception's type; nothing else builds that message."""
     import re

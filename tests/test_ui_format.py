@@ -97,16 +97,24 @@ def test_the_token_chart_shows_a_stall_as_dots_and_a_burst_as_a_tall_bar() -> No
 def test_a_servers_error_page_shows_as_text_not_as_markdown_or_html() -> None:
     from markdown_it import MarkdownIt
 
+    from playground.ui_format import live_answer
+
     column = done_column()
-    column.status, column.error = "error", "502 server error (<html><h1>502 Bad Gateway</h1>\n<hr>nginx</html>) " \
+    column.status, column.error = "error", "502 server error from https://my-host.example.com/v1 " \
+                                           "(<html><h1>502 Bad Gateway</h1>\n<hr>nginx</html>) " \
                                            "sent 'Bearer ***', ***)) [here](http://x) api-key=)*"
     column.notices.append("# not a heading <b>nor bold</b>")
     render = MarkdownIt("commonmark").render
-    for line in (status_markdown(column), transcript([finished_turn("q", column)])[1]["content"]):
+    lines = [status_markdown(column), transcript([finished_turn("q", column)])[1]["content"], live_answer(column)]
+    for line in lines:
         html = render(line)
-        assert "<h1>" not in html and "<b>" not in html and "<a " not in html
+        assert "<h1>" not in html and "<b>" not in html
         assert "&lt;h1&gt;502 Bad Gateway&lt;/h1&gt;" in html  # every character of the message is still there
-        assert "'Bearer ***', ***)) [here](http://x) api-key=)*" in html
+        assert "'Bearer ***', ***)) [here](" in html and ") api-key=)*" in html
+        # a URL stays whole and links where it says, as an autolink (the page's Markdown links bare URLs,
+        # and would keep the backslashes that escape the rest)
+        assert '<a href="https://my-host.example.com/v1">https://my-host.example.com/v1</a>' in html
+        assert '<a href="http://x">http://x</a>' in html and html.count("<a ") == 2
     assert "# not a heading &lt;b&gt;nor bold&lt;/b&gt;" in render(status_markdown(column))
 
 

@@ -160,8 +160,9 @@ def test_one_column_can_be_stopped_while_the_other_finishes(client: Client) -> N
     assert "■" in statuses[0] and "✓" in statuses[1], statuses[:2]
     slow_answer = text_of(final[0][-1])
     assert 0 < len(slow_answer) < len(" ".join(f"t{i}" for i in range(400))), "the stopped column keeps its partial text"
-    with pytest.raises(Exception, match="column: must be a number from 0 to 5"):
-        client.predict(9, api_name="/stop_column")
+    for wrong in (9, 1.5, -1):  # 1.5 is no column (it was rounded to 2, and stopped that one)
+        with pytest.raises(Exception, match="column: must be a whole number from 0 to 5"):
+            client.predict(wrong, api_name="/stop_column")
 
 
 def test_benchmark_mode_through_the_api_repeats_each_column_and_reports_statistics(
