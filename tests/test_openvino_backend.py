@@ -153,6 +153,16 @@ async def test_two_sessions_share_one_loaded_model(target: Target) -> None:
     assert [k for k in local.loaded_models() if k.startswith("openvino:")] == [make_backend(target).key]
 
 
+async def test_a_prompt_longer_than_the_tokenizer_reads_is_refused_not_cut(target: Target) -> None:
+    """OpenVINO's tokenizer keeps the last 8,192 tokens of a longer prompt: the answer would come, as
+    if whole, to the prompt's end alone."""
+    with pytest.raises(BackendError, match="prompt too long: more than 8,192 tokens"):
+        await collect(target, chat("Count the words. " + "word " * 9000, 4))
+    events = await collect(target, chat("word " * 3000 + "Say hi.", 2))  # long, but within what it reads
+    assert any(isinstance(e, Finished) for e in events)
+    assert [e.prompt_tokens for e in events if isinstance(e, Usage)][0] > 3000
+
+
 async def test_images_are_refused_by_name(target: Target) -> None:
     image = PreparedImage(name="x.png", mime="image/png", data=b"\x89PNG", width=1, height=1)
     request = ChatRequest(build_messages("What is this?", images=(image,)), make_params(max_tokens=4))

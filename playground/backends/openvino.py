@@ -97,6 +97,9 @@ class OpenVinoBackend(GgufBackend):
         prompt = tokenizer.apply_chat_template(request.as_dicts(), add_generation_prompt=True)
         inputs = tokenizer.encode(prompt, add_special_tokens=False)  # the template wrote the special tokens
         n_prompt = int(inputs.input_ids.shape[1])
+        if _cut(tokenizer, prompt, n_prompt):
+            raise BackendError(ErrorKind.BAD_REQUEST, f"prompt too long: more than {n_prompt:,} tokens, the most "
+                                                      f"OpenVINO's tokenizer for {self.target.label} reads")
         decoder = local.IncrementalDecoder(lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
 
         def run(tokens: local.Tokens) -> list[Event] | None:
@@ -120,6 +123,17 @@ class OpenVinoBackend(GgufBackend):
 
         local.generate(self.key, self.target.label, n_prompt, params.max_tokens, self.target.context_length,
                        emit, stop, decoder.push, pipeline.eos.__contains__, run)
+
+
+PROBE = "\n\n probe probe probe"  # a few tokens of its own, whatever precedes it
+
+
+def _cut(tokenizer: Any, prompt: str, n_prompt: int) -> bool:
+    """Whether the tokenizer cut ``prompt``. OpenVINO's tokenizer of a GGUF keeps at most its context
+    of tokens (8,192 for SmolLM2), dropping the start of a longer prompt silently, whatever
+    ``truncation`` and ``max_length`` say (openvino-genai 2026.4): the prompt and a few tokens more
+    then count the same."""
+    return int(tokenizer.encode(prompt + PROBE, add_special_tokens=False).input_ids.shape[1]) <= n_prompt
 
 
 def fresh_prompts(ov: Any) -> Any:
