@@ -215,6 +215,10 @@ class LlamaCppBackend(GgufBackend):
                 if threads != llama_cpp.llama_n_threads(llm.ctx):
                     llama_cpp.llama_set_n_threads(llm.ctx, threads, threads)
                 llm.set_seed(params.seed if params.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
+                # llama.cpp times a prompt from its first decode call to the next synchronisation, which a
+                # decode aborted by Stop never reached: without one here this prompt's evaluation would
+                # count from the aborted one's start (9.86 s reported for a 221 ms TTFT)
+                llama_cpp.llama_synchronize(llm.ctx)
                 llama_cpp.llama_perf_context_reset(llm.ctx)
                 tokens.request_sent()
                 generator = llm.generate(ids, temp=params.temperature, top_p=params.top_p)
