@@ -99,11 +99,15 @@ def across_targets(targets: list[Target], results: list[list[Any]]) -> list[dict
         if len({t.id for t, _ in members}) < 2:
             continue
         entry: dict[str, Any] = {"model": model, "targets": [t.id for t, _ in members]}
-        difference = first_difference([text for _, text in members], [t for t, _ in members])
-        entry["identical"] = difference is None
-        if difference is not None:
-            entry["first_difference"] = {"target": members[difference.index][0].id, "against": members[0][0].id,
-                                         **difference.as_dict()}
+        (first, reference), differences = members[0], []
+        for target, text in members[1:]:  # each against the first: one that differs says nothing of the others
+            difference = first_difference([reference, text], [first, target])
+            if difference is not None:
+                differences.append({"target": target.id, "against": first.id, **difference.as_dict()})
+        entry["identical"] = not differences
+        if differences:
+            entry["differences"] = differences
+            entry["first_difference"] = min(differences, key=lambda d: d["character"])  # the earliest
         compared.append(entry)
     return compared
 
@@ -126,9 +130,9 @@ def across_text(entry: dict[str, Any]) -> str:
     """One line on the greedy answers of one model's targets."""
     if entry["identical"]:
         return f"greedy answers of {entry['model']}: identical on {', '.join(entry['targets'])}"
-    d = entry["first_difference"]
-    return (f"greedy answers of {entry['model']}: {d['target']} leaves {d['against']} at {where(d)}, "
-            f"after {d['common'][-20:]!r}: {d['ours']!r} where {d['against']} has {d['theirs']!r}")
+    return f"greedy answers of {entry['model']}: " + "; ".join(
+        f"{d['target']} leaves {d['against']} at {where(d)}, after {d['common'][-20:]!r}: {d['ours']!r} where "
+        f"{d['against']} has {d['theirs']!r}" for d in entry.get("differences") or [entry["first_difference"]])
 
 
 def difference_notes(document: dict[str, Any], column_targets: list[str]) -> dict[int, str]:
@@ -136,10 +140,11 @@ def difference_notes(document: dict[str, Any], column_targets: list[str]) -> dic
     same model, and where one of its repeats left its first run's (the differing token marked)."""
     notes: dict[int, list[str]] = {}
     for entry in document.get("across_targets", []):
-        d = entry.get("first_difference")
-        if d is not None and d["target"] in column_targets:
-            notes.setdefault(column_targets.index(d["target"]), []).append(
-                f"≠ leaves {d['against']}'s greedy answer at {where(d)}: {_marked(d, d['against'])}")
+        first = entry.get("first_difference")
+        for d in entry.get("differences") or ([first] if first else []):  # an older file has the first alone
+            if d["target"] in column_targets:
+                notes.setdefault(column_targets.index(d["target"]), []).append(
+                    f"≠ leaves {d['against']}'s greedy answer at {where(d)}: {_marked(d, d['against'])}")
     for column, entry in enumerate(document.get("targets", [])):
         d = entry.get("first_difference")
         if d is not None and column < len(column_targets):

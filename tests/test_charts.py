@@ -75,19 +75,22 @@ def test_chart_rows_drop_the_part_every_label_shares() -> None:
 
 def test_greedy_answers_of_one_model_are_compared_and_the_difference_noted_in_its_column() -> None:
     targets = [Target(id=i, label=i, backend="openai", model="m", base_url="http://127.0.0.1:9/v1") for i in "abc"]
-    texts = {"a": "The sky is *blue*", "b": "The sky is *blue*", "c": "The sky appears blue"}
+    targets.append(Target(id="d", label="d", backend="openai", model="m", base_url="http://127.0.0.1:9/v1"))
+    texts = {"a": "The sky is *blue*", "b": "The sky is *blue*", "c": "The sky appears blue", "d": "A sky"}
     results = [[Sample(t.id, 1, False, False, "done", None, texts[t.id], 0.1, 10, None, None, 1.0, 5, "server")]
                for t in targets]
     request = ChatRequest(build_messages("hi"), make_params(temperature=0.0))
     doc = repeats.document(targets, results, request, "hi", 1, 0, None)
     [entry] = doc["across_targets"]
-    assert entry["identical"] is False and entry["targets"] == ["a", "b", "c"]
-    assert entry["first_difference"] == {  # model "m": no tokenizer here, so by words, and it says so
+    assert entry["identical"] is False and entry["targets"] == ["a", "b", "c", "d"]
+    assert entry["differences"][0] == {  # model "m": no tokenizer here, so by words, and it says so
         "target": "c", "against": "a", "token": 3, "unit": "words split at whitespace", "character": 7,
         "common": "The sky", "theirs": " is", "ours": " appears", "theirs_after": " *blue*", "ours_after": " blue"}
-    notes = difference_notes(doc, ["a", "b", "c"])
-    assert list(notes) == [2]  # only the column that left the first one's answer
-    assert "word 3 (words split at whitespace)" in notes[2]
+    # each is compared with the first: d leaves it at the first word, before c does
+    assert [d["target"] for d in entry["differences"]] == ["c", "d"] and entry["first_difference"]["target"] == "d"
+    notes = difference_notes(doc, ["a", "b", "c", "d"])
+    assert list(notes) == [2, 3]  # only the columns that left the first one's answer
+    assert "word 3 (words split at whitespace)" in notes[2] and "word 1" in notes[3]
     assert "**[appears]** blue" in notes[2] and r"**[is]** \*blue\*" in notes[2]
     sampled = repeats.document(targets, results, ChatRequest(build_messages("hi"), make_params(temperature=0.7)),
                                "hi", 1, 0, None)
