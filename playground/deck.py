@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from playground import records
+from playground.images import ImageError, prepare_images
 from playground.request import MAX_NEW_TOKENS_LIMIT, MAX_PROMPT_CHARS
 from playground.settings import MAX_COLUMNS
 
@@ -64,11 +66,23 @@ def load(path: str | Path) -> list[Step]:
             problem = exc.errors()[0]
             field = ".".join(str(p) for p in problem["loc"]) or "step"
             raise DeckError(f"{file}: step {number}: {field}: {problem['msg']}") from None
+        # each file read now, as a step would: found broken at start-up, not by the presenter mid-talk
         for image in step.images or []:
             if not resolve(image, file).is_file():
                 raise DeckError(f"{file}: step {number}: images: no file {image!r}")
-        if step.replay and step.replay.endswith(".json") and not resolve(step.replay, file).is_file():
-            raise DeckError(f"{file}: step {number}: replay: no file {step.replay!r}")
+            try:
+                prepare_images([resolve(image, file)])
+            except ImageError as exc:
+                raise DeckError(f"{file}: step {number}: images: {exc}") from None
+        if step.replay:
+            kind, run_file = replay_source(step, file)
+            if kind == "file" and run_file is not None and not run_file.is_file():
+                raise DeckError(f"{file}: step {number}: replay: no file {step.replay!r}")
+            if kind == "file" and run_file is not None:
+                try:
+                    records.read_export(run_file)
+                except records.RecordError as exc:
+                    raise DeckError(f"{file}: step {number}: replay: {step.replay}: {exc}") from None
         steps.append(step)
     return steps
 

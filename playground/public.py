@@ -156,8 +156,8 @@ class Quota:
             return None
 
     def refusal(self, wait_s: float) -> str:
-        return (f"Run limit reached: {self.rate.describe()} per visitor on this public Space. "
-                f"The next run is allowed in {math.ceil(wait_s)} s.")
+        return (f"Run limit reached: {self.rate.describe()} per visitor on this public Space, and as many per "
+                f"network address (visitors behind one share them). The next run is allowed in {math.ceil(wait_s)} s.")
 
     def status(self, keys: list[str]) -> str:
         left = max(0, self.left(keys))

@@ -686,7 +686,7 @@ def build_ui(catalog: Catalog | None = None, settings: Settings | None = None,
         for number, step in enumerate(steps, start=1):
             unknown = [t for t in step.targets or [] if t not in full_catalog.ids]
             if unknown:
-                raise SettingsError(f"PLAYGROUND_DECK: step {number}: targets: unknown target {unknown[0]!r}")
+                raise SettingsError(f"PLAYGROUND_DECK: {deck_file()}: step {number}: targets: unknown target {unknown[0]!r}")
 
         def deck_values(at: int) -> list[Any]:
             """Step ``at`` in the page: its line, prompt, system prompt, parameters, columns, targets."""

@@ -247,7 +247,8 @@ def test_a_deck_is_read_and_a_bad_one_stops_the_app_with_its_step_and_field(tmp_
 
     good = tmp_path / "deck.yaml"
     good.write_text("- prompt: Hi\n  targets: [smollm2-onnx]\n  temperature: 0\n- prompt: Bye\n  replay: run.json\n")
-    (tmp_path / "run.json").write_text("{}")
+    (tmp_path / "run.json").write_text(json.dumps({"format": 1, "prompt": "Hi", "parameters": {},
+                                                   "results": [{"text": "Hello"}], "timelines": [{"events": []}]}))
     steps = deck.load(good)
     assert [s.prompt for s in steps] == ["Hi", "Bye"] and steps[0].temperature == 0
     assert deck.replay_source(steps[1], good) == ("file", tmp_path / "run.json")
@@ -281,4 +282,13 @@ def test_a_deck_step_must_name_files_that_exist(tmp_path: Path) -> None:
         deck.load(bad)
     bad.write_text("- prompt: Hi\n  max_tokens: 999999\n")
     with pytest.raises(deck.DeckError, match="step 1: max_tokens"):
+        deck.load(bad)
+    # files that are there but unusable are found at start-up too, not when the presenter reaches them
+    (tmp_path / "broken.json").write_text("{}")
+    bad.write_text("- prompt: Hi\n  replay: broken.json\n")
+    with pytest.raises(deck.DeckError, match="step 1: replay: broken.json: not a run file"):
+        deck.load(bad)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    bad.write_text("- prompt: Hi\n  images: [broken.png]\n")
+    with pytest.raises(deck.DeckError, match="step 1: images: broken.png"):
         deck.load(bad)
