@@ -172,7 +172,8 @@ def score(samples: list[Sample], index: dict[Key, list[Received]], scripts: dict
 def from_results(results: list[dict[str, Any]], prompt: str) -> list[Stream]:
     """Streams from the app's JSON results (``run --json`` / the JSON download)."""
     return [Stream((r["model"], prompt), r.get("ttft_s"), r.get("decode_tokens_per_s"), r.get("clock_lag_ms"),
-                   None if r.get("status") == "ok" else str(r.get("error"))) for r in results]
+                   None if r.get("status") == "ok" else "stopped" if r.get("status") == "stopped" else str(r.get("error")))
+            for r in results]
 
 
 def from_table(headers: list[str], rows: list[list[Any]], prompt: str,
