@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -62,6 +63,14 @@ ECHOED = ("f401", "f403", "f429", "f500")  # the server sends the key back in it
 # every key form meets every fault; "header" is the control key's own (a header cannot carry it)
 CROSSED = [name for name in OPENAI_FAULTS if name != "header"] + ["f404", "refused"]
 OLLAMA_FAULTS = ["401", "403", "429", "500", "502", "malformed", "cut", "error_line", "hang"]
+
+
+def shown(value: Any) -> str:
+    """What a page shows of Markdown (the columns escape what a server said): its backslash escapes
+    undone in every string, so that an escaped canary ("sk\\-...") is found as the canary."""
+    from playground.records import map_strings
+
+    return json.dumps(map_strings(value, lambda text: re.sub(r"\\(.)", r"\1", text)), default=str)
 
 
 def leaks(text: str) -> list[str]:
@@ -151,8 +160,9 @@ def test_no_canary_on_any_surface_through_any_fault(app: tuple[str, io.StringIO]
         final = frames[-1]
         statuses = final[MAX_COLUMNS:MAX_COLUMNS + len(batch)]
         for target_id, status in zip(batch, statuses):
-            seen[target_id] = str(status)
+            seen[target_id] = json.loads(shown(str(status)))
         seen[f"frames {batch}"] = json.dumps(frames, default=str)
+        seen[f"frames {batch}, as shown"] = shown(frames)
         for update in final[2 * MAX_COLUMNS + 1:2 * MAX_COLUMNS + 3]:  # the CSV and JSON downloads
             path = update["value"] if isinstance(update, dict) else update
             seen[f"download {path}"] = Path(path).read_text(encoding="utf-8")
@@ -230,14 +240,15 @@ def test_no_canary_through_the_measurement_process(app: tuple[str, io.StringIO],
             measure_process._worker.close()
             measure_process._worker = None
     final = job.outputs()[-1]
-    statuses = [str(s) for s in final[MAX_COLUMNS:MAX_COLUMNS + len(batch)]]
+    statuses = [json.loads(shown(str(s))) for s in final[MAX_COLUMNS:MAX_COLUMNS + len(batch)]]
     for target_id, status in zip(batch, statuses):
         if "f502" not in target_id and "malformed" not in target_id:
             assert "***" in status, (target_id, status)  # the echoed key reached the child and was redacted there
     captured = capfd.readouterr()
     assert f"child {pid} logs at DEBUG" in captured.err, "the child's stderr was not captured"
     assert "HTTP Request: POST http://127.0.0.1" in captured.err, "the child logged nothing of the runs"
-    seen = {"frames": json.dumps(job.outputs(), default=str), "stdout": captured.out, "stderr": captured.err,
+    seen = {"frames": json.dumps(job.outputs(), default=str), "frames, as shown": shown(job.outputs()),
+            "stdout": captured.out, "stderr": captured.err,
             "log": log.getvalue()}
     leaked = {where: leaks(text) for where, text in seen.items() if leaks(text)}
     assert not leaked, leaked
