@@ -19,20 +19,24 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
+from pathlib import Path
 from typing import IO, AsyncIterator
 
-from playground import models, secrets, settings
+from playground import models, secrets, settings, with_parent
 from playground.errors import BackendError, ErrorKind
 
 
 LAYER_LINE = re.compile(r"Reading layer (\d+)")
 
 
-async def _run(cmd: list[str], on_line: "callable[[str], str | None]") -> AsyncIterator[str]:
+async def _run(module: str, args: list[str], on_line: "callable[[str], str | None]") -> AsyncIterator[str]:
+    """``python -m module args``, ended with this process even when it is killed (``with_parent``)."""
     # the build reads a local GGUF and needs no key: a crash dump or a builder's log cannot show one
-    env = dict(secrets.without_secrets(dict(os.environ)), PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
+    env = with_parent.env_for_child(dict(secrets.without_secrets(dict(os.environ)), PYTHONUNBUFFERED="1",
+                                         TQDM_DISABLE="1"))
     proc = await asyncio.create_subprocess_exec(
-        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
+        sys.executable, "-m", "playground.with_parent", module, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
     )
     tail: deque[str] = deque(maxlen=15)
     try:
@@ -50,7 +54,7 @@ async def _run(cmd: list[str], on_line: "callable[[str], str | None]") -> AsyncI
             await proc.wait()
     if code != 0:
         detail = " | ".join(t for t in tail if t.strip())[-600:]
-        raise BackendError(ErrorKind.INTERNAL, f"building the ONNX model failed ({cmd[2]}): {detail}")
+        raise BackendError(ErrorKind.INTERNAL, f"building the ONNX model failed ({module}): {detail}")
 
 
 async def _take_build_lock(lock_file: IO[str]) -> AsyncIterator[str]:
@@ -77,6 +81,7 @@ async def ensure_bundled_onnx() -> AsyncIterator[str]:
     """Yield progress lines until the cached ONNX model is ready (instant when cached)."""
     final = models.bundled_onnx_dir()
     if models.is_complete(final):
+        _sweep_once(final)
         return
     gguf = models.bundled_gguf()
     if gguf is None:
@@ -94,7 +99,7 @@ async def ensure_bundled_onnx() -> AsyncIterator[str]:
         work.mkdir(parents=True)
         try:
             yield "building ONNX model (first run only): dequantizing GGUF…"
-            async for line in _run([sys.executable, "-m", "playground.dequantize", str(gguf), str(hf_dir)], lambda _: None):
+            async for line in _run("playground.dequantize", [str(gguf), str(hf_dir)], lambda _: None):
                 yield line
             layers = json.loads((hf_dir / "config.json").read_text())["num_hidden_layers"]
 
@@ -105,9 +110,8 @@ async def ensure_bundled_onnx() -> AsyncIterator[str]:
                     return f"building ONNX model (first run only): layer {done}/{layers} ({100 * done // layers}%)"
                 return "building ONNX model (first run only): saving…" if "Saving ONNX" in line else None
 
-            cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir),
-                   "-o", str(out_dir), "-p", "int4", "-e", "cpu", "-c", str(work / "cache")]
-            async for line in _run(cmd, layer_progress):
+            args = ["-i", str(hf_dir), "-o", str(out_dir), "-p", "int4", "-e", "cpu", "-c", str(work / "cache")]
+            async for line in _run("onnxruntime_genai.models.builder", args, layer_progress):
                 yield line
             if not (out_dir / "genai_config.json").is_file():
                 raise BackendError(ErrorKind.INTERNAL, "building the ONNX model left no genai_config.json")
@@ -118,6 +122,27 @@ async def ensure_bundled_onnx() -> AsyncIterator[str]:
     finally:
         fcntl.flock(lock_file, fcntl.LOCK_UN)
         lock_file.close()
+
+
+_swept = False
+
+
+def _sweep_once(final: Path) -> None:
+    """Once a process, half-built folders beside a complete cache (an app killed mid-build left one),
+    removed under the build lock; skipped while another process holds it."""
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    with open(final.parent / (final.name + ".lock"), "w") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        try:
+            models.remove_stale(final)
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 _lock = threading.Lock()

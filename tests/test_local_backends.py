@@ -35,6 +35,8 @@ BUNDLED = ("smollm2-transformers", "smollm2-onnx")
 SHORT_PROMPT = "What is the capital of France? Answer in one short sentence."
 LONG_PROMPT = "Write a long, detailed story about a dragon who learns to fly. Use many paragraphs."
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="session")
 def onnx_model_dir(bundled_gguf: Path) -> Path:
@@ -352,9 +354,10 @@ def tmp_cache(tmp_path: Path, monkeypatch) -> Path:
 def fake_builder(calls: list[list[str]], fail: bool = False):
     """Stands in for the two build subprocesses: writes what they would, reports builder-style lines."""
 
-    async def fake_run(cmd: list[str], on_line: Callable[[str], str | None]) -> AsyncIterator[str]:
+    async def fake_run(module: str, args: list[str], on_line: Callable[[str], str | None]) -> AsyncIterator[str]:
+        cmd = [module, *args]
         calls.append(cmd)
-        if "playground.dequantize" in cmd:
+        if module == "playground.dequantize":
             hf_dir = Path(cmd[-1])
             hf_dir.mkdir(parents=True)
             (hf_dir / "config.json").write_text(json.dumps({"num_hidden_layers": 2}))
@@ -542,16 +545,53 @@ def test_a_seeded_transformers_sample_draws_from_its_own_generator_not_torchs_gl
     assert torch.isfinite(out).sum() == 1  # generate's own draw has one choice
 
 
-def test_the_onnx_build_subprocesses_start_without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_onnx_build_subprocesses_start_without_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("GITHUB_TOKEN", "ghp_canary_build_0123456789")
     monkeypatch.setenv("PLAYGROUND_BUILD_PROBE", "seen")
-    script = ("import os; print(sorted(k for k in os.environ if 'TOKEN' in k)); "
-              "print(os.environ.get('PLAYGROUND_BUILD_PROBE'))")
+    (tmp_path / "probe_env.py").write_text("import os; print(sorted(k for k in os.environ if 'TOKEN' in k)); "
+                                           "print(os.environ.get('PLAYGROUND_BUILD_PROBE'))")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(ROOT)]))
 
     async def lines() -> list[str]:
-        return [line async for line in onnx_build._run([sys.executable, "-c", script], lambda line: line)]
+        return [line async for line in onnx_build._run("probe_env", [], lambda line: line)]
 
     assert asyncio.run(lines()) == ["[]", "seen"]  # keys gone, the rest kept
+
+
+def test_a_build_step_ends_when_the_app_that_started_it_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the app mid-build: its build child ran on, re-parented, a minute at a full core, and
+    wrote into a cache folder nothing removed (``with_parent``)."""
+    import psutil
+
+    app = ("import os, subprocess, sys, time; from playground.with_parent import env_for_child; "
+           "child = subprocess.Popen([sys.executable, '-m', 'playground.with_parent', 'timeit', '-n', '1', '-r', '1', "
+           "'import time; time.sleep(60)'], env=env_for_child(dict(os.environ))); print(child.pid, flush=True); "
+           "time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", app], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child = psutil.Process(int(parent.stdout.readline()))
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the build step outlived the app"
+            time.sleep(0.1)
+    finally:
+        parent.kill()
+    done = subprocess.run([sys.executable, "-m", "playground.with_parent", "timeit", "-n", "1", "-r", "1", "pass"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "loop" in done.stdout, done  # with its parent alive, the module runs as -m would
+
+
+def test_a_folder_a_killed_build_left_beside_a_complete_cache_is_removed(tmp_cache: Path, monkeypatch) -> None:
+    tmp_cache.mkdir(parents=True)
+    models.mark_complete(tmp_cache, "test")
+    left = tmp_cache.with_name(tmp_cache.name + ".tmp-4242")
+    (left / "hf").mkdir(parents=True)
+    monkeypatch.setattr(onnx_build, "_swept", False)
+    assert asyncio.run(collect(ensure_bundled_onnx())) == []
+    assert not left.exists() and models.is_complete(tmp_cache)
 
 
 TEMPLATE_PROMPT_TOKENS = 34  # "Name three colours." in SmolLM2's chat template (its default system turn included)
