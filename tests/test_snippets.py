@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,6 @@ from tests.test_local_backends import onnx_model_dir  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "sk-snippet-SECRET-5150"
-# On this kind of VM the CPU reports AMX that faults, and llama.cpp would use it; the playground
-# loads around it (llama_cpp.plain_weight_buffers), and so does the program here, for the test only.
-AROUND_AMX = ("from playground.backends.llama_cpp import plain_weight_buffers\n"
-              "_around_amx = plain_weight_buffers()\n_around_amx.__enter__()\n")
 
 
 def chat(**params: Any) -> ChatRequest:
@@ -31,9 +28,14 @@ def chat(**params: Any) -> ChatRequest:
                        make_params(temperature=0, max_tokens=8, **params))
 
 
-def run(code: str, env: dict[str, str], prefix: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", prefix + code], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT, env=env)
+def run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The snippet as a user runs it: a file of its own, in a folder of its own (the playground's
+    package is not importable there)."""
+    with tempfile.TemporaryDirectory() as folder:
+        program = Path(folder) / "snippet.py"
+        program.write_text(code, encoding="utf-8")
+        return subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=300,
+                              cwd=folder, env=env)
 
 
 def test_the_openai_snippet_answers_and_reads_its_key_from_the_variable(clean_env: Any) -> None:
@@ -80,6 +82,15 @@ def test_the_ollama_snippet_answers(clean_env: Any) -> None:
     assert body["options"]["num_predict"] == 8 and body["messages"][1]["content"] == "Name a colour."
 
 
+def test_the_ollama_snippet_sends_ollama_api_key_to_ollama_host_only(clean_env: Any) -> None:
+    """As the app: a target on a host of its own gets no key (the stub echoes what it was sent)."""
+    with OllamaStub(modes={"phi3.5": "401"}) as stub:
+        target = Target(id="o", label="ollama", backend="ollama", model="phi3.5", base_url=stub.base_url)
+        done = run(snippet(target, chat()), clean_env(OLLAMA_API_KEY=KEY))
+    assert done.returncode != 0 and "unauthorized: key ''" in done.stderr, done.stderr[-1500:]
+    assert KEY not in done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("target_id", ["smollm2-llamacpp", "smollm2-openvino", "smollm2-transformers",
                                        "smollm2-onnx"])
 def test_each_local_snippet_answers_on_the_bundled_model(target_id: str, builtin_catalog: Catalog,
@@ -91,8 +102,7 @@ def test_each_local_snippet_answers_on_the_bundled_model(target_id: str, builtin
     if target_id == "smollm2-onnx":
         request.getfixturevalue("onnx_model_dir")
     code = snippet(builtin_catalog.get(target_id), chat())
-    done = run(code, clean_env(), AROUND_AMX if target_id == "smollm2-llamacpp" else "")
+    done = run(code, clean_env())  # as shown: llama.cpp's loads its weights as the app does (AMX faults here)
     assert done.returncode == 0, done.stderr[-1500:]
     assert done.stdout.strip(), "the program printed no answer"
-    compile(code, target_id, "exec")  # and it stands alone, without the test's prefix
 
