@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import threading
 import time
 from collections import deque
@@ -32,10 +31,9 @@ LAYER_LINE = re.compile(r"Reading layer (\d+)")
 async def _run(module: str, args: list[str], on_line: "callable[[str], str | None]") -> AsyncIterator[str]:
     """``python -m module args``, ended with this process even when it is killed (``with_parent``)."""
     # the build reads a local GGUF and needs no key: a crash dump or a builder's log cannot show one
-    env = with_parent.env_for_child(dict(secrets.without_secrets(dict(os.environ)), PYTHONUNBUFFERED="1",
-                                         TQDM_DISABLE="1"))
+    env = dict(secrets.without_secrets(dict(os.environ)), PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "playground.with_parent", module, *args,
+        *with_parent.command(module, *args),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
     )
     tail: deque[str] = deque(maxlen=15)

@@ -563,10 +563,9 @@ def test_a_build_step_ends_when_the_app_that_started_it_is_killed(tmp_path: Path
     wrote into a cache folder nothing removed (``with_parent``)."""
     import psutil
 
-    app = ("import os, subprocess, sys, time; from playground.with_parent import env_for_child; "
-           "child = subprocess.Popen([sys.executable, '-m', 'playground.with_parent', 'timeit', '-n', '1', '-r', '1', "
-           "'import time; time.sleep(60)'], env=env_for_child(dict(os.environ))); print(child.pid, flush=True); "
-           "time.sleep(60)")
+    app = ("import subprocess, time; from playground.with_parent import command; "
+           "child = subprocess.Popen(command('timeit', '-n', '1', '-r', '1', 'import time; time.sleep(60)')); "
+           "print(child.pid, flush=True); time.sleep(60)")
     parent = subprocess.Popen([sys.executable, "-c", app], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert parent.stdout is not None
@@ -579,8 +578,10 @@ def test_a_build_step_ends_when_the_app_that_started_it_is_killed(tmp_path: Path
             time.sleep(0.1)
     finally:
         parent.kill()
-    done = subprocess.run([sys.executable, "-m", "playground.with_parent", "timeit", "-n", "1", "-r", "1", "pass"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    from playground.with_parent import command
+
+    done = subprocess.run(command("timeit", "-n", "1", "-r", "1", "pass"), cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)  # this test's process is its parent, alive
     assert done.returncode == 0 and "loop" in done.stdout, done  # with its parent alive, the module runs as -m would
 
 
