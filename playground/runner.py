@@ -115,6 +115,11 @@ class Job:
     notices: tuple[str, ...] = ()  # shown in the column from the start (earlier turns left out, ...)
 
 
+def typed_keys(jobs: list[Job]) -> frozenset[str]:
+    """The keys the run's visitor typed (a run is one visitor's): blanked in its texts and its record."""
+    return frozenset(key for job in jobs if job.request.credentials for key in job.request.credentials.secrets())
+
+
 class Run:
     """One run over several targets. Iterate ``frames()``; call ``stop()`` from any thread."""
 
@@ -135,7 +140,7 @@ class Run:
         self._stop_columns: set[int] = set()
         self._lag_cursor = 0
         # a run is one visitor's: their typed keys are blanked in its texts (and only in theirs)
-        self._own = frozenset(key for job in jobs if job.request.credentials for key in job.request.credentials.secrets())
+        self._own = typed_keys(jobs)
 
     def stop(self) -> None:
         self._stop_requested = True

@@ -34,7 +34,7 @@ from playground.snippets import snippet
 from playground.report import (
     results_frame, roofline_entry, run_document, with_environment, write_bench_exports, write_exports,
 )
-from playground.runner import Job, Run
+from playground.runner import Job, Run, typed_keys
 from playground.settings import MAX_COLUMNS
 from playground.ui_format import Turn, finished_turn, live_answer, status_markdown, transcript
 
@@ -292,9 +292,7 @@ def _results(plan: Plan, table: gr.Dataframe, download: gr.DownloadButton,
         codes = [snippet(c.target, r) for c, r in zip(columns, requests)]
         typed_urls = tuple(url for job in plan.jobs if job.request.credentials is not None
                            for url in [job.request.credentials.get("PLAYGROUND_USER_BASE_URL")] if url)
-        typed_keys = tuple(key for job in plan.jobs if job.request.credentials is not None
-                           for key in job.request.credentials.secrets())
-        recorded = _record(document, columns, plan.session, typed_urls, typed_keys)
+        recorded = _record(document, columns, plan.session, typed_urls, tuple(typed_keys(plan.jobs)))
     folder = exports.new_folder(plan.session)
     bench = None
     if plan.benchmark is not None and samples is not None:
