@@ -100,6 +100,7 @@ class Stream:
     rate: float | None
     lag_ms: float | None = None
     error: str | None = None
+    stamped_in: str | None = None  # the app's own loop, or the measurement process (the JSON's stamped_in)
 
 
 @dataclass
@@ -124,6 +125,7 @@ class Scored:
     error_texts: list[str] = field(default_factory=list)
     beyond_bar: int = 0  # TTFT errors larger than what the column itself claimed (10 ms, or its ± when flagged)
     with_bar: int = 0
+    stamped_in: dict[str, list[float]] = field(default_factory=dict)  # where -> TTFT errors (ms)
 
 
 # --- matching to the server's stamps ---------------------------------------------------------
@@ -161,6 +163,8 @@ def score(samples: list[Sample], index: dict[Key, list[Received]], scripts: dict
         out.ttft_ms.append((stream.ttft_s - server_ttft) * 1000)
         out.decode_pct.append(abs(stream.rate - server_rate) / server_rate * 100)
         out.late_ms.append((server_ttft - scripts[stream.key[0]].ttft_s) * 1000)
+        if stream.stamped_in:
+            out.stamped_in.setdefault(stream.stamped_in, []).append(out.ttft_ms[-1])
         if stream.lag_ms is not None:
             out.lag_ms.append(stream.lag_ms)
             out.with_bar += 1
@@ -172,7 +176,8 @@ def score(samples: list[Sample], index: dict[Key, list[Received]], scripts: dict
 def from_results(results: list[dict[str, Any]], prompt: str) -> list[Stream]:
     """Streams from the app's JSON results (``run --json`` / the JSON download)."""
     return [Stream((r["model"], prompt), r.get("ttft_s"), r.get("decode_tokens_per_s"), r.get("clock_lag_ms"),
-                   None if r.get("status") == "ok" else "stopped" if r.get("status") == "stopped" else str(r.get("error")))
+                   None if r.get("status") == "ok" else "stopped" if r.get("status") == "stopped" else str(r.get("error")),
+                   r.get("stamped_in"))
             for r in results]
 
 
@@ -216,7 +221,7 @@ async def run_ours(base_url: str, models: list[str], tokens: int) -> Sample:
         m = column.metrics()
         streams.append(Stream((column.target.model, PROMPT), m.ttft_s, m.decode_tokens_per_s,
                               entry.get("clock_lag_ms"), None if column.status == "done" else
-                              f"{column.status} {column.error}"))
+                              f"{column.status} {column.error}", entry["stamped_in"]))
     return Sample(wall, streams)
 
 
@@ -527,6 +532,9 @@ MODE_ROWS = {  # metric: (cell, aim)
                                  else "not reported", ""),
     "TTFT error beyond the column's own ±": (lambda m: f"{m.scored.beyond_bar} of {m.scored.with_bar}"
                                              if m.scored.with_bar else "not reported", "0"),
+    "stamped in: streams, TTFT error p95 (ms)": (lambda m: "; ".join(
+        f"{where} {len(errors)}, {fmt(pct(errors, 95))}" for where, errors in sorted(m.scored.stamped_in.items()))
+        or "not reported", ""),
     "wall ÷ ideal (median run)": (lambda m: fmt(median_wall(m.scored, m.ideal_s), 3), ""),
     "server late p95 (ms)": (lambda m: fmt(pct(m.scored.late_ms, 95)), ""),
     "app figures from": (lambda m: m.source, ""),

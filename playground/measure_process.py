@@ -9,9 +9,15 @@ one clock across processes) and crosses to the app with its stamp, so the app's 
 delay the frames but not the numbers. At the end of each stream the child reports the worst lag
 of its loop meanwhile (a ``ClockReport``): the column's error bar.
 
-The child is ``worker_process``'s, shared by every session; the UI turns this on (the command
-line keeps the in-process thread: nothing else competes there). PLAYGROUND_MEASURE_PROCESS=0
-or 1 overrides either.
+The child is ``worker_process``'s, shared by every session. It costs CPU: each event is pickled,
+written, read and unpickled once more, and the child runs a loop and a ticker of its own (in
+``bench/browser_stream.py``, 0.07-0.11 s of a run of six columns at 50 tok/s whose whole app took
+0.14-0.18 s without it). So the UI uses it by load ("auto"): a run whose HTTP streams, with those
+already in flight in this app, are at most ``THREAD_STREAMS`` (two people's six columns) is stamped
+on the app's measurement thread, which keeps time at that load (``bench/fanout.py``); beyond, or
+once that thread has run late lately, runs go to the child. A run stays where it started; each
+column's error bar comes from the loop that stamped it. The command line keeps the thread (nothing
+else competes there). PLAYGROUND_MEASURE_PROCESS=1 (always the child), 0 (never) or auto overrides either.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ import gc
 import os
 import threading
 import time
+import weakref
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Literal
 
 from playground import secrets, settings
 from playground.backends import http_backends, local, make_backend
@@ -41,27 +48,74 @@ PRIORITY = -10  # a nice value: lower runs first
 PRIORITY_ENV = "PLAYGROUND_MEASURE_PRIORITY"  # realtime (default, where allowed), nice, normal
 priority = "normal"  # in the child: what favour_stamping got
 
-_enabled: bool | None = None
+Mode = Literal["thread", "process", "auto"]
+THREAD_STREAMS = 12  # auto: HTTP streams in flight in this app, a new run's included, still stamped on the thread
+THREAD_LAG_S = 0.005  # auto: the thread's worst lag over the last LAG_WINDOW_S beyond which runs go to the child
+LAG_WINDOW_S = 10.0
+
+_mode: Mode | None = None
 _worker: WorkerProcess | None = None
 _lock = threading.Lock()
+_in_flight: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()  # run -> its HTTP streams
 
 
-def use(default: bool) -> None:
-    """Turn the measurement process on or off for this app (PLAYGROUND_MEASURE_PROCESS wins)."""
-    global _enabled
+def use(default: Mode | bool) -> None:
+    """Where this app stamps HTTP streams: "process" (True), "thread" (False) or "auto" (by load);
+    PLAYGROUND_MEASURE_PROCESS wins."""
+    global _mode
     chosen = settings.measure_process()
-    _enabled = chosen if chosen is not None else default
+    _mode = chosen if chosen is not None else ("process" if default is True else "thread" if default is False
+                                                else default)  # type: ignore[assignment]
+
+
+def mode() -> Mode:
+    if _mode is None:
+        use(False)
+    assert _mode is not None
+    return _mode
 
 
 def enabled() -> bool:
-    if _enabled is None:
-        use(False)
-    return bool(_enabled)
+    """Whether this app may stamp in the child (and starts it at warm-up)."""
+    return mode() != "thread"
 
 
 def takes(target: Target) -> bool:
-    """Network streams only: a local model stamps its tokens where they are made."""
+    """Whether the child may read ``target``: network streams only (a local model stamps its tokens
+    where they are made)."""
     return enabled() and target.backend in http_backends()
+
+
+def choose(owner: object, targets: list[Target]) -> list[bool]:
+    """For a new run (``owner``): which of its columns the child reads and stamps. Its HTTP streams
+    count as in flight until ``release(owner)`` (or until the run is gone), so that sessions that
+    start together see each other."""
+    http = [target.backend in http_backends() for target in targets]
+    chosen = mode()
+    with _lock:
+        busy = chosen == "process" or (chosen == "auto" and (
+            sum(_in_flight.values()) + sum(http) > THREAD_STREAMS or _thread_lag_s() > THREAD_LAG_S))
+        if any(http):
+            _in_flight[owner] = sum(http)
+    return [h and busy for h in http]
+
+
+def release(owner: object) -> None:
+    with _lock:
+        _in_flight.pop(owner, None)
+
+
+def in_flight() -> int:
+    with _lock:
+        return sum(_in_flight.values())
+
+
+def _thread_lag_s() -> float:
+    """How late the app's own measurement loop ran lately (it ticks only while it stamps a run)."""
+    from playground.clock import measure_loop
+
+    monitor = measure_loop().monitor
+    return monitor.worst_lag_s(time.perf_counter() - LAG_WINDOW_S)
 
 
 def worker() -> WorkerProcess:

@@ -19,7 +19,7 @@ from playground import metrics
 from playground.catalog import Target
 from playground.errors import ErrorKind
 from playground.events import ServerTimings, Usage
-from playground.runner import DEFAULT_FRAME_S, TICK_S, Column
+from playground.runner import DEFAULT_FRAME_S, STAMPED_IN, TICK_S, Column
 
 SPEEDS = {"1×": 1.0, "2×": 2.0, "4×": 4.0, "instant": None}
 
@@ -161,6 +161,8 @@ class Replay:
         bound = result.get("clock_lag_ms")  # the recorded error bar, the ticker's period included
         if type(bound) in (int, float) and math.isfinite(bound) and bound >= 0:
             column.clock_lag_s = max(0.0, bound / 1000 - TICK_S)
+        if result.get("stamped_in") in STAMPED_IN:
+            column.stamped_in = result["stamped_in"]
         server = result.get("server")
         if isinstance(server, dict):
             column.server = ServerTimings(**{k: v for k, v in server.items() if _figure(k, v)})

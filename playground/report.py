@@ -55,6 +55,7 @@ def result_entry(column: Column) -> dict[str, Any]:
         "itl_basis": m.itl_basis,
         "clock_lag_ms": round(column.timing_bound_s * 1000, 1),
         "timing_uncertain": column.timing_uncertain,
+        "stamped_in": column.stamped_in,  # whose loop took the stamps (and measured the ±)
         "notices": list(column.notices),
         "images_sent": column.images_sent,
         "cold": column.cold,  # the target's first request in this process (a load, a connection)

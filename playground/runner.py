@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 Status = Literal["queued", "loading", "streaming", "done", "stopped", "error"]
 FINAL: frozenset[str] = frozenset({"done", "stopped", "error"})
 DEFAULT_FRAME_S = 1 / 15
+STAMPED_IN = ("app", "measurement process", "model process")
 WARMUP_WAIT_S = 60.0
 UNCERTAIN_S = 0.010  # a column whose stamps may be off by more than this says so
 _DONE = object()
@@ -74,13 +75,18 @@ class Column:
     # when the request began: a backend may restamp `timeline.sent` later (when its bytes reached the
     # socket), but a stall in between could still delay that stamp, so the error bar counts from here
     lag_from: float | None = None
-    # stamps taken in this process wait on its loop and its GIL; a model process stamps on its own
-    shares_clock: bool = True
+    # where its stamps were taken: "app" (its measurement loop, waiting on this process's GIL),
+    # "measurement process" (HTTP streams under load) or "model process" (a local model's own)
+    stamped_in: str = "app"
     cold: bool = False  # its request was the target's first in this process
 
     @property
     def final(self) -> bool:
         return self.status in FINAL
+
+    @property
+    def shares_clock(self) -> bool:
+        return self.stamped_in == "app"
 
     @property
     def timing_bound_s(self) -> float:
@@ -131,7 +137,7 @@ class Run:
         self.columns = [Column(job.target, metrics.Timeline(started=started)) for job in jobs]
         self._backends = backends
         # which columns the measurement process reads and stamps: decided once, for the ticker and the pumps
-        self._remote = [not backends and measure_process.takes(job.target) for job in jobs]
+        self._remote = [False] * len(jobs) if backends else measure_process.choose(self, [job.target for job in jobs])
         self._inbox: collections.deque[tuple[int, object, float]] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -216,6 +222,7 @@ class Run:
             if watch:
                 clock.monitor.leave()
             await self._cancel(tasks)
+            measure_process.release(self)
 
     async def _start(self) -> list[asyncio.Task[None]]:
         return [asyncio.create_task(self._pump(i, job), name=f"target:{job.target.id}")
@@ -291,7 +298,8 @@ class Run:
             # in a thread, so that other columns' stamps never wait on them
             backend = self._backends[index] if self._backends else await asyncio.to_thread(make_backend, job.target)
             available = await asyncio.to_thread(backend.availability)
-            self.columns[index].shares_clock = not getattr(backend, "stamps_in_own_process", False)
+            if getattr(backend, "stamps_in_own_process", False):
+                self.columns[index].stamped_in = "model process"
             if not available.runnable and job.request.credentials is None:  # a visitor's own keys may make it runnable
                 raise BackendError(ErrorKind.UNAVAILABLE, available.reason)
             request = job.request
@@ -303,7 +311,7 @@ class Run:
                     post(index, Notice(note), time.perf_counter(), True)
             remote = self._remote[index]
             if remote:
-                self.columns[index].shares_clock = False
+                self.columns[index].stamped_in = "measurement process"
             self.columns[index].cold = first_request(job.target.id)
             seen_text = False
 

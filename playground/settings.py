@@ -166,9 +166,16 @@ def llamacpp_extra_buffers() -> bool:
 
 
 # --- measurement ------------------------------------------------------------------------------------
-def measure_process() -> bool | None:
-    """PLAYGROUND_MEASURE_PROCESS: 1 on, 0 off; None: the app's own default."""
-    return _flag("PLAYGROUND_MEASURE_PROCESS")
+def measure_process() -> str | None:
+    """PLAYGROUND_MEASURE_PROCESS: 1 "process" (every HTTP stream), 0 "thread" (none), auto
+    (by load); None: the app's own default."""
+    raw = env("PLAYGROUND_MEASURE_PROCESS")
+    if raw is None:
+        return None
+    chosen = {"1": "process", "0": "thread", "auto": "auto"}.get(raw)
+    if chosen is None:
+        raise SettingsError(f"PLAYGROUND_MEASURE_PROCESS must be 0, 1 or auto (got {raw!r})")
+    return chosen
 
 
 def measure_priority() -> str:

@@ -887,7 +887,7 @@ def launch(catalog: Catalog | None = None, host: str | None = None, port: int | 
         raise SettingsError("\n".join(found))
     settings = from_env()
     secrets.redact_logs()  # no log line of any library may carry a key
-    measure_process.use(True)  # many sessions share this process: HTTP streams are stamped in their own
+    measure_process.use("auto")  # many sessions may share this process: under load, HTTP streams are stamped in their own
     warmup.start()  # imports, tokenizer, measurement loop and process: in a thread, before the first run
     demo = build_ui(catalog, settings)
     return demo.launch(server_name=host or settings.host, server_port=port or settings.port,

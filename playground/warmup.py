@@ -102,7 +102,7 @@ def warm_sdks(stream: bool = True) -> None:
 
 def _warm() -> None:
     measure_loop()
-    warm_sdks(stream=not measure_process.enabled())  # with the process on, HTTP streams run there
+    warm_sdks(stream=measure_process.mode() != "process")  # only there: every HTTP stream runs in the child
     tokens.preload(wait=True)
     environment.machine()  # library versions and the git revision, for the downloads
     # the roofline's bandwidth, measured while nothing decodes (a decode beside it would read both low)

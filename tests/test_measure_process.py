@@ -16,6 +16,7 @@ from sse_server import Script, ScriptedServer, ServerProcess, text_of
 from playground import measure_process
 from playground.catalog import Target
 from playground.request import ChatRequest, Message, make_params
+from playground.report import result_entry
 from playground.runner import Job, Run
 from playground.events import TextDelta
 
@@ -252,3 +253,67 @@ async def test_a_run_mixing_a_local_model_and_a_network_stream_stamps_each_where
     threads = {index: {name for (i, name) in posted if i == index} for index in (0, 1)}
     assert threads[0] == {"worker-reader:measurement process"}, threads
     assert "worker-reader:measurement process" not in threads[1], threads
+
+
+async def test_auto_stamps_on_the_apps_thread_until_the_streams_in_flight_call_for_the_child(
+        server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The UI's mode: a run whose HTTP streams, with those already in flight, are few is read on the
+    app's own measurement thread (no second process's CPU); beyond ``THREAD_STREAMS`` the child
+    takes it, stamped as well. Runs that start together count each other; a finished or dropped
+    run counts no more."""
+    import gc
+    import math
+
+    measure_process.use("auto")
+    monkeypatch.setattr(measure_process, "THREAD_LAG_S", math.inf)  # the count alone decides here
+    columns = await run(job(server, "steady", "alone-a"), job(server, "steady", "alone-b"))
+    assert [c.status for c in columns] == ["done", "done"] and all(c.shares_clock for c in columns)
+    assert [result_entry(c)["stamped_in"] for c in columns] == ["app", "app"]  # the downloads say where
+    assert measure_process.in_flight() == 0
+
+    others = type("OtherRun", (), {})()  # another session's run, streaming 11 targets
+    measure_process.choose(others, [job(server, "steady", f"o{i}").target for i in range(11)])
+    try:
+        columns = await run(job(server, "steady", "busy-a"), job(server, "steady", "busy-b"))
+    finally:
+        measure_process.release(others)
+    assert [c.status for c in columns] == ["done", "done"]
+    assert [result_entry(c)["stamped_in"] for c in columns] == ["measurement process"] * 2
+    assert all(c.text == text_of(30) and c.metrics().ttft_s for c in columns)
+
+    # sessions that start at once: the third sees the first two's twelve streams, before any streams
+    first, second = (Run([job(server, "steady", f"{who}{i}") for i in range(6)]) for who in "ab")
+    third = Run([job(server, "steady", "c0")])
+    assert first._remote == [False] * 6 and second._remote == [False] * 6 and third._remote == [True]
+    assert measure_process.in_flight() == 13
+    del first, second, third  # never run: nothing holds their count
+    gc.collect()
+    assert measure_process.in_flight() == 0
+
+
+async def test_auto_sends_runs_to_the_child_after_the_apps_thread_ran_late(
+        server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stamp on the app's thread is as late as that thread: once it has run late (the machine or
+    the app busy), the next runs go to the child until a quiet spell has passed."""
+    import asyncio
+
+    from playground.clock import measure_loop
+
+    async def hold_the_loop(seconds: float) -> None:
+        time.sleep(seconds)  # a stall of the stamping loop, as a busy GIL would make it
+
+    measure_process.use("auto")
+    clock = measure_loop()
+    clock.monitor.enter()  # it ticks while something is stamped there
+    try:
+        await asyncio.sleep(0.02)
+        await clock.call(hold_the_loop(0.03))
+        await asyncio.sleep(0.02)  # the late tick fires
+    finally:
+        clock.monitor.leave()
+    columns = await run(job(server, "steady", "after-a-stall"))
+    assert columns[0].status == "done" and not columns[0].shares_clock
+
+    monkeypatch.setattr(measure_process, "LAG_WINDOW_S", 0.0)  # the stall is long past
+    columns = await run(job(server, "steady", "quiet-again"))
+    assert columns[0].status == "done" and columns[0].shares_clock

@@ -50,6 +50,7 @@ def test_no_module_but_settings_and_secrets_reads_the_environment() -> None:
     ("PLAYGROUND_QUEUE_TIMEOUT_S", "nan", "PLAYGROUND_QUEUE_TIMEOUT_S must be at least 1 (got nan)"),
     ("PLAYGROUND_MODEL_HANG_S", "inf", "PLAYGROUND_MODEL_HANG_S must be at least 2 (got inf)"),
     ("PLAYGROUND_STALL_TRACE", "0x", "PLAYGROUND_STALL_TRACE must be 0 or 1"),
+    ("PLAYGROUND_MEASURE_PROCESS", "yes", "PLAYGROUND_MEASURE_PROCESS must be 0, 1 or auto (got 'yes')"),
     ("PLAYGROUND_RATE", "fast", "PLAYGROUND_RATE must look like 6/min"),
     ("PLAYGROUND_SESSIONS", "5", "PLAYGROUND_SESSIONS must be at least 10 (got 5)"),
 ])
