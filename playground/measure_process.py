@@ -55,8 +55,9 @@ LAG_WINDOW_S = 10.0
 
 _mode: Mode | None = None
 _worker: WorkerProcess | None = None
-_lock = threading.Lock()
+_lock = threading.Lock()  # the child's start: held for seconds
 _in_flight: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()  # run -> its HTTP streams
+_count_lock = threading.Lock()  # never held for more than a count (runs are made on Gradio's loop)
 
 
 def use(default: Mode | bool) -> None:
@@ -87,26 +88,28 @@ def takes(target: Target) -> bool:
 
 
 def choose(owner: object, targets: list[Target]) -> list[bool]:
-    """For a new run (``owner``): which of its columns the child reads and stamps. Its HTTP streams
-    count as in flight until ``release(owner)`` (or until the run is gone), so that sessions that
-    start together see each other."""
-    http = [target.backend in http_backends() for target in targets]
+    """For a new run (``owner``, weakly referenced): which of its columns the child reads and stamps.
+    Its HTTP streams count as in flight until ``release(owner)`` (or until the run is gone), so that
+    sessions that start together see each other."""
     chosen = mode()
-    with _lock:
-        busy = chosen == "process" or (chosen == "auto" and (
-            sum(_in_flight.values()) + sum(http) > THREAD_STREAMS or _thread_lag_s() > THREAD_LAG_S))
+    if chosen == "thread":
+        return [False] * len(targets)
+    http = [target.backend in http_backends() for target in targets]
+    lagging = chosen == "auto" and _thread_lag_s() > THREAD_LAG_S
+    with _count_lock:
+        busy = chosen == "process" or lagging or sum(_in_flight.values()) + sum(http) > THREAD_STREAMS
         if any(http):
             _in_flight[owner] = sum(http)
     return [h and busy for h in http]
 
 
 def release(owner: object) -> None:
-    with _lock:
+    with _count_lock:
         _in_flight.pop(owner, None)
 
 
 def in_flight() -> int:
-    with _lock:
+    with _count_lock:
         return sum(_in_flight.values())
 
 

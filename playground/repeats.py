@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, AsyncIterator, Callable
 
-from playground import environment, metrics, roofline, stats
+from playground import environment, measure_process, metrics, roofline, stats
 from playground.difference import across_targets, across_text, first_difference, repeats_text
 from playground.backends import local_backends
 from playground.catalog import Target
@@ -91,6 +91,8 @@ class RepeatedRun:
         self._changed: asyncio.Event | None = None
         self._halt: list[asyncio.Event] = []
         self._cpu: asyncio.Lock | None = None
+        # where each column's HTTP stream is stamped, once for all its runs: samples of one place
+        self._remote = measure_process.choose(self, [job.target for job in jobs])
 
     def stop(self) -> None:
         for i in range(len(self.jobs)):
@@ -133,6 +135,7 @@ class RepeatedRun:
                 if not column.final:
                     column.status, column.detail, column.timeline.ended = "stopped", "", now
         finally:
+            measure_process.release(self)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -193,7 +196,7 @@ class RepeatedRun:
         return granted
 
     async def _one_run(self, index: int, job: Job, number: int, warm: bool) -> Column:
-        run = self._runs[index] = Run([job])
+        run = self._runs[index] = Run([job], remote=self._remote[index:index + 1])
         if index in self._halted:
             run.stop()
         column = run.columns[0]

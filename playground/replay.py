@@ -161,8 +161,8 @@ class Replay:
         bound = result.get("clock_lag_ms")  # the recorded error bar, the ticker's period included
         if type(bound) in (int, float) and math.isfinite(bound) and bound >= 0:
             column.clock_lag_s = max(0.0, bound / 1000 - TICK_S)
-        if result.get("stamped_in") in STAMPED_IN:
-            column.stamped_in = result["stamped_in"]
+        # a recording from before the field existed: not knowable (the UI then stamped HTTP in the child)
+        column.stamped_in = result["stamped_in"] if result.get("stamped_in") in STAMPED_IN else "unknown"
         server = result.get("server")
         if isinstance(server, dict):
             column.server = ServerTimings(**{k: v for k, v in server.items() if _figure(k, v)})

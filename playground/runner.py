@@ -41,14 +41,14 @@ UNCERTAIN_S = 0.010  # a column whose stamps may be off by more than this says s
 _DONE = object()
 # per target id: did its chunk count match the server's usage last time? (absent: not yet seen)
 chunks_match_usage: dict[str, bool] = {}
-asked: set[str] = set()  # targets any run has sent a request to in this process
+asked: set[tuple[str, str]] = set()  # (target, where its stream ran) any run has sent a request to
 
 
-def first_request(target_id: str) -> bool:
-    """Mark the target asked; True when this is its first request in this process (a model load,
-    a new connection, a server-side cache: the run is "cold")."""
-    cold = target_id not in asked
-    asked.add(target_id)
+def first_request(target_id: str, place: str = "app") -> bool:
+    """Mark the target asked from ``place`` (where its stream runs); True when this is its first
+    request there (a model load, a new connection, a server-side cache: the run is "cold")."""
+    cold = (target_id, place) not in asked
+    asked.add((target_id, place))
     return cold
 
 
@@ -130,14 +130,16 @@ class Run:
     """One run over several targets. Iterate ``frames()``; call ``stop()`` from any thread."""
 
     def __init__(self, jobs: list[Job], frame_s: float = DEFAULT_FRAME_S,
-                 backends: list[Backend] | None = None):
+                 backends: list[Backend] | None = None, remote: list[bool] | None = None):
         started = time.perf_counter()
         self.jobs = jobs
         self.frame_s = frame_s
         self.columns = [Column(job.target, metrics.Timeline(started=started)) for job in jobs]
         self._backends = backends
         # which columns the measurement process reads and stamps: decided once, for the ticker and the pumps
-        self._remote = [False] * len(jobs) if backends else measure_process.choose(self, [job.target for job in jobs])
+        # (``remote``: chosen by the caller, a benchmark that keeps each column in one place for all its runs)
+        self._remote = ([False] * len(jobs) if backends else remote if remote is not None
+                        else measure_process.choose(self, [job.target for job in jobs]))
         self._inbox: collections.deque[tuple[int, object, float]] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -185,6 +187,7 @@ class Run:
         try:
             tasks = await clock.call(self._start())
         except BaseException:
+            measure_process.release(self)
             if watch:
                 clock.monitor.leave()
             raise
@@ -219,10 +222,10 @@ class Run:
                 await cancelled
             yield self.columns
         finally:
+            measure_process.release(self)
             if watch:
                 clock.monitor.leave()
             await self._cancel(tasks)
-            measure_process.release(self)
 
     async def _start(self) -> list[asyncio.Task[None]]:
         return [asyncio.create_task(self._pump(i, job), name=f"target:{job.target.id}")
@@ -290,6 +293,8 @@ class Run:
         post = self._post
         for note in job.notices:
             post(index, Notice(note), time.perf_counter(), True)
+        if self._remote[index]:
+            self.columns[index].stamped_in = "measurement process"
         try:
             if warmup.pending():  # the app has just started: its imports would stall this loop
                 post(index, Progress("the app is starting up…"), time.perf_counter(), True)
@@ -310,9 +315,7 @@ class Run:
                 for note in notes:
                     post(index, Notice(note), time.perf_counter(), True)
             remote = self._remote[index]
-            if remote:
-                self.columns[index].stamped_in = "measurement process"
-            self.columns[index].cold = first_request(job.target.id)
+            self.columns[index].cold = first_request(job.target.id, self.columns[index].stamped_in)
             seen_text = False
 
             def deliver(event: Event) -> None:

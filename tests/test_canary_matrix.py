@@ -10,8 +10,9 @@ real ones do: raw, repr-escaped, and URL-encoded inside a link. A canary's middl
 is in every one of those forms, so looking for it finds any of them, and a partial mask does not.
 
 Every key form a request can carry meets every OpenAI fault (ordered so the stalls share one
-batch's wait); one run also goes the production way, through the measurement process, whose
-log lines reach the app's stderr directly."""
+batch's wait), on the app's own measurement thread (the UI's way at light load); one run also
+goes the way of a loaded app, through the measurement process, whose log lines reach the app's
+stderr directly."""
 
 from __future__ import annotations
 
@@ -211,7 +212,7 @@ def test_no_canary_in_the_command_lines_output(targets: list[Target], tmp_path: 
 
 def test_no_canary_through_the_measurement_process(app: tuple[str, io.StringIO], capfd: pytest.CaptureFixture[str],
                                                    monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The app's production path: HTTP streams run in the measurement process, which keeps the keys
+    """The app's path under load: HTTP streams run in the measurement process, which keeps the keys
     and writes its log lines straight to the app's stderr (here, at DEBUG)."""
     from playground import measure_process
 

@@ -1,4 +1,4 @@
-"""HTTP streams read and stamped in the measurement process (the UI's mode): real events, the
+"""HTTP streams read and stamped in the measurement process (the UI's under load): real events, the
 child's stamps checked against the scripted server's own, one broken target alone, Stop, and a
 killed process that fails only its columns and is restarted by the next run; a run that mixes a
 local model (stamped in the app) with a network stream (stamped in the child)."""
@@ -266,6 +266,8 @@ async def test_auto_stamps_on_the_apps_thread_until_the_streams_in_flight_call_f
 
     measure_process.use("auto")
     monkeypatch.setattr(measure_process, "THREAD_LAG_S", math.inf)  # the count alone decides here
+    gc.collect()
+    monkeypatch.setattr(measure_process, "_in_flight", type(measure_process._in_flight)())  # no other test's runs
     columns = await run(job(server, "steady", "alone-a"), job(server, "steady", "alone-b"))
     assert [c.status for c in columns] == ["done", "done"] and all(c.shares_clock for c in columns)
     assert [result_entry(c)["stamped_in"] for c in columns] == ["app", "app"]  # the downloads say where
@@ -288,6 +290,32 @@ async def test_auto_stamps_on_the_apps_thread_until_the_streams_in_flight_call_f
     assert measure_process.in_flight() == 13
     del first, second, third  # never run: nothing holds their count
     gc.collect()
+    assert measure_process.in_flight() == 0
+
+
+async def test_a_benchmark_keeps_each_column_in_one_place_for_all_its_runs(
+        server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Benchmark mode: samples of one column are all stamped in one place, chosen once (here the child,
+    other sessions being busy), even when the load falls meanwhile; its count ends with it."""
+    import gc
+    import math
+
+    from playground.repeats import RepeatedRun
+
+    measure_process.use("auto")
+    monkeypatch.setattr(measure_process, "THREAD_LAG_S", math.inf)
+    gc.collect()
+    monkeypatch.setattr(measure_process, "_in_flight", type(measure_process._in_flight)())
+    others = type("OtherRun", (), {})()
+    measure_process.choose(others, [job(server, "steady", f"o{i}").target for i in range(12)])
+    bench = RepeatedRun([job(server, "steady", "bench-a")], repeat=3, warmup=0, fair=False)
+    measure_process.release(others)  # the load falls before the benchmark's runs start
+    places = []
+    async for columns in bench.frames():
+        if columns[0].timeline.sent is not None:  # one of its runs (not the placeholder before the first)
+            places.append(columns[0].stamped_in)
+    assert [len(s) for s in bench.samples] == [3] and all(s.status == "done" for s in bench.samples[0])
+    assert set(places) == {"measurement process"}
     assert measure_process.in_flight() == 0
 
 

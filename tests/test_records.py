@@ -358,7 +358,7 @@ async def test_a_replay_keeps_the_recorded_notices_and_error_bar_and_ignores_fig
 
     document, columns = await a_run(server, ("paced",))
     result = document["results"][0]
-    result.update(notices=["text only: image not sent", 7], clock_lag_ms=35.0,
+    result.update(notices=["text only: image not sent", 7], clock_lag_ms=35.0, stamped_in="measurement process",
                   server={"decode_tokens_per_s": "fast", "threads": 2.5, "load_s": 1.5, "total_s": float("nan")})
     back = records.load(records.record(document, columns, "s"))
     replay = Replay(back, None)
@@ -367,7 +367,14 @@ async def test_a_replay_keeps_the_recorded_notices_and_error_bar_and_ignores_fig
     [column] = replay.columns
     assert column.notices == ["text only: image not sent"]
     assert column.timing_uncertain and result_entry(column)["clock_lag_ms"] == 35.0
+    assert result_entry(column)["stamped_in"] == "measurement process"
     assert column.server == ServerTimings(load_s=1.5)
+
+    del result["stamped_in"]  # recorded before results said where: not claimed to be the app's
+    older = Replay(records.load(records.record(document, columns, "s")), None)
+    async for _ in older.frames():
+        pass
+    assert result_entry(older.columns[0])["stamped_in"] == "unknown"
 
 
 async def test_another_visitors_typed_key_neither_breaks_nor_blanks_a_record(server, db: Path) -> None:
