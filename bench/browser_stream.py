@@ -107,6 +107,10 @@ SHOWN_ALL_JS = """([count, last]) => {
   const idx = st.frames[st.frames.length - 1][1];
   return idx.length === count && idx.every((v) => v >= last);
 }"""
+SEEN_JS = """(count) => JSON.stringify({frames: window.__bs ? window.__bs.frames.length : null,
+  status: Array.from({length: count}, (_, i) => (document.querySelector(`#col-${i}-status`) || {}).innerText || ""),
+  prompt: (document.querySelector('#prompt textarea') || {}).value,
+  toast: Array.from(document.querySelectorAll('.toast-body')).map((t) => t.innerText)})"""
 PLAYGROUND_DONE_JS = """(count) => Array.from({length: count}, (_, i) => {
   const el = document.querySelector(`#col-${i}-status`);
   return el ? el.innerText : "";
@@ -304,8 +308,13 @@ class Page:
         return pressed
 
     def wait_shown(self, tokens: int, timeout_s: float = 90) -> None:
-        self.page.wait_for_function(SHOWN_ALL_JS, arg=[self.columns, tokens - 1], timeout=timeout_s * 1000,
-                                    polling=50)
+        try:
+            self.page.wait_for_function(SHOWN_ALL_JS, arg=[self.columns, tokens - 1], timeout=timeout_s * 1000,
+                                        polling=50)
+        except Exception as exc:  # what the page showed instead, for whoever reads the failure
+            seen = self.page.evaluate(SEEN_JS, self.columns)
+            raise RuntimeError(f"the {self.app.name} page did not show all {tokens} tokens in {timeout_s:g} s "
+                               f"({type(exc).__name__}); it showed: {seen}") from None
 
     def wait_finished(self, timeout_s: float = 60) -> None:
         if self.app.name == "playground":

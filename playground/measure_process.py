@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import logging
 import os
 import threading
 import time
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 from playground import secrets, settings
 from playground.backends import http_backends, local, make_backend
+from playground.clock import NICE
 from playground.errors import BackendError
 from playground.events import ClockReport, Event, RequestSent
 
@@ -44,10 +46,9 @@ if TYPE_CHECKING:
     from playground.request import ChatRequest
 
 START_TIMEOUT_S = 60.0
-PRIORITY = -10  # a nice value: lower runs first
-PRIORITY_ENV = "PLAYGROUND_MEASURE_PRIORITY"  # realtime (default, where allowed), nice, normal
-priority = "normal"  # in the child: what favour_stamping got
+priority = "normal"  # in the child: what clock.favour_stamping got for its stamping thread
 
+log = logging.getLogger("playground.measure_process")
 Mode = Literal["thread", "process", "auto"]
 THREAD_STREAMS = 12  # auto: HTTP streams in flight in this app, a new run's included, still stamped on the thread
 THREAD_LAG_S = 0.005  # auto: the thread's worst lag over the last LAG_WINDOW_S beyond which runs go to the child
@@ -97,9 +98,14 @@ def choose(owner: object, targets: list[Target]) -> list[bool]:
     http = [target.backend in http_backends() for target in targets]
     lagging = chosen == "auto" and _thread_lag_s() > THREAD_LAG_S
     with _count_lock:
-        busy = chosen == "process" or lagging or sum(_in_flight.values()) + sum(http) > THREAD_STREAMS
+        flying = sum(_in_flight.values())
+        busy = chosen == "process" or lagging or flying + sum(http) > THREAD_STREAMS
         if any(http):
             _in_flight[owner] = sum(http)
+    if any(http) and chosen == "auto":
+        log.info("a run of %d HTTP streams (%d in flight) is stamped %s%s", sum(http), flying,
+                 "in the measurement process" if busy else "on the app's thread",
+                 " (that thread ran late lately)" if lagging else "")
     return [h and busy for h in http]
 
 
@@ -164,9 +170,9 @@ def child_streams() -> Generate:
     _raise_priority()
     secrets.redact_logs()  # its log lines reach the app's stderr directly
     warmup.warm_sdks()
-    loop = measure_loop()
+    loop = measure_loop()  # its thread is favoured as it starts (clock.favour_stamping)
     global priority
-    priority = favour_stamping(loop.native_id)
+    priority = loop.priority
     # as in the app (warmup._warm): what the imports and the warm-up left lives as long as this
     # process; out of the collector's walks, the first full collection is not a 50 ms pause of
     # the stamping loop (and of its CPU) in the middle of some run
@@ -203,30 +209,9 @@ def _raise_priority() -> None:
     if settings.measure_priority() == "normal":
         return
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, PRIORITY)
+        os.setpriority(os.PRIO_PROCESS, 0, NICE)
     except OSError:
         pass
-
-
-def favour_stamping(thread_id: int) -> str:
-    """Give the stamping loop's thread real-time round-robin scheduling at the lowest real-time
-    priority, where the OS allows it (CAP_SYS_NICE or RLIMIT_RTPRIO; not on a Hugging Face Space).
-
-    Why: under a workshop's load on 2 CPUs, nice -10 still left that thread waiting on the run
-    queue about as long as it ran (0.8 s in 7 s, /proc schedstat), and TTFT errors were 10-55 ms at
-    p95 from run to run; with SCHED_RR they were 3-7 ms (README, bench/fanout.py). The thread only
-    reads and stamps, about half a core at 6,000 chunks a second, and the kernel caps real-time
-    threads at 95 % of a CPU, so it cannot take the machine. Returns what it got, for the logs."""
-    wanted = settings.measure_priority()
-    if wanted != "realtime" or not hasattr(os, "sched_setscheduler"):
-        return "nice" if wanted == "nice" else "normal"
-    try:
-        # reset on fork: threads it starts (the resolver's, to_thread's) get the normal policy
-        os.sched_setscheduler(thread_id, os.SCHED_RR | os.SCHED_RESET_ON_FORK,
-                              os.sched_param(os.sched_get_priority_min(os.SCHED_RR)))
-        return "realtime"
-    except OSError:
-        return "nice"  # what _raise_priority could do
 
 
 async def _pump(target: Target, request: ChatRequest, emit: Emit) -> None:

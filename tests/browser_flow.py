@@ -274,14 +274,31 @@ def target_labels() -> dict[str, str]:
     return {t.id: t.label for t in read_catalog_file(BUILTIN_CATALOG).targets}
 
 
-def pick_target(page: Any, column: int, label: str) -> None:
-    """Click the column's dropdown, type the target's name, press Enter; wait until it shows it."""
-    box = page.locator(f"#col-{column}-target input")
-    box.click()
-    box.fill(label)
-    box.press("Enter")
-    page.wait_for_function("([sel, want]) => document.querySelector(sel).value === want",
-                           arg=[f"#col-{column}-target input", label], timeout=30_000)
+def pick_target(page: Any, column: int, label: str, attempts: int = 3) -> None:
+    """Click the column's dropdown, type the target's name and click its option, as a person does;
+    wait until the box, left, shows the name. (Typed text alone would pass that check: leaving the
+    box puts back the chosen target's name. Enter chooses only once the list has filtered.) A box
+    that still shows another name is tried again, a bounded number of times."""
+    import re
+
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    selector = f"#col-{column}-target input"
+    box = page.locator(selector)
+    option = page.get_by_role("option").filter(has_text=re.compile(rf"^\W*{re.escape(label)}\s*$"))
+    for attempt in range(attempts):
+        try:
+            box.click()
+            box.fill(label)
+            option.first.click(timeout=5_000)
+            box.evaluate("(el) => el.blur()")
+            page.wait_for_function("([sel, want]) => document.activeElement !== document.querySelector(sel) "
+                                   "&& document.querySelector(sel).value === want",
+                                   arg=[selector, label], timeout=5_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == attempts - 1:
+                raise
 
 
 def set_parameter(page: Any, elem_id: str, value: float, attempts: int = 3) -> None:

@@ -146,6 +146,28 @@ async def test_only_the_stamping_thread_of_the_child_runs_at_realtime_priority(s
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the app itself is untouched
 
 
+async def test_the_apps_own_stamping_thread_is_favoured_too_and_the_threads_it_starts_are_not() -> None:
+    """At light load the app stamps HTTP streams on its own measurement loop: its thread gets the
+    same real-time scheduling as the child's; the threads it starts (to_thread, local models' token
+    loops) and the rest of the app do not."""
+    import asyncio
+    import threading
+
+    from playground.clock import measure_loop
+
+    if not _realtime_allowed():
+        pytest.skip("this process may not use real-time scheduling")
+    clock = measure_loop()
+    assert clock.priority == "realtime"
+    assert os.sched_getscheduler(clock.native_id) & ~os.SCHED_RESET_ON_FORK == os.SCHED_RR
+
+    async def started_there() -> int:
+        return await asyncio.to_thread(threading.get_native_id)
+
+    assert os.sched_getscheduler(await clock.call(started_there())) == os.SCHED_OTHER
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
 async def test_streams_longer_than_a_heartbeat_arrive_whole(server: ScriptedServer) -> None:
     """The child's heartbeats go through its loop's batching writes, mixed with events: a stream longer
     than one beat (1 s) must still arrive whole, and the process stay up."""
