@@ -57,6 +57,7 @@ stream = client.chat.completions.create(
     messages={_messages(request)},
     temperature={p.temperature}, top_p={p.top_p}, max_tokens={p.max_tokens},{seed}
     stream=True,
+    stream_options={{"include_usage": True}},  # the server's token count, in a last chunk without choices
 )
 for chunk in stream:
     if chunk.choices and chunk.choices[0].delta.content:

@@ -52,6 +52,7 @@ def test_the_openai_snippet_answers_and_reads_its_key_from_the_variable(clean_en
     assert sent.body["messages"] == [{"role": "system", "content": "Answer in a few words."},
                                      {"role": "user", "content": "Name a colour."}]
     assert (sent.body["temperature"], sent.body["max_tokens"], sent.body["seed"]) == (0.0, 8, 7)
+    assert sent.body["stream_options"] == {"include_usage": True}  # the request the playground sends
 
 
 def test_a_typed_url_and_key_stay_in_their_variables() -> None:
