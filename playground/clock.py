@@ -15,6 +15,7 @@ import atexit
 import collections
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -176,8 +177,6 @@ def favour_stamping(thread_id: int) -> str:
     to 1.1-2.8 ms. The thread only reads and stamps (half a core at 6,000 chunks a second; threads
     it starts get the normal policy back), and the kernel caps real-time threads at 95 % of a CPU,
     so it cannot take the machine."""
-    import os
-
     wanted = settings.measure_priority()
     if wanted == "normal":
         return "normal"

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 from playground import secrets, settings
 from playground.backends import http_backends, local, make_backend
-from playground.clock import NICE
+from playground.clock import NICE, measure_loop
 from playground.errors import BackendError
 from playground.events import ClockReport, Event, RequestSent
 
@@ -95,7 +95,7 @@ def choose(owner: object, targets: list[Target]) -> list[bool]:
     chosen = mode()
     if chosen == "thread":
         return [False] * len(targets)
-    http = [target.backend in http_backends() for target in targets]
+    http = [takes(target) for target in targets]
     lagging = chosen == "auto" and _thread_lag_s() > THREAD_LAG_S
     with _count_lock:
         flying = sum(_in_flight.values())
@@ -121,8 +121,6 @@ def in_flight() -> int:
 
 def _thread_lag_s() -> float:
     """How late the app's own measurement loop ran lately (it ticks only while it stamps a run)."""
-    from playground.clock import measure_loop
-
     monitor = measure_loop().monitor
     return monitor.worst_lag_s(time.perf_counter() - LAG_WINDOW_S)
 
@@ -165,7 +163,6 @@ def child_streams() -> Generate:
     """In the child: warm the SDKs, start a measurement loop, and return the ``generate`` that
     ``worker_process`` runs per request (in a thread of its own, which only waits)."""
     from playground import warmup
-    from playground.clock import measure_loop
 
     _raise_priority()
     secrets.redact_logs()  # its log lines reach the app's stderr directly
@@ -215,8 +212,6 @@ def _raise_priority() -> None:
 
 
 async def _pump(target: Target, request: ChatRequest, emit: Emit) -> None:
-    from playground.clock import measure_loop
-
     monitor = measure_loop().monitor
     backend = make_backend(target)
     for key in request.credentials.secrets() if request.credentials else ():
